@@ -1,0 +1,411 @@
+"""The Broker interface: the transport every backend (memory, sqlite, kafka) implements.
+
+A broker stores *records* in named, partitioned, append-only topics. It knows nothing about
+events; `tidings.event` maps events to and from records. Guarantees every backend gives:
+
+* **Publish** is at-least-once and durable when it returns (per the backend's durability
+  setting). Records of one call that land on the same partition keep their order; a key always
+  lands on the same partition (Kafka's murmur2 partitioner) for a given partition count.
+* **Subscribe** joins a consumer group. Each partition of the subscribed topics is owned by at
+  most one live member of the group at a time; a member only receives batches of partitions it
+  owns. Within a partition, batches arrive in offset order and the next batch of a partition is
+  not delivered until the previous one is acked or nacked.
+* **Commit** stores, per partition, the offset of the next record to process. A restarted
+  consumer resumes exactly there: no gap, and no duplicate after a clean close. Commits for
+  partitions the member no longer owns are refused (fencing).
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import TracebackType
+from typing import Self
+
+import msgspec
+
+Headers = tuple[tuple[str, bytes], ...]
+
+DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class TopicPartition:
+    topic: str
+    partition: int
+
+    def __str__(self) -> str:
+        return f"{self.topic}[{self.partition}]"
+
+
+class Message(msgspec.Struct, frozen=True):
+    """A record to publish. `partition=None` lets the broker choose: by key, else round-robin."""
+
+    value: bytes
+    key: bytes | None = None
+    headers: Headers = ()
+    partition: int | None = None
+
+    @property
+    def size(self) -> int:
+        """Bytes counted against the broker's maximum message size."""
+        return (
+            len(self.value)
+            + (len(self.key) if self.key else 0)
+            + sum(len(k) + len(v) for k, v in self.headers)
+        )
+
+
+class Record(msgspec.Struct, frozen=True):
+    """A record read back from a topic. `timestamp` is milliseconds since the epoch (append time)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    value: bytes
+    key: bytes | None = None
+    headers: Headers = ()
+
+    def header(self, name: str) -> bytes | None:
+        """The last value of header `name`, or None."""
+        for k, v in reversed(self.headers):
+            if k == name:
+                return v
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Consecutive records of one partition, in offset order."""
+
+    topic: str
+    partition: int
+    records: Sequence[Record]
+
+    @property
+    def tp(self) -> TopicPartition:
+        return TopicPartition(self.topic, self.partition)
+
+    @property
+    def first_offset(self) -> int:
+        return self.records[0].offset
+
+    @property
+    def next_offset(self) -> int:
+        """The offset to commit once every record of this batch is processed."""
+        return self.records[-1].offset + 1
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """Where one published message landed."""
+
+    partition: int
+    offset: int
+
+
+class OffsetReset(enum.StrEnum):
+    """Where a group without a committed offset starts."""
+
+    EARLIEST = "earliest"
+    LATEST = "latest"
+
+
+@dataclass(frozen=True, slots=True)
+class SeekTo:
+    """A position to seek to: exactly one of earliest, latest, a timestamp or an offset."""
+
+    earliest: bool = False
+    latest: bool = False
+    timestamp: datetime | None = None
+    offset: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> SeekTo:
+        """`earliest`, `latest`, an integer offset or an ISO-8601 time (naive means UTC)."""
+        from datetime import UTC
+
+        from tidings.errors import ConfigError
+
+        value = text.strip()
+        if value == "earliest":
+            return cls(earliest=True)
+        if value == "latest":
+            return cls(latest=True)
+        try:
+            offset = int(value)
+        except ValueError:
+            pass
+        else:
+            if offset < 0:
+                raise ConfigError(f"offset must be >= 0, got {offset}")
+            return cls(offset=offset)
+        try:
+            when = datetime.fromisoformat(value)
+        except ValueError:
+            raise ConfigError(
+                f"cannot seek to {text!r}: expected earliest, latest, an offset or an ISO time"
+            ) from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return cls(timestamp=when)
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionInfo:
+    partition: int
+    start_offset: int
+    end_offset: int
+
+    @property
+    def records(self) -> int:
+        return self.end_offset - self.start_offset
+
+
+@dataclass(frozen=True, slots=True)
+class TopicInfo:
+    name: str
+    partitions: tuple[PartitionInfo, ...]
+    retention_ms: int | None = None
+    retention_bytes: int | None = None
+
+    @property
+    def records(self) -> int:
+        return sum(p.records for p in self.partitions)
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionLag:
+    topic: str
+    partition: int
+    committed: int | None
+    start_offset: int
+    end_offset: int
+    owner: str | None
+
+    @property
+    def lag(self) -> int:
+        """Retained records the group has not committed yet."""
+        position = self.start_offset if self.committed is None else self.committed
+        return max(0, self.end_offset - max(position, self.start_offset))
+
+
+@dataclass(frozen=True, slots=True)
+class MemberInfo:
+    member_id: str
+    client: str
+    topics: tuple[str, ...]
+    partitions: tuple[TopicPartition, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class GroupInfo:
+    name: str
+    members: tuple[MemberInfo, ...]
+    partitions: tuple[PartitionLag, ...] = field(default=())
+
+    @property
+    def lag(self) -> int:
+        return sum(p.lag for p in self.partitions)
+
+
+class Consumer(abc.ABC):
+    """A member of a consumer group. Use from one asyncio task at a time; not thread-safe.
+
+    Delivery is at-least-once: records after the last committed offset are delivered again after
+    a crash, a nack or a rebalance.
+    """
+
+    @abc.abstractmethod
+    async def fetch(self, timeout: float | None = None) -> Batch | None:
+        """The next batch of any owned partition that has no batch in flight, or None on timeout."""
+
+    def __aiter__(self) -> AsyncIterator[Batch]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Batch]:
+        while True:
+            batch = await self.fetch()
+            if batch is not None:
+                yield batch
+
+    @abc.abstractmethod
+    def ack(self, batch: Batch) -> None:
+        """Mark `batch` processed: its partition may deliver again, and its offset is committed
+        by the next `commit()`, the periodic auto-commit, a rebalance or `close()`."""
+
+    @abc.abstractmethod
+    def nack(self, batch: Batch, offset: int | None = None) -> None:
+        """Mark `batch` not processed: its partition redelivers from `offset` (default: the
+        batch's first offset)."""
+
+    @abc.abstractmethod
+    async def commit(self, batch: Batch | None = None) -> None:
+        """Ack `batch` (if given) and durably commit every acked offset now.
+
+        Raises CommitFailedError if a partition with an acked offset is no longer owned."""
+
+    @abc.abstractmethod
+    async def seek(self, tp: TopicPartition, to: SeekTo) -> int:
+        """Move an owned partition's position; returns the new offset. Drops any in-flight batch."""
+
+    @abc.abstractmethod
+    def assignment(self) -> frozenset[TopicPartition]:
+        """The partitions this member owns right now."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Commit acked offsets, release partitions and leave the group. Idempotent."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+class Admin(abc.ABC):
+    """Topic and group administration."""
+
+    @abc.abstractmethod
+    async def enforce_retention(self) -> int:
+        """Delete records past their topic's retention now; returns how many were deleted.
+
+        Backends also do this on their own in the background; this forces it."""
+
+    @abc.abstractmethod
+    async def create_topic(
+        self,
+        name: str,
+        partitions: int = 1,
+        *,
+        retention_ms: int | None = None,
+        retention_bytes: int | None = None,
+        exist_ok: bool = False,
+    ) -> TopicInfo:
+        """Create a topic. With `exist_ok`, an existing topic is returned unchanged."""
+
+    @abc.abstractmethod
+    async def list_topics(self) -> list[TopicInfo]: ...
+
+    @abc.abstractmethod
+    async def describe_topic(self, name: str) -> TopicInfo:
+        """Raises UnknownTopicError if the topic does not exist."""
+
+    @abc.abstractmethod
+    async def list_groups(self) -> list[str]: ...
+
+    @abc.abstractmethod
+    async def describe_group(self, name: str) -> GroupInfo:
+        """Members and, per partition of every topic the group has committed to or subscribes
+        to, the committed offset, end offset and lag."""
+
+    @abc.abstractmethod
+    async def reset_offsets(
+        self, group: str, topics: Sequence[str], to: SeekTo
+    ) -> dict[TopicPartition, int]:
+        """Set the group's committed offsets for every partition of `topics`; returns them.
+
+        Refused (ConfigError) while the group has live members."""
+
+
+class Broker(abc.ABC):
+    """A connection to an event log. Safe to share between tasks of one event loop."""
+
+    url: str
+
+    @property
+    @abc.abstractmethod
+    def admin(self) -> Admin: ...
+
+    @abc.abstractmethod
+    async def publish(self, topic: str, messages: Sequence[Message]) -> list[Published]:
+        """Append `messages` to `topic`; returns where each landed, in order.
+
+        Raises UnknownTopicError, MessageTooLargeError (nothing of the call written) or a
+        backend error. Durable when it returns."""
+
+    @abc.abstractmethod
+    def subscribe(
+        self,
+        group: str,
+        topics: Sequence[str],
+        *,
+        auto_offset_reset: OffsetReset | str = OffsetReset.EARLIEST,
+        max_batch: int = 1000,
+        session_timeout: float = 10.0,
+    ) -> Consumer:
+        """Join consumer group `group` for `topics`; the consumer starts on first use.
+
+        A member that stops heartbeating (crash, kill -9) loses its partitions to the survivors
+        after `session_timeout` seconds. Heartbeats run in the background, so a slow handler
+        does not make the member leave the group."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Flush pending publishes and release resources. Idempotent."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+_TOPIC_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+def validate_topic_name(name: str) -> str:
+    """Kafka's rules: 1-249 characters of [a-zA-Z0-9._-], and not '.' or '..'."""
+    from tidings.errors import TopicError
+
+    if not isinstance(name, str) or not name:
+        raise TopicError("topic name must be a non-empty string")
+    if len(name) > 249:
+        raise TopicError(f"topic name is {len(name)} characters long; the maximum is 249")
+    if name in {".", ".."}:
+        raise TopicError(f"topic name {name!r} is not allowed")
+    bad = sorted(set(name) - _TOPIC_CHARS)
+    if bad:
+        raise TopicError(
+            f"topic name {name!r} contains {''.join(bad)!r}; use letters, digits, '.', '_', '-'"
+        )
+    return name
+
+
+def validate_partitions(partitions: int) -> int:
+    from tidings.errors import TopicError
+
+    if isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1:
+        raise TopicError(f"partition count must be an integer >= 1, got {partitions!r}")
+    return partitions
+
+
+def check_sizes(topic: str, messages: Sequence[Message], max_bytes: int) -> None:
+    """Raise MessageTooLargeError naming the first message over `max_bytes`."""
+    from tidings.errors import MessageTooLargeError
+
+    for index, message in enumerate(messages):
+        size = message.size
+        if size > max_bytes:
+            raise MessageTooLargeError(
+                f"message {index} for topic {topic!r} is {size} bytes; the maximum is "
+                f"{max_bytes} (nothing of this publish was written)"
+            )

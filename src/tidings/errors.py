@@ -1,0 +1,43 @@
+"""Exceptions raised by tidings. Every error a user can cause names the problem."""
+
+from __future__ import annotations
+
+
+class TidingsError(Exception):
+    """Base class of every error tidings raises on purpose."""
+
+
+class ConfigError(TidingsError, ValueError):
+    """A URL, option or setting is malformed or names something unknown."""
+
+
+class TopicError(TidingsError, ValueError):
+    """A topic name or partition count is invalid."""
+
+
+class UnknownTopicError(TopicError, LookupError):
+    """The topic does not exist."""
+
+
+class TopicExistsError(TopicError):
+    """The topic already exists with different settings."""
+
+
+class MessageTooLargeError(TidingsError, ValueError):
+    """A message exceeds the broker's configured maximum size; nothing of its batch was written."""
+
+
+class DecodeError(TidingsError, ValueError):
+    """Bytes read back could not be decoded into an event."""
+
+
+class BrokerClosedError(TidingsError, RuntimeError):
+    """The broker or consumer was used after close()."""
+
+
+class CommitFailedError(TidingsError):
+    """Offsets could not be committed because this member no longer owns the partitions."""
+
+
+class StorageError(TidingsError, OSError):
+    """The backing store is corrupt, read-only or otherwise unusable."""
