@@ -97,9 +97,7 @@ def join(state: GroupState, member: Member) -> None:
 
 def expire(state: GroupState, now_ms: int) -> bool:
     """Remove members whose session ran out and free their partitions; True if any."""
-    dead = [
-        m.member_id for m in state.members.values() if now_ms - m.heartbeat_ms > m.session_ms
-    ]
+    dead = [m.member_id for m in state.members.values() if now_ms - m.heartbeat_ms > m.session_ms]
     for member_id in dead:
         _remove(state, member_id)
     return bool(dead)

@@ -12,6 +12,7 @@ consumer. Shared state is guarded by `_lock`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -217,10 +218,8 @@ class LocalConsumer(Consumer):
                 if remaining <= 0:
                     return None
                 wait = min(wait, remaining)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), wait)
-            except TimeoutError:
-                pass
 
     def ack(self, batch: Batch) -> None:
         tp = batch.tp
@@ -290,9 +289,7 @@ class LocalConsumer(Consumer):
                 if tp not in self._inflight and tp not in self._revoking
             ]
 
-    def _read_next(
-        self, candidates: list[tuple[TopicPartition, int]]
-    ) -> tuple[Batch, int] | None:
+    def _read_next(self, candidates: list[tuple[TopicPartition, int]]) -> tuple[Batch, int] | None:
         """The next batch of one candidate partition (rotating for fairness), with the
         position it was read from."""
         marks = self._log.watermarks([tp for tp, _ in candidates])
@@ -341,10 +338,8 @@ class LocalConsumer(Consumer):
         if threading.get_ident() == self._loop_thread:
             event.set()
         else:
-            try:
+            with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(event.set)
-            except RuntimeError:
-                pass
 
     def _on_signal(self, kind: bytes) -> None:
         if kind == GROUP_CHANGED:
@@ -465,8 +460,7 @@ class LocalConsumer(Consumer):
                 offset = start if self._reset is OffsetReset.EARLIEST else end
             elif offset < start:
                 log.warning(
-                    "group %s: committed offset %d of %s was removed by retention; "
-                    "resuming at %d",
+                    "group %s: committed offset %d of %s was removed by retention; resuming at %d",
                     self.group,
                     offset,
                     tp,

@@ -60,7 +60,7 @@ class Message(msgspec.Struct, frozen=True):
 
 
 class Record(msgspec.Struct, frozen=True):
-    """A record read back from a topic. `timestamp` is milliseconds since the epoch (append time)."""
+    """A record read back from a topic; `timestamp` is its append time in epoch milliseconds."""
 
     topic: str
     partition: int

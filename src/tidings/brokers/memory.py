@@ -15,6 +15,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from tidings.brokers import _groups
+from tidings.brokers._admin import describe_group, resolve_reset
 from tidings.brokers._local import DATA_APPENDED, GROUP_CHANGED, Listener, LocalConsumer
 from tidings.brokers.base import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -34,7 +35,6 @@ from tidings.brokers.base import (
     validate_partitions,
     validate_topic_name,
 )
-from tidings.brokers._admin import describe_group, resolve_reset
 from tidings.errors import BrokerClosedError, ConfigError, TopicExistsError, UnknownTopicError
 from tidings.partitioner import partition_for_key
 
@@ -123,11 +123,10 @@ class MemoryLog:
             count = len(topic.partitions)
             placed = []
             for message in messages:
-                if message.partition is not None:
-                    if not 0 <= message.partition < count:
-                        raise UnknownTopicError(
-                            f"topic {topic_name!r} has no partition {message.partition}"
-                        )
+                if message.partition is not None and not 0 <= message.partition < count:
+                    raise UnknownTopicError(
+                        f"topic {topic_name!r} has no partition {message.partition}"
+                    )
             now = int(time.time() * 1000)
             for message in messages:
                 if message.partition is not None:
@@ -265,7 +264,9 @@ class MemoryBroker(Broker):
         self, url: str = "memory://", *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     ) -> None:
         if not url.startswith("memory://"):
-            raise ConfigError(f"not a memory broker URL: {url!r} (expected memory:// or memory://NAME)")
+            raise ConfigError(
+                f"not a memory broker URL: {url!r} (expected memory:// or memory://NAME)"
+            )
         name = url.removeprefix("memory://").strip("/")
         self.url = url
         self.max_message_bytes = max_message_bytes

@@ -1,0 +1,147 @@
+"""Cross-process wake-ups for processes sharing one SQLite file, without busy polling.
+
+Each listening process binds a Linux abstract-namespace datagram socket and records its name
+in the database's `listeners` table. A writer, after committing, sends a one-byte datagram to
+every listener it read from that table inside its transaction. Datagrams are hints: a lost one
+only delays the receiver until its fallback poll, so correctness never depends on them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import socket
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+
+log = logging.getLogger("tidings.notify")
+
+Callback = Callable[[bytes], None]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS listeners (
+    name TEXT PRIMARY KEY,
+    pid INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL
+)
+"""
+
+
+class Notifier:
+    """Sends wake-ups to other processes and delivers received ones to local callbacks.
+
+    Thread-safe. Local callbacks also receive what this process sends (no datagram needed)."""
+
+    def __init__(self, path: str) -> None:
+        digest = hashlib.sha1(os.path.realpath(path).encode(), usedforsecurity=False)
+        self._prefix = f"tidings-{digest.hexdigest()[:16]}-"
+        self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sender.setblocking(False)
+        self._lock = threading.Lock()
+        self._callbacks: list[Callback] = []
+        self._listener: socket.socket | None = None
+        self.name: str | None = None
+        self._dead: set[str] = set()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    # listening ---------------------------------------------------------------------
+
+    def listen(self, register: Callable[[str], None]) -> None:
+        """Bind this process's socket (once) and record it through `register(name)`."""
+        with self._lock:
+            if self._listener is not None:
+                return
+            name = f"{self._prefix}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            sock.bind("\0" + name)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+            self._listener = sock
+            self.name = name
+        register(name)
+        self._thread = threading.Thread(target=self._receive, name="tidings-notify", daemon=True)
+        self._thread.start()
+
+    def add(self, callback: Callback) -> None:
+        with self._lock:
+            self._callbacks.append(callback)
+
+    def remove(self, callback: Callback) -> None:
+        with self._lock:
+            if callback in self._callbacks:
+                self._callbacks.remove(callback)
+
+    def _receive(self) -> None:
+        sock = self._listener
+        assert sock is not None
+        while not self._closed:
+            try:
+                data = sock.recv(64)
+            except OSError:
+                return
+            if not data or self._closed:
+                continue
+            self._deliver(data[:1])
+
+    def _deliver(self, kind: bytes) -> None:
+        with self._lock:
+            callbacks = list(self._callbacks)
+        for callback in callbacks:
+            try:
+                callback(kind)
+            except Exception:
+                log.exception("wake-up callback failed")
+
+    # sending -----------------------------------------------------------------------
+
+    @staticmethod
+    def peers(conn: sqlite3.Connection) -> list[str]:
+        """Listener names, read inside the writer's transaction."""
+        return [row[0] for row in conn.execute("SELECT name FROM listeners")]
+
+    def send(self, kind: bytes, peers: Iterable[str]) -> None:
+        """Wake every peer (and local callbacks). Never blocks; never raises."""
+        for name in peers:
+            if name == self.name:
+                continue
+            try:
+                self._sender.sendto(kind, "\0" + name)
+            except (ConnectionRefusedError, FileNotFoundError):
+                with self._lock:
+                    self._dead.add(name)
+            except OSError:
+                pass
+        self._deliver(kind)
+
+    def forget_dead(self, conn: sqlite3.Connection) -> None:
+        """Delete listeners that refused datagrams (their process is gone); in a write tx."""
+        with self._lock:
+            dead, self._dead = self._dead, set()
+        if dead:
+            conn.executemany("DELETE FROM listeners WHERE name = ?", [(n,) for n in dead])
+
+    @staticmethod
+    def register_sql(conn: sqlite3.Connection, name: str) -> None:
+        conn.execute(
+            "INSERT OR REPLACE INTO listeners(name, pid, created_ms) VALUES (?, ?, ?)",
+            (name, os.getpid(), int(time.time() * 1000)),
+        )
+
+    def close(self, unregister: Callable[[str], None] | None = None) -> None:
+        self._closed = True
+        name = self.name
+        if name is not None and unregister is not None:
+            with contextlib.suppress(Exception):
+                unregister(name)
+        if self._listener is not None and name is not None:
+            with contextlib.suppress(OSError):
+                self._sender.sendto(b"x", "\0" + name)
+            if self._thread is not None:
+                self._thread.join(timeout=1.0)
+            self._listener.close()
+        self._sender.close()

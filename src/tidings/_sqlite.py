@@ -1,0 +1,186 @@
+"""SQLite plumbing shared by the sqlite broker and store: URLs, connections, write
+transactions that never surface "database is locked", and clear storage errors."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TypeVar
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from tidings.errors import ConfigError, StorageError
+
+T = TypeVar("T")
+
+SYNCHRONOUS = ("off", "normal", "full", "extra")
+BUSY_DEADLINE_S = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class SQLiteURL:
+    path: str
+    options: dict[str, str]
+
+
+def parse_url(url: str, *, allowed: set[str]) -> SQLiteURL:
+    """`sqlite:///relative/path.db` or `sqlite:////absolute/path.db`, with `?option=value`."""
+    parts = urlsplit(url)
+    if parts.scheme != "sqlite":
+        raise ConfigError(f"not a sqlite URL: {url!r}")
+    if parts.netloc:
+        raise ConfigError(
+            f"sqlite URL {url!r} has a host {parts.netloc!r}; use sqlite:///relative/path.db "
+            "or sqlite:////absolute/path.db"
+        )
+    path = unquote(parts.path)
+    path = path[1:] if path.startswith("/") else path
+    if not path or path.endswith("/"):
+        raise ConfigError(f"sqlite URL {url!r} names no database file")
+    if path == ":memory:" or path.startswith("file:"):
+        raise ConfigError(
+            f"sqlite URL {url!r}: an in-memory SQLite database cannot be shared between "
+            "connections; use memory:// for an in-memory broker"
+        )
+    options = dict(parse_qsl(parts.query, keep_blank_values=True))
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"unknown option(s) {', '.join(unknown)} in {url!r}; "
+            f"known: {', '.join(sorted(allowed)) or 'none'}"
+        )
+    return SQLiteURL(path, options)
+
+
+def synchronous_option(value: str | None, default: str = "full") -> str:
+    level = (value or default).lower()
+    if level not in SYNCHRONOUS:
+        raise ConfigError(f"synchronous must be one of {', '.join(SYNCHRONOUS)}, got {value!r}")
+    return level
+
+
+@contextlib.contextmanager
+def storage_errors(path: str) -> Iterator[None]:
+    """Turn SQLite's corruption, permission and I/O errors into StorageError naming the file."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        text = str(exc)
+        if "readonly" in text or "read-only" in text:
+            raise StorageError(f"{path}: the database is read-only ({text})") from exc
+        if "unable to open" in text:
+            raise StorageError(f"{path}: cannot open the database file ({text})") from exc
+        if "disk I/O" in text or "full" in text:
+            raise StorageError(f"{path}: {text}") from exc
+        raise
+    except sqlite3.DatabaseError as exc:
+        if isinstance(exc, sqlite3.IntegrityError | sqlite3.ProgrammingError):
+            raise
+        raise StorageError(
+            f"{path}: not a usable SQLite database; it is corrupt or not a database ({exc})"
+        ) from exc
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc)
+    return "locked" in text or "busy" in text
+
+
+def retry_busy(fn: Callable[[], T], path: str) -> T:
+    """Run `fn`, retrying while SQLite reports the database busy or locked (bounded)."""
+    deadline = time.monotonic() + BUSY_DEADLINE_S
+    delay = 0.001
+    while True:
+        try:
+            with storage_errors(path):
+                return fn()
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc) or time.monotonic() > deadline:
+                if _is_busy(exc):
+                    raise StorageError(
+                        f"{path}: still locked by another process after {BUSY_DEADLINE_S:.0f}s"
+                    ) from exc
+                raise
+            time.sleep(delay * (1 + random.random()))
+            delay = min(delay * 2, 0.05)
+
+
+class Database:
+    """One SQLite file in WAL mode; one connection per thread, created on first use.
+
+    `write(fn)` runs `fn(conn)` in a BEGIN IMMEDIATE transaction (retried while busy) and
+    commits; `read(fn)` runs it outside a transaction. Safe to use from any thread."""
+
+    def __init__(self, path: str, *, synchronous: str = "full") -> None:
+        self.path = path
+        self.synchronous = synchronous
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self.closed = False
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            try:
+                os.makedirs(directory, exist_ok=True)
+            except OSError as exc:
+                raise StorageError(f"{path}: cannot create directory {directory}: {exc}") from exc
+
+    def connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            if self.closed:
+                raise StorageError(f"{self.path}: database is closed")
+            conn = retry_busy(self._open, self.path)
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    def _open(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_DEADLINE_S
+        )
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StorageError(f"{self.path}: cannot switch to WAL mode (got {mode!r})")
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            conn.execute(f"PRAGMA busy_timeout={int(BUSY_DEADLINE_S * 1000)}")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self.connection()
+
+        def attempt() -> T:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise
+            return result
+
+        return retry_busy(attempt, self.path)
+
+    def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self.connection()
+        return retry_busy(lambda: fn(conn), self.path)
+
+    def close(self) -> None:
+        self.closed = True
+        with self._lock:
+            conns, self._all = self._all, []
+        for conn in conns:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
