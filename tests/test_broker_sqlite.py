@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.contract.broker_contract import BrokerContract
+from tests.contract.broker_contract import BrokerContract, ProcessContract
 
 
-class TestSQLiteBroker(BrokerContract):
+class TestSQLiteBroker(BrokerContract, ProcessContract):
     @pytest.fixture
     def url(self, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path}/bus.db"

@@ -8,11 +8,15 @@ fixture giving a broker URL whose log survives closing and reopening the broker)
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -565,3 +569,95 @@ class BrokerContract:
             broker.subscribe("g", ["t"], max_batch=0)
         with pytest.raises(ConfigError, match="group"):
             broker.subscribe("", ["t"])
+
+
+
+class ProcessContract:
+    """Cases for backends shared between OS processes (sqlite, kafka); mix into the subclass."""
+
+    async def test_killed_member_process_partitions_move_to_survivor(
+        self, url: str, tmp_path: Path
+    ) -> None:
+        topic, group = topic_name(), "killed"
+        out = tmp_path / "processed.txt"
+        session = 2.0
+        async with connect(url) as broker:
+            await broker.admin.create_topic(topic, 4)
+            members = [
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "tests.contract.member_process",
+                        url,
+                        group,
+                        topic,
+                        str(out),
+                        str(session),
+                    ],
+                    cwd=Path(__file__).resolve().parents[2],
+                )
+                for _ in range(2)
+            ]
+            try:
+                await self._wait_for_members(broker, group, 2, each_owning=2)
+                await broker.publish(topic, messages(200, prefix="before", keys=40))
+                await self._wait_for_lines(out, 200)
+                victim, survivor = members
+                victim.send_signal(signal.SIGKILL)
+                victim.wait()
+                await broker.publish(topic, messages(200, prefix="after", keys=40))
+                await self._wait_for_members(broker, group, 1, each_owning=4, timeout=session * 5)
+                info = await broker.admin.describe_group(group)
+                assert info.members[0].member_id.startswith(info.members[0].client)
+                await self._wait_for_lines(out, 400)
+                for _ in range(100):
+                    info = await broker.admin.describe_group(group)
+                    if info.lag == 0:
+                        break
+                    await asyncio.sleep(0.1)
+                assert info.lag == 0
+            finally:
+                for member in members:
+                    if member.poll() is None:
+                        member.terminate()
+                        member.wait(timeout=20)
+        lines = [line.split() for line in out.read_text().splitlines() if "ready" not in line]
+        processed = [value for _, _, _, value in lines]
+        expected = {f"before-{i}" for i in range(200)} | {f"after-{i}" for i in range(200)}
+        assert set(processed) == expected
+        by_position: dict[tuple[str, str], set[str]] = defaultdict(set)
+        for pid, partition, offset, _ in lines:
+            by_position[(partition, offset)].add(pid)
+        survivor_pid = str(members[1].pid)
+        for pids in by_position.values():
+            if len(pids) > 1:
+                assert survivor_pid in pids, "only the killed member's uncommitted work repeats"
+
+    async def _wait_for_members(
+        self, broker: Broker, group: str, count: int, *, each_owning: int, timeout: float = 30
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                info = await broker.admin.describe_group(group)
+            except ConfigError:
+                info = None
+            if (
+                info is not None
+                and len(info.members) == count
+                and all(len(m.partitions) == each_owning for m in info.members)
+            ):
+                return
+            assert time.monotonic() < deadline, f"group did not settle: {info}"
+            await asyncio.sleep(0.05)
+
+    async def _wait_for_lines(self, out: Path, count: int, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            text = out.read_text() if out.exists() else ""
+            values_ = {line.split()[3] for line in text.splitlines() if "ready" not in line}
+            if len(values_) >= count:
+                return
+            assert time.monotonic() < deadline, f"only {len(values_)} of {count} processed"
+            await asyncio.sleep(0.05)

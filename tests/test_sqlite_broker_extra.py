@@ -1,0 +1,185 @@
+"""SQLite-specific behaviour beyond the broker contract: several writer processes, wake-ups
+across processes, bad URLs and damaged or read-only database files."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tidings import Message, StorageError, connect
+from tidings.brokers.sqlite import SQLiteBroker
+from tidings.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+WRITER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from tidings import Message, connect
+
+    async def main(url, name, count):
+        async with connect(url) as broker:
+            sent = 0
+            size = 1
+            while sent < count:
+                n = min(size, count - sent)
+                await broker.publish(sys.argv[4], [
+                    Message(f"{name}-{sent + i}".encode(), key=f"{name}-{(sent + i) % 13}".encode())
+                    for i in range(n)
+                ])
+                sent += n
+                size = size % 97 + 1
+
+    asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
+    """
+)
+
+
+async def test_concurrent_writer_processes_never_see_locked_errors(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/bus.db"
+    async with connect(url) as broker:
+        await broker.admin.create_topic("shared", 4)
+    writers = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, url, f"w{n}", "3000", "shared"],
+            cwd=ROOT,
+            stderr=subprocess.PIPE,
+        )
+        for n in range(4)
+    ]
+    async with connect(url) as broker:
+        consumer = broker.subscribe("reader", ["shared"])
+        received: list[bytes] = []
+        async with consumer:
+            while len(received) < 12_000:
+                batch = await consumer.fetch(timeout=30)
+                assert batch is not None, f"stalled at {len(received)}"
+                received.extend(r.value for r in batch.records)
+                consumer.ack(batch)
+    for writer in writers:
+        _, err = writer.communicate(timeout=60)
+        assert writer.returncode == 0, err.decode()
+        assert b"locked" not in err
+    assert sorted(received) == sorted(f"w{n}-{i}".encode() for n in range(4) for i in range(3000))
+
+
+async def test_idle_consumer_is_woken_by_another_process_without_polling(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/bus.db"
+    async with connect(url) as broker:
+        await broker.admin.create_topic("wake", 2)
+        consumer = broker.subscribe("idle", ["wake"], auto_offset_reset="latest")
+        consumer._poll_interval = 3600  # type: ignore[attr-defined]
+        async with consumer:
+            assert await consumer.fetch(timeout=0.2) is None
+            publisher = subprocess.run(
+                [sys.executable, "-c", WRITER, url, "p", "1", "wake"],
+                cwd=ROOT,
+                capture_output=True,
+                timeout=60,
+            )
+            assert publisher.returncode == 0, publisher.stderr.decode()
+            batch = await consumer.fetch(timeout=20)
+            assert batch is not None
+            assert batch.records[0].value == b"p-0"
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("sqlite://host/bus.db", "has a host"),
+        ("sqlite:///", "names no database file"),
+        ("sqlite:///:memory:", "memory://"),
+        ("sqlite:///x.db?fsync=yes", "unknown option"),
+        ("sqlite:///x.db?synchronous=sometimes", "synchronous"),
+        ("sqlite:///x.db?max_message_bytes=big", "max_message_bytes"),
+        ("kafka2://x", "unknown broker scheme"),
+        ("bus.db", "malformed"),
+    ],
+)
+def test_bad_urls_name_the_problem(url: str, problem: str, tmp_path: Path) -> None:
+    os.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=problem):
+        connect(url)
+
+
+def test_a_file_that_is_not_a_database_is_refused_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "bus.db"
+    garbage = b"this is my thesis, not a database" * 100
+    path.write_bytes(garbage)
+    with pytest.raises(StorageError, match=r"bus\.db.*corrupt or not a database"):
+        SQLiteBroker(f"sqlite:///{path}")
+    assert path.read_bytes() == garbage
+
+
+async def test_a_corrupt_batch_is_reported_with_its_position(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/bus.db"
+    async with connect(url) as broker:
+        await broker.admin.create_topic("t")
+        await broker.publish("t", [Message(b"one")])
+        await broker.publish("t", [Message(b"two")])
+    with sqlite3.connect(tmp_path / "bus.db") as db:
+        db.execute("UPDATE batches SET payload = x'c1c1' WHERE base_offset = 1")
+    async with connect(url) as broker:
+        consumer = broker.subscribe("g", ["t"], max_batch=1)
+        async with consumer:
+            first = await consumer.fetch(timeout=5)
+            assert first is not None and first.records[0].value == b"one"
+            consumer.ack(first)
+            with pytest.raises(StorageError, match=r"t\[0\] offset 1 is corrupt"):
+                await consumer.fetch(timeout=5)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to an unprivileged user")
+def test_a_read_only_database_gives_a_clear_error_and_keeps_its_data(tmp_path: Path) -> None:
+    shared = Path("/tmp") / f"tidings-ro-{os.getpid()}"
+    shared.mkdir(mode=0o755, exist_ok=True)
+    try:
+        url = f"sqlite:///{shared}/bus.db"
+
+        async def fill() -> None:
+            async with connect(url) as broker:
+                await broker.admin.create_topic("t")
+                await broker.publish("t", [Message(b"kept")])
+
+        asyncio.run(fill())
+        for name in os.listdir(shared):
+            os.chmod(shared / name, 0o444)
+        script = textwrap.dedent(
+            """
+            import asyncio, os, sys
+            from tidings import Message, connect, StorageError
+            import tidings.brokers.sqlite
+            os.setgid(65534); os.setuid(65534)
+            async def main():
+                try:
+                    async with connect(sys.argv[1]) as broker:
+                        await broker.publish("t", [Message(b"lost?")])
+                except StorageError as exc:
+                    print("StorageError:", exc)
+            asyncio.run(main())
+            """
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", script, url],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        )
+        assert "StorageError:" in result.stdout, result.stdout + result.stderr
+        assert "read-only" in result.stdout or "cannot open" in result.stdout
+        with sqlite3.connect(f"file:{shared}/bus.db?mode=ro", uri=True) as db:
+            assert db.execute("SELECT count(*) FROM batches").fetchone()[0] == 1
+    finally:
+        for name in os.listdir(shared):
+            os.chmod(shared / name, 0o644)
+            os.unlink(shared / name)
+        shared.rmdir()
