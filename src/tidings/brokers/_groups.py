@@ -154,3 +154,5 @@ def _remove(state: GroupState, member_id: str) -> None:
     state.members.pop(member_id, None)
     for tp in [tp for tp, owner in state.owners.items() if owner == member_id]:
         del state.owners[tp]
+    for tp in [tp for tp, target in state.targets.items() if target == member_id]:
+        del state.targets[tp]

@@ -189,10 +189,6 @@ class LocalConsumer(Consumer):
         finally:
             self._worker.shutdown(wait=False)
 
-    async def __aenter__(self) -> LocalConsumer:
-        await self.start()
-        return self
-
     # delivery ----------------------------------------------------------------------------
 
     async def fetch(self, timeout: float | None = None) -> Batch | None:

@@ -23,9 +23,12 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 import msgspec
+
+if TYPE_CHECKING:
+    from tidings.event import Event
 
 Headers = tuple[tuple[str, bytes], ...]
 
@@ -41,7 +44,7 @@ class TopicPartition:
         return f"{self.topic}[{self.partition}]"
 
 
-class Message(msgspec.Struct, frozen=True):
+class Message(msgspec.Struct, frozen=True, gc=False):
     """A record to publish. `partition=None` lets the broker choose: by key, else round-robin."""
 
     value: bytes
@@ -52,14 +55,15 @@ class Message(msgspec.Struct, frozen=True):
     @property
     def size(self) -> int:
         """Bytes counted against the broker's maximum message size."""
-        return (
-            len(self.value)
-            + (len(self.key) if self.key else 0)
-            + sum(len(k) + len(v) for k, v in self.headers)
-        )
+        size = len(self.value)
+        if self.key is not None:
+            size += len(self.key)
+        for name, value in self.headers:
+            size += len(name) + len(value)
+        return size
 
 
-class Record(msgspec.Struct, frozen=True):
+class Record(msgspec.Struct, frozen=True, gc=False):
     """A record read back from a topic; `timestamp` is its append time in epoch milliseconds."""
 
     topic: str
@@ -103,8 +107,7 @@ class Batch:
         return len(self.records)
 
 
-@dataclass(frozen=True, slots=True)
-class Published:
+class Published(msgspec.Struct, frozen=True, gc=False):
     """Where one published message landed."""
 
     partition: int
@@ -224,6 +227,11 @@ class Consumer(abc.ABC):
     """
 
     @abc.abstractmethod
+    async def start(self) -> None:
+        """Join the group and claim partitions now; otherwise the first fetch does. Also
+        called by `async with consumer`."""
+
+    @abc.abstractmethod
     async def fetch(self, timeout: float | None = None) -> Batch | None:
         """The next batch of any owned partition that has no batch in flight, or None on timeout."""
 
@@ -265,6 +273,7 @@ class Consumer(abc.ABC):
         """Commit acked offsets, release partitions and leave the group. Idempotent."""
 
     async def __aenter__(self) -> Self:
+        await self.start()
         return self
 
     async def __aexit__(
@@ -336,6 +345,15 @@ class Broker(abc.ABC):
 
         Raises UnknownTopicError, MessageTooLargeError (nothing of the call written) or a
         backend error. Durable when it returns."""
+
+    async def publish_events(
+        self, topic: str, events: Sequence[Event], *, binary: bool = False
+    ) -> list[Published]:
+        """Publish events as CloudEvents records (structured JSON, or the Kafka binary binding
+        with `binary=True`); same guarantees as `publish`. Partitioned by `event.key`."""
+        from tidings.event import event_to_message
+
+        return await self.publish(topic, [event_to_message(e, binary=binary) for e in events])
 
     @abc.abstractmethod
     def subscribe(

@@ -345,7 +345,7 @@ class MemoryAdmin(Admin):
 
     async def list_groups(self) -> list[str]:
         with self._log._lock:
-            return sorted(self._log.groups)
+            return sorted(n for n, g in self._log.groups.items() if g.members or g.offsets)
 
     async def describe_group(self, name: str) -> GroupInfo:
         with self._log._lock:

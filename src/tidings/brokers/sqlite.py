@@ -73,6 +73,8 @@ log = logging.getLogger("tidings.sqlite")
 SCHEMA_VERSION = 1
 RETENTION_CHECK_S = 5.0
 MAX_WRITE_GROUP = 100_000
+MAX_RECORDS_PER_ROW = 500
+"""Bounds the records decoded to serve a read that starts inside a stored row."""
 
 SCHEMA = [
     "CREATE TABLE IF NOT EXISTS broker_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -270,26 +272,27 @@ class SQLiteLog:
                 index = next(round_robin) % count
             routed.setdefault(index, []).append(message)
             indexes.append(index)
-        ends = dict(
-            conn.execute(
-                "SELECT partition, end_offset FROM partitions WHERE topic_id = ?", (topic_id,)
-            ).fetchall()
-        )
-        last_ts = dict(
-            conn.execute(
-                "SELECT partition, last_ts FROM partitions WHERE topic_id = ?", (topic_id,)
-            ).fetchall()
-        )
+        ends: dict[int, int] = {}
+        last_ts: dict[int, int] = {}
+        for partition, end, ts in conn.execute(
+            "SELECT partition, end_offset, last_ts FROM partitions WHERE topic_id = ?", (topic_id,)
+        ):
+            ends[partition] = end
+            last_ts[partition] = ts
         rows = []
         updates = []
         for index, group in routed.items():
             base = ends[index]
             ts = max(now, last_ts[index])
-            size = sum(m.size for m in group)
-            payload = _payload_encoder.encode([(m.key, m.value, m.headers) for m in group])
-            last = base + len(group) - 1
-            rows.append((topic_id, index, base, last, ts, size, payload))
-            updates.append((last + 1, size, ts, topic_id, index))
+            total = 0
+            for start in range(0, len(group), MAX_RECORDS_PER_ROW):
+                chunk = group[start : start + MAX_RECORDS_PER_ROW]
+                size = sum(m.size for m in chunk)
+                payload = _payload_encoder.encode([(m.key, m.value, m.headers) for m in chunk])
+                first = base + start
+                rows.append((topic_id, index, first, first + len(chunk) - 1, ts, size, payload))
+                total += size
+            updates.append((base + len(group), total, ts, topic_id, index))
         conn.executemany(
             "INSERT INTO batches(topic_id, partition, base_offset, last_offset, ts, bytes, payload)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -394,14 +397,15 @@ class SQLiteLog:
                             f"{self.path}: batch at {tp} offset {base} is corrupt ({exc})"
                         ) from exc
                     skip = max(0, offset - base)
-                    for i in range(skip, len(stored)):
+                    stop = min(len(stored), skip + max_records - len(records))
+                    for i in range(skip, stop):
                         key, value, headers = stored[i]
                         records.append(Record(topic, partition, base + i, ts, value, key, headers))
                     if len(records) >= max_records:
                         break
             finally:
                 cursor.close()
-            return records[:max_records]
+            return records
 
         return self.db.read(query)
 
@@ -501,13 +505,19 @@ class SQLiteLog:
         )
         now = _now_ms()
         changed = []
+        emptied = []
         tps = set(before.owners) | set(after.owners) | set(before.targets) | set(after.targets)
         tps |= set(before.offsets) | set(after.offsets)
         for tp in tps:
             old = (before.owners.get(tp), before.targets.get(tp), before.offsets.get(tp))
             new = (after.owners.get(tp), after.targets.get(tp), after.offsets.get(tp))
-            if old != new:
+            if new == (None, None, None):
+                emptied.append((group, tp.topic, tp.partition))
+            elif old != new:
                 changed.append((group, tp.topic, tp.partition, *new, now))
+        conn.executemany(
+            "DELETE FROM group_partitions WHERE grp = ? AND topic = ? AND partition = ?", emptied
+        )
         conn.executemany(
             "INSERT INTO group_partitions"
             "(grp, topic, partition, owner, target, committed, committed_ms)"
