@@ -31,6 +31,17 @@ from tidings.errors import (
     TopicExistsError,
     UnknownTopicError,
 )
+from tidings.event import (
+    Event,
+    decode_event,
+    encode_event,
+    event_from_record,
+    event_to_message,
+    from_cloudevent,
+    from_kafka_binary,
+    to_cloudevent,
+    to_kafka_binary,
+)
 
 __all__ = [
     "Admin",
@@ -41,6 +52,7 @@ __all__ = [
     "ConfigError",
     "Consumer",
     "DecodeError",
+    "Event",
     "GroupInfo",
     "Message",
     "MessageTooLargeError",
@@ -57,5 +69,13 @@ __all__ = [
     "TopicPartition",
     "UnknownTopicError",
     "connect",
+    "decode_event",
+    "encode_event",
+    "event_from_record",
+    "event_to_message",
+    "from_cloudevent",
+    "from_kafka_binary",
+    "to_cloudevent",
+    "to_kafka_binary",
 ]
 __version__ = "0.1.0"

@@ -1,0 +1,439 @@
+"""The event envelope and its codecs: CloudEvents 1.0 structured JSON and the Kafka binary binding.
+
+Every codec is lossless for an `Event` whose `data` is JSON-native (dict with str keys, list,
+str, int, float, bool, None) or `bytes`: decoding what a codec encoded gives an equal event.
+Decoders raise `tidings.errors.DecodeError`, naming what is wrong, for anything that is not a
+valid CloudEvent; they accept CloudEvents from other producers, which need none of the tidings
+extension attributes.
+
+Attribute mapping (CloudEvents name <- Event field):
+
+* `specversion` "1.0"; `id`; `type`; `time` (RFC 3339, UTC, microseconds);
+  `source` (CloudEvents requires a non-empty source, so an empty `source` is written as
+  `urn:tidings:unknown` and read back as "");
+* `datacontenttype` "application/json" and `data`, or `data_base64` when `data` is bytes;
+* extensions: `partitionkey` (Partitioning extension) <- `key`, `correlationid`, `causationid`,
+  `typeversion` (integer) <- `version`, and `tidingsheaders` (a JSON string of `headers`,
+  written only when there are headers, since extension values must be primitive).
+
+Absent optional attributes are omitted. A CloudEvent without `typeversion` has version 1,
+without `time` gets the decoding time (the record's append time in `event_from_record`), without
+`correlationid` starts its own chain. Other attributes (`subject`, `dataschema`, unknown
+extensions) are ignored, and `datacontenttype` is not kept: data is always written as JSON.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import msgspec
+from msgspec.structs import force_setattr
+
+from tidings.brokers.base import Headers, Message, Record
+from tidings.errors import DecodeError
+
+__all__ = [
+    "SPECVERSION",
+    "STRUCTURED_CONTENT_TYPE",
+    "UNKNOWN_SOURCE",
+    "Event",
+    "decode_event",
+    "encode_event",
+    "event_from_record",
+    "event_to_message",
+    "from_cloudevent",
+    "from_kafka_binary",
+    "to_cloudevent",
+    "to_kafka_binary",
+]
+
+SPECVERSION = "1.0"
+UNKNOWN_SOURCE = "urn:tidings:unknown"
+STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
+_JSON_CONTENT_TYPE = "application/json"
+_BYTES_CONTENT_TYPE = "application/octet-stream"
+_CONTENT_TYPE_HEADER = "content-type"
+_ATTRIBUTE_HEADER_PREFIX = "ce_"
+
+
+def _new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True):
+    """An immutable fact. Raises ValueError if a field is invalid.
+
+    `correlation_id` defaults to the event's own `id`: an event that continues no chain starts
+    one. `time` must be timezone-aware and is stored in UTC. Header names `content-type` and
+    `ce_*` are reserved by the Kafka binary binding.
+    """
+
+    type: str
+    data: Any = None
+    key: str | None = None
+    version: int = 1
+    id: str = msgspec.field(default_factory=_new_id)
+    time: datetime = msgspec.field(default_factory=_utc_now)
+    source: str = ""
+    correlation_id: str | None = None
+    causation_id: str | None = None
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.type, str) or not self.type:
+            raise ValueError(f"Event.type must be a non-empty string, got {self.type!r}")
+        if not isinstance(self.id, str) or not self.id:
+            raise ValueError(f"Event.id must be a non-empty string, got {self.id!r}")
+        version = self.version
+        if type(version) is not int or version < 1:
+            raise ValueError(f"Event.version must be an integer >= 1, got {version!r}")
+        _check_optional_text("key", self.key)
+        _check_optional_text("correlation_id", self.correlation_id)
+        _check_optional_text("causation_id", self.causation_id)
+        if not isinstance(self.source, str):
+            raise ValueError(f"Event.source must be a string, got {self.source!r}")
+        time = self.time
+        if time.__class__ is not datetime or time.tzinfo is not UTC:
+            force_setattr(self, "time", _as_utc(time))
+        headers = self.headers
+        if headers or headers.__class__ is not dict:
+            _check_headers(headers)
+        if self.correlation_id is None:
+            force_setattr(self, "correlation_id", self.id)
+
+    def caused(
+        self,
+        type: str,
+        data: Any = None,
+        *,
+        key: str | None = None,
+        version: int = 1,
+        source: str | None = None,
+    ) -> Event:
+        """A new event caused by this one: same correlation, `causation_id` = this event's id.
+
+        `key` and `source` default to this event's; headers are not inherited.
+        """
+        return Event(
+            type=type,
+            data=data,
+            key=self.key if key is None else key,
+            version=version,
+            source=self.source if source is None else source,
+            correlation_id=self.correlation_id,
+            causation_id=self.id,
+        )
+
+
+def _check_optional_text(name: str, value: object) -> None:
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"Event.{name} must be a string or None, got {value!r}")
+
+
+def _as_utc(time: object) -> datetime:
+    if not isinstance(time, datetime) or time.utcoffset() is None:
+        raise ValueError(f"Event.time must be a timezone-aware datetime, got {time!r}")
+    return time.astimezone(UTC)
+
+
+def _check_headers(headers: object) -> None:
+    if not isinstance(headers, dict):
+        raise ValueError(f"Event.headers must be a dict of str to str, got {headers!r}")
+    for name, value in headers.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise ValueError(f"Event.headers must map str to str, got {name!r}: {value!r}")
+        lowered = name.lower()
+        if lowered == _CONTENT_TYPE_HEADER or lowered.startswith(_ATTRIBUTE_HEADER_PREFIX):
+            raise ValueError(
+                f"Event.headers name {name!r} is reserved (content-type and ce_* carry "
+                "CloudEvents attributes in Kafka headers)"
+            )
+
+
+_NonEmptyStr = Annotated[str, msgspec.Meta(min_length=1)]
+_AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
+_TypeVersion = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class _CloudEventIn(msgspec.Struct):
+    """A CloudEvent being decoded; field names are the attribute names."""
+
+    specversion: str
+    id: _NonEmptyStr
+    source: _NonEmptyStr
+    type: _NonEmptyStr
+    time: _AwareDatetime | None = None
+    data: Any = None
+    data_base64: bytes | None = None
+    partitionkey: str | None = None
+    correlationid: str | None = None
+    causationid: str | None = None
+    typeversion: _TypeVersion | None = None
+    tidingsheaders: str | None = None
+
+
+class _CloudEventOut(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """A CloudEvent being encoded. `time` is a datetime only when msgspec writes it with
+    microseconds (they are non-zero); otherwise the text, which then carries `.000000`."""
+
+    specversion: str
+    id: str
+    source: str
+    type: str
+    time: datetime | str
+    datacontenttype: str | None = None
+    data: Any = None
+    data_base64: bytes | None = None
+    partitionkey: str | None = None
+    correlationid: str | None = None
+    causationid: str | None = None
+    typeversion: int
+    tidingsheaders: str | None = None
+
+
+_json_encoder = msgspec.json.Encoder()
+_cloudevent_decoder = msgspec.json.Decoder(_CloudEventIn)
+_headers_decoder = msgspec.json.Decoder(dict[str, str])
+_WHOLE_SECOND_TIME_LENGTH = len(b'"2000-01-01T00:00:00Z"')
+
+
+def _time_text(time: datetime) -> str:
+    """RFC 3339 in UTC with microseconds, e.g. `2024-05-01T12:00:00.000000Z`."""
+    quoted = _json_encoder.encode(time)
+    if len(quoted) == _WHOLE_SECOND_TIME_LENGTH:
+        return quoted[1:-2].decode() + ".000000Z"
+    return quoted[1:-1].decode()
+
+
+def _to_wire(event: Event) -> _CloudEventOut:
+    data = event.data
+    headers = event.headers
+    time = event.time
+    is_bytes = isinstance(data, bytes)
+    return _CloudEventOut(
+        specversion=SPECVERSION,
+        id=event.id,
+        source=event.source or UNKNOWN_SOURCE,
+        type=event.type,
+        time=time if time.microsecond else _time_text(time),
+        datacontenttype=None if data is None or is_bytes else _JSON_CONTENT_TYPE,
+        data=None if is_bytes else data,
+        data_base64=data if is_bytes else None,
+        partitionkey=event.key,
+        correlationid=event.correlation_id,
+        causationid=event.causation_id,
+        typeversion=event.version,
+        tidingsheaders=_json_encoder.encode(headers).decode() if headers else None,
+    )
+
+
+def _from_wire(wire: _CloudEventIn, headers: dict[str, str] | None, record: Record | None) -> Event:
+    """The event in `wire`; a missing time or key falls back on `record`'s append time / key."""
+    if wire.specversion != SPECVERSION:
+        raise DecodeError(
+            f"unsupported CloudEvents specversion {wire.specversion!r}, expected {SPECVERSION!r}"
+        )
+    if headers is None:
+        headers = {} if wire.tidingsheaders is None else _decode_headers(wire.tidingsheaders)
+    time = wire.time
+    if time is None:
+        time = _utc_now() if record is None else _record_time(record)
+    key = wire.partitionkey
+    if key is None and record is not None:
+        key = _utf8_or_none(record.key)
+    try:
+        return Event(
+            type=wire.type,
+            data=wire.data if wire.data_base64 is None else wire.data_base64,
+            key=key,
+            version=1 if wire.typeversion is None else wire.typeversion,
+            id=wire.id,
+            time=time,
+            source="" if wire.source == UNKNOWN_SOURCE else wire.source,
+            correlation_id=wire.correlationid,
+            causation_id=wire.causationid,
+            headers=headers,
+        )
+    except ValueError as exc:
+        raise DecodeError(f"invalid event: {exc}") from None
+
+
+def _decode_headers(text: str) -> dict[str, str]:
+    try:
+        return _headers_decoder.decode(text)
+    except msgspec.DecodeError as exc:
+        raise DecodeError(
+            f"bad `tidingsheaders`: expected a JSON object of strings to strings ({exc})"
+        ) from None
+
+
+def to_cloudevent(event: Event) -> dict[str, Any]:
+    """`event` as a CloudEvents 1.0 structured-mode JSON object, made of JSON-ready builtins."""
+    result: dict[str, Any] = msgspec.to_builtins(_to_wire(event))
+    return result
+
+
+def from_cloudevent(obj: Mapping[str, Any]) -> Event:
+    """The event in a CloudEvents 1.0 structured-mode JSON object. Raises DecodeError."""
+    if not isinstance(obj, Mapping):
+        raise DecodeError(f"not a CloudEvent: expected a JSON object, got {type(obj).__name__}")
+    try:
+        wire = msgspec.convert(obj, _CloudEventIn)
+    except msgspec.ValidationError as exc:
+        raise DecodeError(f"not a CloudEvent: {exc}") from None
+    return _from_wire(wire, None, None)
+
+
+def encode_event(event: Event) -> bytes:
+    """`event` as compact CloudEvents 1.0 structured-mode JSON."""
+    return _json_encoder.encode(_to_wire(event))
+
+
+def decode_event(data: bytes) -> Event:
+    """The event in CloudEvents 1.0 structured-mode JSON. Raises DecodeError."""
+    return _decode_structured(data, None)
+
+
+def _decode_structured(data: bytes, record: Record | None) -> Event:
+    try:
+        wire = _cloudevent_decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        raise DecodeError(f"not a CloudEvent: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise DecodeError(f"not JSON: {exc}") from None
+    return _from_wire(wire, None, record)
+
+
+def to_kafka_binary(event: Event) -> tuple[Headers, bytes]:
+    """`event` in the CloudEvents Kafka protocol binding, binary mode: (headers, value).
+
+    Attributes go to `ce_*` headers, each event header to a Kafka header of its own name, data
+    to the value: JSON with `content-type: application/json`, raw bytes with
+    `application/octet-stream`, or an empty value and no content-type when data is None.
+    """
+    headers: list[tuple[str, bytes]] = [
+        ("ce_specversion", SPECVERSION.encode()),
+        ("ce_id", event.id.encode()),
+        ("ce_source", (event.source or UNKNOWN_SOURCE).encode()),
+        ("ce_type", event.type.encode()),
+        ("ce_time", _time_text(event.time).encode()),
+    ]
+    if event.key is not None:
+        headers.append(("ce_partitionkey", event.key.encode()))
+    if event.correlation_id is not None:
+        headers.append(("ce_correlationid", event.correlation_id.encode()))
+    if event.causation_id is not None:
+        headers.append(("ce_causationid", event.causation_id.encode()))
+    headers.append(("ce_typeversion", str(event.version).encode()))
+    data = event.data
+    if data is None:
+        value = b""
+    elif isinstance(data, bytes):
+        headers.append((_CONTENT_TYPE_HEADER, _BYTES_CONTENT_TYPE.encode()))
+        value = data
+    else:
+        headers.append((_CONTENT_TYPE_HEADER, _JSON_CONTENT_TYPE.encode()))
+        value = _json_encoder.encode(data)
+    headers.extend((name, text.encode()) for name, text in event.headers.items())
+    return tuple(headers), value
+
+
+def _is_json(content_type: str | None) -> bool:
+    if content_type is None:
+        return True
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    return media_type == _JSON_CONTENT_TYPE or media_type.endswith("+json")
+
+
+def from_kafka_binary(headers: Headers, value: bytes) -> Event:
+    """The event in a binary-mode Kafka record (see `to_kafka_binary`). Raises DecodeError.
+
+    Every header that is neither `ce_*` nor `content-type` becomes an event header. Data is the
+    raw value if `content-type` names a non-JSON media type; otherwise the value is JSON, and an
+    empty value means no data.
+    """
+    return _decode_binary(headers, value, None)
+
+
+def _decode_binary(headers: Headers, value: bytes, record: Record | None) -> Event:
+    attributes: dict[str, str] = {}
+    event_headers: dict[str, str] = {}
+    content_type: str | None = None
+    for name, raw in headers:
+        try:
+            text = raw.decode()
+        except UnicodeDecodeError:
+            raise DecodeError(f"header {name!r} is not UTF-8") from None
+        if name.startswith(_ATTRIBUTE_HEADER_PREFIX):
+            attributes[name[len(_ATTRIBUTE_HEADER_PREFIX) :]] = text
+        elif name.lower() == _CONTENT_TYPE_HEADER:
+            content_type = text
+        else:
+            event_headers[name] = text
+    attributes.pop("data", None)
+    attributes.pop("data_base64", None)
+    try:
+        wire = msgspec.convert(attributes, _CloudEventIn, strict=False)
+    except msgspec.ValidationError as exc:
+        raise DecodeError(f"not a binary-mode CloudEvent (ce_* headers): {exc}") from None
+    if not _is_json(content_type):
+        wire.data_base64 = value
+    elif value:
+        try:
+            wire.data = msgspec.json.decode(value)
+        except msgspec.DecodeError as exc:
+            raise DecodeError(f"value is not JSON: {exc}") from None
+    return _from_wire(wire, event_headers, record)
+
+
+def event_to_message(event: Event, *, binary: bool = False) -> Message:
+    """A message carrying `event`, keyed by its UTF-8 encoded `key`.
+
+    Structured mode (`content-type: application/cloudevents+json`) by default, the Kafka binary
+    binding if `binary`.
+    """
+    key = None if event.key is None else event.key.encode()
+    if binary:
+        headers, value = to_kafka_binary(event)
+        return Message(value=value, key=key, headers=headers)
+    return Message(
+        value=encode_event(event),
+        key=key,
+        headers=((_CONTENT_TYPE_HEADER, STRUCTURED_CONTENT_TYPE.encode()),),
+    )
+
+
+def event_from_record(record: Record) -> Event:
+    """The event in `record`: binary mode if it has a `ce_specversion` header, else structured.
+
+    A CloudEvent without time gets the record's append time, one without partition key the
+    record's key (when it is UTF-8). Raises DecodeError naming the topic, partition and offset.
+    """
+    try:
+        if any(name == "ce_specversion" for name, _ in record.headers):
+            return _decode_binary(record.headers, record.value, record)
+        return _decode_structured(record.value, record)
+    except DecodeError as exc:
+        raise DecodeError(
+            f"cannot decode the event at {record.topic}[{record.partition}]@{record.offset}: {exc}"
+        ) from exc
+
+
+def _record_time(record: Record) -> datetime:
+    return datetime.fromtimestamp(record.timestamp / 1000, UTC)
+
+
+def _utf8_or_none(raw: bytes | None) -> str | None:
+    if raw is None:
+        return None
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return None
