@@ -287,8 +287,8 @@ class SQLiteLog:
             total = 0
             for start in range(0, len(group), MAX_RECORDS_PER_ROW):
                 chunk = group[start : start + MAX_RECORDS_PER_ROW]
-                size = sum(m.size for m in chunk)
                 payload = _payload_encoder.encode([(m.key, m.value, m.headers) for m in chunk])
+                size = len(payload)
                 first = base + start
                 rows.append((topic_id, index, first, first + len(chunk) - 1, ts, size, payload))
                 total += size
