@@ -141,6 +141,13 @@ class Database:
                 self._all.append(conn)
         return conn
 
+    def open_connection(self) -> sqlite3.Connection:
+        """A new connection of its own (not the thread's), closed with the database."""
+        conn = retry_busy(self._open, self.path)
+        with self._lock:
+            self._all.append(conn)
+        return conn
+
     def _open(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
             self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_DEADLINE_S

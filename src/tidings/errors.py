@@ -41,3 +41,12 @@ class CommitFailedError(TidingsError):
 
 class StorageError(TidingsError, OSError):
     """The backing store is corrupt, read-only or otherwise unusable."""
+
+
+class DuplicateEventError(TidingsError):
+    """An event id was written to the outbox twice for the same topic; the transaction was
+    rolled back."""
+
+
+class MigrationError(TidingsError):
+    """A schema migration failed or an applied migration was changed."""

@@ -1,0 +1,157 @@
+"""The Store interface: a service's own database, with its outbox and inbox.
+
+A store owns transactions. Everything done in one transaction - the user's SQL, the events
+it publishes (outbox rows) and the events it marks processed (inbox rows) - commits atomically
+or not at all. The framework creates and migrates its own tables (`tidings_*`) on `start()`.
+
+Guarantees every backend gives:
+
+* **Outbox**: rows become visible to the relay only when their transaction commits, in commit
+  order per key; `outbox_claim` never skips a committed row, whatever order transactions commit
+  in. Only the holder of the relay lease receives rows, so several relay processes never publish
+  concurrently; a dead holder's lease expires and another relay takes over (at-least-once).
+* **Inbox**: `inbox_add` inserts (consumer, event id) once; a second insert of the same pair, in
+  any transaction, returns False after the first commits, so a redelivered event does nothing.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Any
+
+from tidings.brokers.base import Message
+
+Row = tuple[Any, ...]
+Params = Sequence[Any] | dict[str, Any]
+
+
+class InboxStatus(enum.StrEnum):
+    DONE = "done"
+    """The handler's effects committed; the event is never applied again."""
+    DEAD = "dead"
+    """The event was dead-lettered; only a replay from the dead-letter topic runs it again."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    seq: int
+    topic: str
+    event_id: str
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class InboxEntry:
+    consumer: str
+    event_id: str
+    status: InboxStatus
+
+
+class Transaction(abc.ABC):
+    """One store transaction. Use from one task; not thread-safe."""
+
+    @abc.abstractmethod
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        """Run a statement with parameters; returns the affected row count."""
+
+    @abc.abstractmethod
+    async def fetchall(self, sql: str, params: Params = ()) -> list[Row]: ...
+
+    async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
+        rows = await self.fetchall(sql, params)
+        return rows[0] if rows else None
+
+    @abc.abstractmethod
+    def add_outbox(self, topic: str, event_id: str, message: Message) -> None:
+        """Queue an outbox row; written before commit. Duplicate (topic, event id) pairs make
+        the commit fail with DuplicateEventError."""
+
+    @abc.abstractmethod
+    async def inbox_add(
+        self,
+        consumer: str,
+        event_id: str,
+        position: tuple[str, int, int],
+        status: InboxStatus = InboxStatus.DONE,
+    ) -> bool:
+        """Record the event as handled by `consumer`; False if it already was (status DONE, or
+        DEAD when `status` is DEAD). `position` is (topic, partition, offset)."""
+
+    @abc.abstractmethod
+    async def inbox_get(self, consumer: str, event_id: str) -> InboxStatus | None: ...
+
+    @abc.abstractmethod
+    async def inbox_delete(self, consumer: str, event_id: str) -> None: ...
+
+    @abc.abstractmethod
+    def savepoint(self) -> AbstractAsyncContextManager[None]:
+        """A nested unit: an exception inside rolls back only what the block did (SQL, outbox
+        rows and inbox rows) and propagates."""
+
+
+class Store(abc.ABC):
+    """A service's database. Safe to share between tasks of one event loop."""
+
+    url: str
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Connect and create or migrate the framework's tables. Idempotent."""
+
+    @abc.abstractmethod
+    def transaction(self) -> AbstractAsyncContextManager[Transaction]:
+        """A read-write transaction: commits when the block exits normally, rolls back when it
+        raises. Writers are serialized per store where the backend requires it (SQLite)."""
+
+    @abc.abstractmethod
+    async def migrate(self, migrations: Sequence[str]) -> int:
+        """Apply the user's schema migrations not applied yet, in order, each in its own
+        transaction; returns how many ran. Migration N is identified by its position; changing
+        an applied one raises MigrationError."""
+
+    @abc.abstractmethod
+    async def query(self, sql: str, params: Params = ()) -> list[Row]:
+        """A read outside any transaction (sees committed data)."""
+
+    @abc.abstractmethod
+    async def outbox_claim(self, relay: str, limit: int, lease_s: float) -> list[OutboxRow] | None:
+        """Up to `limit` oldest outbox rows if `relay` holds (or now takes) the relay lease for
+        `lease_s` seconds; None while another live relay holds it."""
+
+    @abc.abstractmethod
+    async def outbox_remove(self, relay: str, seqs: Sequence[int]) -> None:
+        """Delete dispatched rows."""
+
+    @abc.abstractmethod
+    async def outbox_release(self, relay: str) -> None:
+        """Give up the relay lease (clean shutdown)."""
+
+    @abc.abstractmethod
+    async def outbox_size(self) -> int: ...
+
+    @abc.abstractmethod
+    async def inbox_cleanup(
+        self, consumer_prefix: str, committed: dict[tuple[str, int], int], older_than_s: float
+    ) -> int:
+        """Delete DONE inbox rows of consumers starting with `consumer_prefix` that are older
+        than `older_than_s` and below the group's committed offset of their partition (so the
+        broker will not redeliver them). Returns how many."""
+
+    @abc.abstractmethod
+    def on_outbox(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (from any thread) when a transaction with outbox rows commits, in
+        this process or another one sharing the store."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    async def __aenter__(self) -> Store:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -1,0 +1,406 @@
+"""The SQLite store: a service's database in one SQLite file (WAL, durable by default).
+
+`sqlite:///path/to/service.db`; option `synchronous` (`full` by default: a committed
+transaction survives power loss).
+
+SQLite has one writer at a time, so transactions are serialized: within a process by an
+asyncio lock, across processes by `BEGIN IMMEDIATE` (which waits; never "database is locked").
+Because writers are serialized, outbox sequence numbers are assigned in commit order and the
+relay can never skip a row that commits late. Statements inside a transaction run inline on the
+calling thread: the write lock is already held, so they take microseconds; BEGIN (which may
+wait for another process) and COMMIT (fsync) run on the store's worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractAsyncContextManager
+from typing import Any, TypeVar
+
+import msgspec
+
+from tidings import _sqlite
+from tidings._notify import SCHEMA as LISTENERS_SCHEMA
+from tidings._notify import Notifier
+from tidings.brokers.base import Headers, Message
+from tidings.errors import DuplicateEventError, MigrationError, StorageError
+from tidings.stores.base import InboxStatus, OutboxRow, Params, Row, Store, Transaction
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+OUTBOX_COMMITTED = b"o"
+
+SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS tidings_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS tidings_outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        topic TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        key BLOB,
+        value BLOB NOT NULL,
+        headers BLOB,
+        created_ms INTEGER NOT NULL,
+        UNIQUE (event_id, topic)
+    )""",
+    """CREATE TABLE IF NOT EXISTS tidings_inbox (
+        consumer TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        status TEXT NOT NULL,
+        topic TEXT NOT NULL,
+        partition INTEGER NOT NULL,
+        offset INTEGER NOT NULL,
+        processed_ms INTEGER NOT NULL,
+        PRIMARY KEY (consumer, event_id)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS tidings_relay_lease (
+        name TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        expires_ms INTEGER NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS tidings_migrations (
+        id INTEGER PRIMARY KEY,
+        statement TEXT NOT NULL,
+        applied_ms INTEGER NOT NULL
+    )""",
+    LISTENERS_SCHEMA,
+]
+
+_headers_encoder = msgspec.msgpack.Encoder()
+_headers_decoder = msgspec.msgpack.Decoder(Headers)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class SQLiteTransaction(Transaction):
+    """A transaction on the store's writer connection; statements run inline."""
+
+    def __init__(self, conn: sqlite3.Connection, path: str) -> None:
+        self._conn = conn
+        self._path = path
+        self.outbox: list[tuple[str, str, Message]] = []
+        self._savepoints = 0
+
+    def _run(self, sql: str, params: Params) -> sqlite3.Cursor:
+        with _sqlite.storage_errors(self._path):
+            return self._conn.execute(sql, params)
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        return self._run(sql, params).rowcount
+
+    async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
+        return self._run(sql, params).fetchall()
+
+    def add_outbox(self, topic: str, event_id: str, message: Message) -> None:
+        self.outbox.append((topic, event_id, message))
+
+    async def inbox_add(
+        self,
+        consumer: str,
+        event_id: str,
+        position: tuple[str, int, int],
+        status: InboxStatus = InboxStatus.DONE,
+    ) -> bool:
+        cursor = self._run(
+            "INSERT INTO tidings_inbox"
+            "(consumer, event_id, status, topic, partition, offset, processed_ms)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (consumer, event_id, status.value, *position, _now_ms()),
+        )
+        return cursor.rowcount == 1
+
+    async def inbox_get(self, consumer: str, event_id: str) -> InboxStatus | None:
+        row = self._run(
+            "SELECT status FROM tidings_inbox WHERE consumer = ? AND event_id = ?",
+            (consumer, event_id),
+        ).fetchone()
+        return None if row is None else InboxStatus(row[0])
+
+    async def inbox_delete(self, consumer: str, event_id: str) -> None:
+        self._run(
+            "DELETE FROM tidings_inbox WHERE consumer = ? AND event_id = ?", (consumer, event_id)
+        )
+
+    @contextlib.asynccontextmanager
+    async def _savepoint(self) -> AsyncIterator[None]:
+        self._savepoints += 1
+        name = f"sp{self._savepoints}"
+        mark = len(self.outbox)
+        self._run(f"SAVEPOINT {name}", ())
+        try:
+            yield
+        except BaseException:
+            self._run(f"ROLLBACK TO {name}", ())
+            self._run(f"RELEASE {name}", ())
+            del self.outbox[mark:]
+            raise
+        self._run(f"RELEASE {name}", ())
+
+    def savepoint(self) -> AbstractAsyncContextManager[None]:
+        return self._savepoint()
+
+    def flush_outbox(self) -> None:
+        """Write queued outbox rows (called just before COMMIT)."""
+        if not self.outbox:
+            return
+        now = _now_ms()
+        try:
+            self._conn.executemany(
+                "INSERT INTO tidings_outbox(topic, event_id, key, value, headers, created_ms)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        topic,
+                        event_id,
+                        m.key,
+                        m.value,
+                        _headers_encoder.encode(m.headers) if m.headers else None,
+                        now,
+                    )
+                    for topic, event_id, m in self.outbox
+                ],
+            )
+        except sqlite3.IntegrityError as exc:
+            raise DuplicateEventError(
+                f"an event id was published twice to one topic in this transaction or while "
+                f"still in the outbox ({exc}); the transaction was rolled back"
+            ) from exc
+
+
+class SQLiteStore(Store):
+    """The SQLite store. Share one instance per file and process."""
+
+    OPTIONS = {"synchronous"}
+
+    def __init__(self, url: str, *, synchronous: str | None = None) -> None:
+        parsed = _sqlite.parse_url(url, allowed=self.OPTIONS)
+        self.url = url
+        self.path = parsed.path
+        level = _sqlite.synchronous_option(synchronous or parsed.options.get("synchronous"))
+        self._db = _sqlite.Database(self.path, synchronous=level)
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="tidings-store")
+        self._lock: asyncio.Lock | None = None
+        self._conn: sqlite3.Connection | None = None
+        self.notifier = Notifier(self.path)
+        self._started = False
+        self._closed = False
+
+    async def _io(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """A short write transaction outside `transaction()`, serialized with it."""
+        await self.start()
+        assert self._lock is not None
+        async with self._lock:
+            return await self._io(self._db.write, fn)
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        if self._closed:
+            raise StorageError(f"{self.path}: store is closed")
+        self._lock = asyncio.Lock()
+        await self._io(self._db.write, self._create_schema)
+        self._conn = await self._io(self._db.open_connection)
+        self._started = True
+
+    def _create_schema(self, conn: sqlite3.Connection) -> None:
+        for statement in SCHEMA:
+            conn.execute(statement)
+        row = conn.execute("SELECT value FROM tidings_meta WHERE key = 'schema'").fetchone()
+        if row is None:
+            conn.execute(
+                "INSERT INTO tidings_meta(key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
+            )
+        elif int(row[0]) > SCHEMA_VERSION:
+            raise StorageError(
+                f"{self.path}: written by a newer tidings (store schema {row[0]}); this version "
+                f"understands {SCHEMA_VERSION}"
+            )
+
+    async def migrate(self, migrations: Sequence[str]) -> int:
+        await self.start()
+        applied: dict[int, str] = {
+            row[0]: row[1]
+            for row in await self.query("SELECT id, statement FROM tidings_migrations")
+        }
+        ran = 0
+        for number, statement in enumerate(migrations, start=1):
+            if number in applied:
+                if applied[number] != statement:
+                    raise MigrationError(
+                        f"{self.path}: migration {number} was changed after it was applied; "
+                        "add a new migration instead of editing an applied one"
+                    )
+                continue
+            try:
+                async with self.transaction() as tx:
+                    for part in split_statements(statement):
+                        await tx.execute(part)
+                    await tx.execute(
+                        "INSERT INTO tidings_migrations(id, statement, applied_ms)"
+                        " VALUES (?, ?, ?)",
+                        (number, statement, _now_ms()),
+                    )
+            except sqlite3.Error as exc:
+                raise MigrationError(f"{self.path}: migration {number} failed: {exc}") from exc
+            ran += 1
+        return ran
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[SQLiteTransaction]:
+        await self.start()
+        assert self._lock is not None and self._conn is not None
+        conn = self._conn
+        async with self._lock:
+            await self._io(_sqlite.retry_busy, lambda: conn.execute("BEGIN IMMEDIATE"), self.path)
+            tx = SQLiteTransaction(conn, self.path)
+            try:
+                yield tx
+                peers = await self._io(self._commit, tx)
+            except BaseException:
+                if conn.in_transaction:
+                    await asyncio.shield(self._io(self._rollback, conn))
+                raise
+        if tx.outbox:
+            self.notifier.send(OUTBOX_COMMITTED, peers)
+
+    def transaction(self) -> AbstractAsyncContextManager[Transaction]:
+        return self._transaction()
+
+    def _commit(self, tx: SQLiteTransaction) -> list[str]:
+        with _sqlite.storage_errors(self.path):
+            tx.flush_outbox()
+            peers = Notifier.peers(tx._conn) if tx.outbox else []
+            tx._conn.execute("COMMIT")
+        return peers
+
+    @staticmethod
+    def _rollback(conn: sqlite3.Connection) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+
+    async def query(self, sql: str, params: Params = ()) -> list[Row]:
+        await self.start()
+        return await asyncio.to_thread(self._db.read, lambda c: c.execute(sql, params).fetchall())
+
+    # relay side -------------------------------------------------------------------------
+
+    async def outbox_claim(self, relay: str, limit: int, lease_s: float) -> list[OutboxRow] | None:
+        def claim(conn: sqlite3.Connection) -> list[OutboxRow] | None:
+            now = _now_ms()
+            row = conn.execute(
+                "SELECT holder, expires_ms FROM tidings_relay_lease WHERE name = 'outbox'"
+            ).fetchone()
+            if row is not None and row[0] != relay and row[1] > now:
+                return None
+            conn.execute(
+                "INSERT INTO tidings_relay_lease(name, holder, expires_ms) VALUES ('outbox', ?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,"
+                " expires_ms = excluded.expires_ms",
+                (relay, now + int(lease_s * 1000)),
+            )
+            return [
+                OutboxRow(
+                    seq,
+                    topic,
+                    event_id,
+                    Message(value, key, _headers_decoder.decode(headers) if headers else ()),
+                )
+                for seq, topic, event_id, key, value, headers in conn.execute(
+                    "SELECT seq, topic, event_id, key, value, headers FROM tidings_outbox"
+                    " ORDER BY seq LIMIT ?",
+                    (limit,),
+                )
+            ]
+
+        return await self._write(claim)
+
+    async def outbox_remove(self, relay: str, seqs: Sequence[int]) -> None:
+        def remove(conn: sqlite3.Connection) -> None:
+            conn.executemany("DELETE FROM tidings_outbox WHERE seq = ?", [(s,) for s in seqs])
+
+        await self._write(remove)
+
+    async def outbox_release(self, relay: str) -> None:
+        def release(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "DELETE FROM tidings_relay_lease WHERE name = 'outbox' AND holder = ?", (relay,)
+            )
+
+        await self._write(release)
+
+    async def outbox_size(self) -> int:
+        rows = await self.query("SELECT count(*) FROM tidings_outbox")
+        return int(rows[0][0])
+
+    async def inbox_cleanup(
+        self, consumer_prefix: str, committed: dict[tuple[str, int], int], older_than_s: float
+    ) -> int:
+        cutoff = _now_ms() - int(older_than_s * 1000)
+
+        def cleanup(conn: sqlite3.Connection) -> int:
+            removed = 0
+            for (topic, partition), offset in committed.items():
+                removed += conn.execute(
+                    "DELETE FROM tidings_inbox WHERE consumer >= ? AND consumer < ?"
+                    " AND status = 'done' AND processed_ms < ? AND topic = ? AND partition = ?"
+                    " AND offset < ?",
+                    (consumer_prefix, consumer_prefix + "\uffff", cutoff, topic, partition, offset),
+                ).rowcount
+            return removed
+
+        return await self._write(cleanup)
+
+    def on_outbox(self, callback: Callable[[], None]) -> None:
+        def on_signal(kind: bytes) -> None:
+            if kind == OUTBOX_COMMITTED:
+                callback()
+
+        self.notifier.add(on_signal)
+        self.notifier.listen(lambda name: self._db.write(lambda c: Notifier.register_sql(c, name)))
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._lock is not None:
+            async with self._lock:
+                pass
+        await self._io(self._close)
+        self._worker.shutdown(wait=True)
+
+    def _close(self) -> None:
+        def unregister(name: str) -> None:
+            self._db.write(lambda c: c.execute("DELETE FROM listeners WHERE name = ?", (name,)))
+
+        self.notifier.close(unregister)
+        self._db.close()
+
+
+def split_statements(script: str) -> list[str]:
+    """The complete SQL statements of `script`, in order (semicolons inside literals kept)."""
+    statements = []
+    buffer = ""
+    for piece in script.split(";"):
+        buffer += piece + ";"
+        if sqlite3.complete_statement(buffer):
+            if buffer.strip(" \t\n;"):
+                statements.append(buffer.strip())
+            buffer = ""
+    if buffer.strip(" \t\n;"):
+        raise MigrationError(f"incomplete SQL statement in migration: {buffer.strip()[:80]!r}")
+    return statements
+
+
+def new_relay_id() -> str:
+    return f"relay-{uuid.uuid4().hex[:12]}"

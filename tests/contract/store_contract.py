@@ -1,0 +1,245 @@
+"""The store contract: every store backend subclasses `StoreContract` and passes it.
+
+A subclass provides `store_url` (a fixture giving a URL for a fresh, empty store).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tidings.brokers.base import Message
+from tidings.errors import DuplicateEventError, MigrationError
+from tidings.stores import connect_store
+from tidings.stores.base import InboxStatus, Store
+
+BUSINESS = "CREATE TABLE orders (id TEXT PRIMARY KEY, total REAL NOT NULL)"
+
+
+def message(n: int) -> Message:
+    return Message(value=f"event-{n}".encode(), key=f"order-{n}".encode(), headers=(("h", b"1"),))
+
+
+async def relay_all(store: Store, relay: str = "relay-a") -> list[str]:
+    """Claim and remove everything in the outbox; returns the event ids in order."""
+    ids: list[str] = []
+    while True:
+        rows = await store.outbox_claim(relay, 100, 30.0)
+        assert rows is not None
+        if not rows:
+            return ids
+        ids.extend(r.event_id for r in rows)
+        await store.outbox_remove(relay, [r.seq for r in rows])
+
+
+class StoreContract:
+    @pytest.fixture
+    def store_url(self) -> str:
+        raise NotImplementedError
+
+    @pytest.fixture
+    async def store(self, store_url: str) -> AsyncIterator[Store]:
+        store = connect_store(store_url)
+        await store.start()
+        await store.migrate([BUSINESS])
+        yield store
+        await store.close()
+
+    async def test_outbox_rows_commit_with_the_business_transaction(self, store: Store) -> None:
+        async with store.transaction() as tx:
+            await tx.execute("INSERT INTO orders(id, total) VALUES (?, ?)", ("o-1", 42.0))
+            tx.add_outbox("order-events", "e-1", message(1))
+        assert await store.query("SELECT id, total FROM orders") == [("o-1", 42.0)]
+        rows = await store.outbox_claim("relay-a", 10, 30.0)
+        assert rows is not None
+        assert [(r.topic, r.event_id, r.message) for r in rows] == [
+            ("order-events", "e-1", message(1))
+        ]
+
+    async def test_outbox_rows_vanish_with_a_rollback(self, store: Store) -> None:
+        with pytest.raises(RuntimeError, match="boom"):
+            async with store.transaction() as tx:
+                await tx.execute("INSERT INTO orders(id, total) VALUES (?, ?)", ("o-1", 1.0))
+                tx.add_outbox("order-events", "e-1", message(1))
+                raise RuntimeError("boom")
+        assert await store.query("SELECT count(*) FROM orders") == [(0,)]
+        assert await store.outbox_size() == 0
+
+    async def test_duplicate_event_ids_are_rejected_and_roll_back(self, store: Store) -> None:
+        async with store.transaction() as tx:
+            tx.add_outbox("order-events", "e-1", message(1))
+        with pytest.raises(DuplicateEventError):
+            async with store.transaction() as tx:
+                await tx.execute("INSERT INTO orders(id, total) VALUES (?, ?)", ("o-2", 1.0))
+                tx.add_outbox("order-events", "e-1", message(2))
+        assert await store.query("SELECT count(*) FROM orders") == [(0,)]
+        assert await store.outbox_size() == 1
+        async with store.transaction() as tx:
+            tx.add_outbox("order-events.dlq", "e-1", message(1))
+        assert await store.outbox_size() == 2
+
+    async def test_dispatched_rows_are_removed_in_order(self, store: Store) -> None:
+        for n in range(250):
+            async with store.transaction() as tx:
+                tx.add_outbox("t", f"e-{n}", message(n))
+        assert await relay_all(store) == [f"e-{n}" for n in range(250)]
+        assert await store.outbox_size() == 0
+
+    async def test_relay_never_skips_a_transaction_that_commits_late(self, store: Store) -> None:
+        gates = [asyncio.Event() for _ in range(4)]
+        rollback = 3
+
+        async def writer(n: int) -> None:
+            try:
+                async with store.transaction() as tx:
+                    await tx.execute(
+                        "INSERT INTO orders(id, total) VALUES (?, ?)", (f"o-{n}", float(n))
+                    )
+                    tx.add_outbox("t", f"e-{n}", message(n))
+                    await gates[n].wait()
+                    if n == rollback:
+                        raise RuntimeError("rolled back on purpose")
+            except RuntimeError:
+                pass
+
+        relayed: list[str] = []
+        stop = asyncio.Event()
+
+        async def relay() -> None:
+            while not stop.is_set():
+                rows = await store.outbox_claim("relay-a", 100, 30.0)
+                assert rows is not None
+                relayed.extend(r.event_id for r in rows)
+                if rows:
+                    await store.outbox_remove("relay-a", [r.seq for r in rows])
+                await asyncio.sleep(0.005)
+
+        relay_task = asyncio.create_task(relay())
+        writers = [asyncio.create_task(writer(n)) for n in range(4)]
+        await asyncio.sleep(0.05)
+        for n in (2, rollback, 1, 0):
+            gates[n].set()
+            await asyncio.wait([writers[n]], timeout=0.3)
+        await asyncio.wait_for(asyncio.gather(*writers), 30)
+        await asyncio.sleep(0.1)
+        stop.set()
+        await relay_task
+        relayed.extend(await relay_all(store))
+        assert sorted(relayed) == ["e-0", "e-1", "e-2"]
+        assert len(relayed) == len(set(relayed))
+
+    async def test_only_one_relay_holds_the_lease(self, store: Store) -> None:
+        async with store.transaction() as tx:
+            tx.add_outbox("t", "e-1", message(1))
+        first = await store.outbox_claim("relay-a", 10, 30.0)
+        assert first is not None and len(first) == 1
+        assert await store.outbox_claim("relay-b", 10, 30.0) is None
+        await store.outbox_release("relay-a")
+        taken = await store.outbox_claim("relay-b", 10, 0.2)
+        assert taken is not None and [r.event_id for r in taken] == ["e-1"]
+        assert await store.outbox_claim("relay-a", 10, 30.0) is None
+        await asyncio.sleep(0.3)
+        after_expiry = await store.outbox_claim("relay-a", 10, 30.0)
+        assert after_expiry is not None and [r.event_id for r in after_expiry] == ["e-1"]
+
+    async def test_inbox_dedupes_concurrent_redelivery(self, store: Store) -> None:
+        await store.migrate([BUSINESS, "CREATE TABLE counter (n INTEGER NOT NULL)"])
+        async with store.transaction() as tx:
+            await tx.execute("INSERT INTO counter(n) VALUES (0)")
+
+        async def deliver() -> None:
+            async with store.transaction() as tx:
+                if await tx.inbox_add("billing.charge", "e-1", ("t", 0, 5)):
+                    await tx.execute("UPDATE counter SET n = n + 1")
+
+        await asyncio.gather(*(deliver() for _ in range(20)))
+        assert await store.query("SELECT n FROM counter") == [(1,)]
+        async with store.transaction() as tx:
+            assert await tx.inbox_get("billing.charge", "e-1") is InboxStatus.DONE
+            assert await tx.inbox_get("other.consumer", "e-1") is None
+            assert await tx.inbox_add("other.consumer", "e-1", ("t", 0, 5))
+
+    async def test_inbox_rows_of_a_rollback_are_forgotten(self, store: Store) -> None:
+        with pytest.raises(RuntimeError):
+            async with store.transaction() as tx:
+                assert await tx.inbox_add("c", "e-1", ("t", 0, 0))
+                raise RuntimeError
+        async with store.transaction() as tx:
+            assert await tx.inbox_add("c", "e-1", ("t", 0, 0))
+
+    async def test_savepoint_undoes_sql_outbox_and_inbox_of_its_block(self, store: Store) -> None:
+        async with store.transaction() as tx:
+            await tx.execute("INSERT INTO orders(id, total) VALUES ('kept', 1)")
+            tx.add_outbox("t", "kept", message(1))
+            with pytest.raises(ValueError):
+                async with tx.savepoint():
+                    await tx.execute("INSERT INTO orders(id, total) VALUES ('undone', 2)")
+                    tx.add_outbox("t", "undone", message(2))
+                    await tx.inbox_add("c", "undone", ("t", 0, 1))
+                    raise ValueError
+            async with tx.savepoint():
+                await tx.execute("INSERT INTO orders(id, total) VALUES ('nested', 3)")
+            assert await tx.inbox_get("c", "undone") is None
+        assert await store.query("SELECT id FROM orders ORDER BY id") == [("kept",), ("nested",)]
+        assert await relay_all(store) == ["kept"]
+
+    async def test_inbox_dead_status_and_delete(self, store: Store) -> None:
+        async with store.transaction() as tx:
+            assert await tx.inbox_add("c", "e-1", ("t", 0, 0), InboxStatus.DEAD)
+            assert not await tx.inbox_add("c", "e-1", ("t", 0, 0))
+            assert await tx.inbox_get("c", "e-1") is InboxStatus.DEAD
+            await tx.inbox_delete("c", "e-1")
+            assert await tx.inbox_add("c", "e-1", ("t", 0, 0))
+
+    async def test_inbox_cleanup_keeps_what_the_broker_can_redeliver(self, store: Store) -> None:
+        async with store.transaction() as tx:
+            for offset in range(10):
+                await tx.inbox_add("svc.handler", f"e-{offset}", ("t", 0, offset))
+            await tx.inbox_add("other.handler", "x", ("t", 0, 0))
+        assert await store.inbox_cleanup("svc.", {("t", 0): 6}, older_than_s=3600) == 0
+        await asyncio.sleep(0.05)
+        assert await store.inbox_cleanup("svc.", {("t", 0): 6}, older_than_s=0.01) == 6
+        async with store.transaction() as tx:
+            assert await tx.inbox_get("svc.handler", "e-5") is None
+            assert await tx.inbox_get("svc.handler", "e-6") is InboxStatus.DONE
+            assert await tx.inbox_get("other.handler", "x") is InboxStatus.DONE
+
+    async def test_migrations_apply_once_and_refuse_edits(self, store: Store) -> None:
+        more = [BUSINESS, "CREATE TABLE a (x INTEGER); CREATE INDEX a_x ON a (x)"]
+        assert await store.migrate(more) == 1
+        assert await store.migrate(more) == 0
+        with pytest.raises(MigrationError, match="migration 2 was changed"):
+            await store.migrate([BUSINESS, "CREATE TABLE a (y INTEGER)"])
+        with pytest.raises(MigrationError, match="migration 3 failed"):
+            await store.migrate([*more, "CREATE TABLE broken ("])
+        assert await store.migrate([*more, "CREATE TABLE c (x INTEGER)"]) == 1
+
+    async def test_on_outbox_wakes_when_an_outbox_transaction_commits(self, store: Store) -> None:
+        woken = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        store.on_outbox(lambda: loop.call_soon_threadsafe(woken.set))
+        async with store.transaction() as tx:
+            await tx.execute("INSERT INTO orders(id, total) VALUES ('no-event', 1)")
+        await asyncio.sleep(0.05)
+        assert not woken.is_set()
+        async with store.transaction() as tx:
+            tx.add_outbox("t", "e-1", message(1))
+        await asyncio.wait_for(woken.wait(), 5)
+
+    async def test_many_concurrent_transactions_all_commit(self, store: Store) -> None:
+        async def place(n: int) -> None:
+            async with store.transaction() as tx:
+                await tx.execute("INSERT INTO orders(id, total) VALUES (?, ?)", (f"o-{n}", n))
+                tx.add_outbox("t", f"e-{n}", message(n))
+
+        await asyncio.gather(*(place(n) for n in range(200)))
+        assert await store.query("SELECT count(*) FROM orders") == [(200,)]
+        assert sorted(await relay_all(store)) == sorted(f"e-{n}" for n in range(200))
+
+    async def test_fresh_store_is_empty(self, store_url: str) -> None:
+        async with connect_store(store_url) as store:
+            assert await store.outbox_size() == 0
+            assert await store.outbox_claim(f"r-{uuid.uuid4().hex}", 10, 1.0) == []
