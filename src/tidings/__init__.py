@@ -42,8 +42,14 @@ from tidings.event import (
     to_cloudevent,
     to_kafka_binary,
 )
+from tidings.retry import NO_RETRY, PermanentError, Retry
+from tidings.schema import EventModel, SchemaError, WireModel, json_schema, registered
+from tidings.service import Context, Service, SyncContext
+from tidings.stores import connect_store
+from tidings.stores.base import Store, Transaction
 
 __all__ = [
+    "NO_RETRY",
     "Admin",
     "Batch",
     "Broker",
@@ -51,30 +57,43 @@ __all__ = [
     "CommitFailedError",
     "ConfigError",
     "Consumer",
+    "Context",
     "DecodeError",
     "Event",
+    "EventModel",
     "GroupInfo",
     "Message",
     "MessageTooLargeError",
     "OffsetReset",
     "PartitionLag",
+    "PermanentError",
     "Published",
     "Record",
+    "Retry",
+    "SchemaError",
     "SeekTo",
+    "Service",
     "StorageError",
+    "Store",
+    "SyncContext",
     "TidingsError",
     "TopicError",
     "TopicExistsError",
     "TopicInfo",
     "TopicPartition",
+    "Transaction",
     "UnknownTopicError",
+    "WireModel",
     "connect",
+    "connect_store",
     "decode_event",
     "encode_event",
     "event_from_record",
     "event_to_message",
     "from_cloudevent",
     "from_kafka_binary",
+    "json_schema",
+    "registered",
     "to_cloudevent",
     "to_kafka_binary",
 ]

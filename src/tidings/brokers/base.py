@@ -346,6 +346,12 @@ class Broker(abc.ABC):
         Raises UnknownTopicError, MessageTooLargeError (nothing of the call written) or a
         backend error. Durable when it returns."""
 
+    @abc.abstractmethod
+    async def read(self, tp: TopicPartition, offset: int, max_records: int) -> list[Record]:
+        """Up to `max_records` records of one partition from `offset` on, without a consumer
+        group (for tooling: tail, dead letters). Starts at the oldest retained record if
+        `offset` was removed by retention."""
+
     async def publish_events(
         self, topic: str, events: Sequence[Event], *, binary: bool = False
     ) -> list[Published]:

@@ -289,6 +289,9 @@ class MemoryBroker(Broker):
         check_sizes(topic, messages, self.max_message_bytes)
         return self.log.publish(topic, messages)
 
+    async def read(self, tp: TopicPartition, offset: int, max_records: int) -> list[Record]:
+        return self.log.read(tp, offset, max_records)
+
     def subscribe(
         self,
         group: str,

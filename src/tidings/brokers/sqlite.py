@@ -741,6 +741,9 @@ class SQLiteBroker(Broker):
         check_sizes(topic, messages, self.max_message_bytes)
         return self._writer.submit(topic, messages).result()
 
+    async def read(self, tp: TopicPartition, offset: int, max_records: int) -> list[Record]:
+        return await asyncio.to_thread(self.log.read, tp, offset, max_records)
+
     def subscribe(
         self,
         group: str,

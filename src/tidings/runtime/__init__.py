@@ -1,0 +1,1 @@
+"""The service runtime: consumer loop and dispatch, outbox relay, lifecycle."""

@@ -1,0 +1,245 @@
+"""Running handlers for delivered batches: inbox, handler, outbox, retries and dead letters.
+
+Per batch (one partition, in offset order), records are applied in one store transaction, each
+handler inside its own savepoint with its own inbox row, so a failing handler rolls back only
+its own effects. When a handler fails, the transaction commits what succeeded before it, and
+that record is retried on its own (immediately, then with backoff) before the partition moves
+on: per-key order is never broken. When its policy is spent (or the failure is permanent:
+undecodable record, invalid or unknown-version event), the original record goes, unchanged and
+with headers saying why, to the service's dead-letter topic through the outbox, in the same
+transaction that marks the event DEAD in the inbox. Only then is the batch acked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import traceback
+from dataclasses import dataclass
+
+from tidings import dlq
+from tidings.brokers.base import Batch, Consumer, Message, Record
+from tidings.errors import DecodeError
+from tidings.event import Event, event_from_record
+from tidings.schema import SchemaError
+from tidings.service import Context, Handler, Service, SyncContext
+from tidings.stores.base import InboxStatus, Transaction
+
+log = logging.getLogger("tidings.dispatch")
+
+
+@dataclass(slots=True)
+class Failure:
+    handler: Handler
+    error: BaseException
+
+
+class Dispatcher:
+    """Applies batches for one service. One batch per partition at a time (the consumer
+    guarantees it); batches of different partitions may run concurrently."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.store = service.store
+        self.stopping = asyncio.Event()
+
+    async def process(self, consumer: Consumer, batch: Batch) -> None:
+        """Apply every record of `batch`, then ack it. On shutdown or error, nack from the first
+        record not yet committed (the inbox makes any redelivery harmless)."""
+        records = batch.records
+        index = 0
+        try:
+            while index < len(records):
+                if self.stopping.is_set():
+                    consumer.nack(batch, records[index].offset)
+                    return
+                failure: Failure | None = None
+                async with self.store.transaction() as tx:
+                    while index < len(records):
+                        failure = await self._apply(tx, records[index], attempt=1)
+                        if failure is not None:
+                            break
+                        index += 1
+                if failure is not None:
+                    await self._retry(records[index], failure)
+                    index += 1
+        except BaseException:
+            consumer.nack(batch, records[min(index, len(records) - 1)].offset)
+            raise
+        consumer.ack(batch)
+
+    async def _apply(self, tx: Transaction, record: Record, *, attempt: int) -> Failure | None:
+        """Run every due handler for `record` in `tx`; the first retryable failure is returned
+        (its effects rolled back), permanent ones are dead-lettered here."""
+        try:
+            event = event_from_record(record)
+        except DecodeError as exc:
+            log.error("%s: undecodable record dead-lettered: %s", self.service.name, exc)
+            self._dead_letter(tx, record, None, dlq.REASON_UNDECODABLE, exc, attempt)
+            return None
+        target = _header(record, dlq.REPLAY_FOR)
+        handlers = self.service.handlers_for(record.topic, event.type)
+        if target is not None:
+            handlers = [h for h in handlers if h.consumer == target]
+        if not handlers:
+            if target is None:
+                self.service.stats.skipped += 1
+            return None
+        position = (record.topic, record.partition, record.offset)
+        for handler in handlers:
+            failure = await self._apply_handler(tx, record, event, handler, position, attempt)
+            if failure is not None:
+                return failure
+        return None
+
+    async def _apply_handler(
+        self,
+        tx: Transaction,
+        record: Record,
+        event: Event,
+        handler: Handler,
+        position: tuple[str, int, int],
+        attempt: int,
+    ) -> Failure | None:
+        stats = self.service.stats
+        try:
+            argument = handler.parse(event)
+        except SchemaError as exc:
+            if await self._mark_dead(tx, record, handler, event.id, position):
+                log.error(
+                    "%s: %s dead-lettered for %s: %s",
+                    self.service.name,
+                    event.id,
+                    handler.consumer,
+                    exc,
+                )
+                self._dead_letter(tx, record, handler, dlq.REASON_INVALID, exc, attempt)
+            return None
+        try:
+            async with tx.savepoint():
+                if not await tx.inbox_add(handler.consumer, event.id, position):
+                    status = await tx.inbox_get(handler.consumer, event.id)
+                    replay = _header(record, dlq.REPLAY_FOR) == handler.consumer
+                    if not (status is InboxStatus.DEAD and replay):
+                        stats.duplicates += 1
+                        return None
+                    await tx.inbox_delete(handler.consumer, event.id)
+                    await tx.inbox_add(handler.consumer, event.id, position)
+                context = Context(self.service, tx, event=event, attempt=attempt, position=position)
+                if handler.is_async:
+                    await handler.function(argument, context)
+                else:
+                    loop = asyncio.get_running_loop()
+                    await asyncio.to_thread(handler.function, argument, SyncContext(context, loop))
+        except Exception as exc:
+            if not handler.retry.retryable(exc):
+                if await self._mark_dead(tx, record, handler, event.id, position):
+                    log.error(
+                        "%s: %s failed permanently in %s: %r",
+                        self.service.name,
+                        event.id,
+                        handler.consumer,
+                        exc,
+                    )
+                    self._dead_letter(tx, record, handler, dlq.REASON_PERMANENT, exc, attempt)
+                return None
+            return Failure(handler, exc)
+        stats.processed += 1
+        stats.by_type[event.type] = stats.by_type.get(event.type, 0) + 1
+        return None
+
+    async def _retry(self, record: Record, failure: Failure) -> None:
+        """Retry `record` per its failing handler's policy; dead-letter it when spent."""
+        started = time.monotonic()
+        attempt = 1
+        while True:
+            policy = failure.handler.retry
+            delay = policy.next_delay(attempt, time.monotonic() - started, failure.error)
+            if delay is None:
+                break
+            log.warning(
+                "%s: %s failed (attempt %d): %r; retrying in %.2fs",
+                self.service.name,
+                failure.handler.consumer,
+                attempt,
+                failure.error,
+                delay,
+            )
+            if delay:
+                try:
+                    await asyncio.wait_for(self.stopping.wait(), delay)
+                except TimeoutError:
+                    pass
+                else:
+                    raise asyncio.CancelledError("service stopping during a retry backoff")
+            attempt += 1
+            self.service.stats.retried += 1
+            async with self.store.transaction() as tx:
+                next_failure = await self._apply(tx, record, attempt=attempt)
+            if next_failure is None:
+                return
+            failure = next_failure
+        log.error(
+            "%s: %s gave up after %d attempt(s): %r; dead-lettered",
+            self.service.name,
+            failure.handler.consumer,
+            attempt,
+            failure.error,
+        )
+        async with self.store.transaction() as tx:
+            event = event_from_record(record)
+            position = (record.topic, record.partition, record.offset)
+            if await self._mark_dead(tx, record, failure.handler, event.id, position):
+                self._dead_letter(
+                    tx, record, failure.handler, dlq.REASON_EXHAUSTED, failure.error, attempt
+                )
+
+    @staticmethod
+    async def _mark_dead(
+        tx: Transaction,
+        record: Record,
+        handler: Handler,
+        event_id: str,
+        position: tuple[str, int, int],
+    ) -> bool:
+        """Mark the event DEAD for `handler`; True if a dead letter should be written (not
+        when a plain redelivery finds it already dead)."""
+        if await tx.inbox_add(handler.consumer, event_id, position, InboxStatus.DEAD):
+            return True
+        if _header(record, dlq.REPLAY_FOR) != handler.consumer:
+            return False
+        await tx.inbox_delete(handler.consumer, event_id)
+        return await tx.inbox_add(handler.consumer, event_id, position, InboxStatus.DEAD)
+
+    def _dead_letter(
+        self,
+        tx: Transaction,
+        record: Record,
+        handler: Handler | None,
+        reason: str,
+        error: BaseException,
+        attempts: int,
+    ) -> None:
+        headers = dlq.describe(
+            record,
+            reason=reason,
+            error=error,
+            traceback_text="".join(traceback.format_exception(error)),
+            handler=handler.consumer if handler else None,
+            attempts=attempts,
+        )
+        message = Message(
+            value=record.value,
+            key=record.key,
+            headers=dlq.strip(record.headers) + headers,
+        )
+        consumer = handler.consumer if handler else self.service.name
+        dedupe = f"dlq:{record.topic}:{record.partition}:{record.offset}:{consumer}"
+        tx.add_outbox(self.service.dead_letter_topic, dedupe, message)
+        self.service.stats.dead_lettered += 1
+
+
+def _header(record: Record, name: str) -> str | None:
+    value = record.header(name)
+    return None if value is None else value.decode("utf-8", "replace")

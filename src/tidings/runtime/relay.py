@@ -1,0 +1,102 @@
+"""The outbox relay: moves committed outbox rows to the broker, in order, at least once.
+
+Woken when a transaction with outbox rows commits (in this process or another sharing the
+store), with a poll as a fallback. Only the holder of the store's relay lease publishes, so
+several relays (processes) never reorder a key. A relay killed at any point loses nothing: rows
+are removed only after the broker acknowledged them; rows published but not yet removed are
+published again by the next relay (consumers' inboxes drop the duplicates).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from tidings.brokers.base import Broker, Message
+from tidings.stores.base import OutboxRow, Store
+from tidings.stores.sqlite import new_relay_id
+
+log = logging.getLogger("tidings.relay")
+
+
+class Relay:
+    def __init__(
+        self,
+        store: Store,
+        broker: Broker,
+        *,
+        batch: int = 1000,
+        lease_s: float = 15.0,
+        poll_s: float = 1.0,
+    ) -> None:
+        self.store = store
+        self.broker = broker
+        self.batch = batch
+        self.lease_s = lease_s
+        self.poll_s = poll_s
+        self.relay_id = new_relay_id()
+        self.published = 0
+        self._wakeup = asyncio.Event()
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Relay until `stopping` is set and the outbox is drained of what was committed."""
+        loop = asyncio.get_running_loop()
+
+        def wake() -> None:
+            loop.call_soon_threadsafe(self._wakeup.set)
+
+        self.store.on_outbox(wake)
+        failures = 0
+        try:
+            while True:
+                self._wakeup.clear()
+                try:
+                    moved = await self.relay_once()
+                    failures = 0
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    failures += 1
+                    delay = min(30.0, 0.1 * 2**failures)
+                    log.error("relay: %r; retrying in %.1fs (nothing is lost)", exc, delay)
+                    await self._sleep(stopping, delay)
+                    continue
+                if moved is None:
+                    if stopping.is_set():
+                        return
+                    await self._sleep(stopping, self.lease_s / 3)
+                elif moved == 0:
+                    if stopping.is_set():
+                        return
+                    await self._sleep(stopping, self.poll_s)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.store.outbox_release(self.relay_id))
+
+    async def relay_once(self) -> int | None:
+        """Move one batch; returns how many rows, or None if another relay holds the lease."""
+        rows = await self.store.outbox_claim(self.relay_id, self.batch, self.lease_s)
+        if rows is None:
+            return None
+        if not rows:
+            return 0
+        for topic, messages in _by_topic(rows):
+            await self.broker.publish(topic, messages)
+        await self.store.outbox_remove(self.relay_id, [r.seq for r in rows])
+        self.published += len(rows)
+        return len(rows)
+
+    async def _sleep(self, stopping: asyncio.Event, seconds: float) -> None:
+        if stopping.is_set():
+            seconds = min(seconds, 0.05)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wakeup.wait(), seconds)
+
+
+def _by_topic(rows: list[OutboxRow]) -> list[tuple[str, list[Message]]]:
+    """Rows grouped per topic, each group in outbox order (so per-key order holds)."""
+    groups: dict[str, list[Message]] = {}
+    for row in rows:
+        groups.setdefault(row.topic, []).append(row.message)
+    return list(groups.items())

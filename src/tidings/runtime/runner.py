@@ -1,0 +1,164 @@
+"""Running a service: consumer loop, outbox relay, inbox cleanup, and graceful shutdown.
+
+The first SIGTERM/SIGINT stops fetching, lets in-flight batches finish within the grace period
+(each record's transaction either commits or rolls back; finished batches are acked and their
+offsets committed), drains the outbox and exits normally. A second signal exits at once: any
+open transaction is rolled back by the database and its batch is redelivered to the next run,
+where the inbox skips what had committed, so nothing is lost or applied twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+
+from tidings.brokers.base import Batch, Consumer, TopicPartition
+from tidings.runtime.dispatch import Dispatcher
+from tidings.runtime.relay import Relay
+from tidings.service import Service
+
+log = logging.getLogger("tidings.runtime")
+
+INBOX_CLEANUP_S = 300.0
+
+
+class ServiceRunner:
+    """The running parts of one service in this process."""
+
+    def __init__(self, service: Service, *, grace_period: float = 30.0) -> None:
+        self.service = service
+        self.grace_period = grace_period
+        self.stopping = asyncio.Event()
+        self.dispatcher = Dispatcher(service)
+        self.relay = Relay(service.store, service.broker)
+        self._inflight: dict[TopicPartition, asyncio.Task[None]] = {}
+        self._slots = asyncio.Semaphore(service.concurrency)
+        self.ready = asyncio.Event()
+
+    async def run(self) -> None:
+        service = self.service
+        await service.start()
+        relay_stopping = asyncio.Event() if service.handlers else self.stopping
+        tasks = [asyncio.create_task(self.relay.run(relay_stopping), name="relay")]
+        if service.handlers:
+            consume = asyncio.create_task(self._consume(), name="consume")
+            consume.add_done_callback(lambda _: relay_stopping.set())
+            tasks.append(consume)
+            tasks.append(asyncio.create_task(self._cleanup_inbox(), name="inbox-cleanup"))
+        self.ready.set()
+        log.info("%s: running (%d handler(s))", service.name, len(service.handlers))
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            service.stats.relayed = self.relay.published
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.dispatcher.stopping.set()
+
+    async def _consume(self) -> None:
+        service = self.service
+        consumer = service.broker.subscribe(
+            service.name,
+            service.consumed_topics,
+            max_batch=service.max_batch,
+            session_timeout=service.session_timeout,
+        )
+        async with consumer:
+            while not self.stopping.is_set():
+                batch = await consumer.fetch(timeout=0.25)
+                if batch is None:
+                    continue
+                await self._slots.acquire()
+                task = asyncio.create_task(self._process(consumer, batch))
+                self._inflight[batch.tp] = task
+            await self._drain()
+
+    async def _process(self, consumer: Consumer, batch: Batch) -> None:
+        try:
+            await self.dispatcher.process(consumer, batch)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception(
+                "%s: processing %s failed; it will be redelivered", self.service.name, batch.tp
+            )
+            await asyncio.sleep(1.0)
+        finally:
+            self._slots.release()
+            if self._inflight.get(batch.tp) is asyncio.current_task():
+                del self._inflight[batch.tp]
+
+    async def _drain(self) -> None:
+        pending = list(self._inflight.values())
+        if not pending:
+            return
+        log.info("%s: finishing %d in-flight batch(es)", self.service.name, len(pending))
+        _, late = await asyncio.wait(pending, timeout=self.grace_period)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _cleanup_inbox(self) -> None:
+        service = self.service
+        while not self.stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), INBOX_CLEANUP_S)
+            if self.stopping.is_set():
+                return
+            try:
+                info = await service.broker.admin.describe_group(service.name)
+                committed = {
+                    (p.topic, p.partition): p.committed
+                    for p in info.partitions
+                    if p.committed is not None
+                }
+                removed = await service.store.inbox_cleanup(
+                    f"{service.name}.", committed, service.inbox_retention_s
+                )
+                if removed:
+                    log.info("%s: removed %d old inbox rows", service.name, removed)
+            except Exception:
+                log.exception("%s: inbox cleanup failed; will retry", service.name)
+
+
+async def run_service(
+    service: Service, *, grace_period: float = 30.0, install_signal_handlers: bool = True
+) -> None:
+    """Run `service` until a signal (see module docstring) or cancellation."""
+    runner = ServiceRunner(service, grace_period=grace_period)
+    service.runner = runner
+    loop = asyncio.get_running_loop()
+    signals = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            log.warning(
+                "%s: %s received; finishing in-flight work (signal again to exit at once)",
+                service.name,
+                signal.Signals(signum).name,
+            )
+            runner.stop()
+        else:
+            log.warning("%s: second signal; exiting now", service.name)
+            os._exit(128 + signum)
+
+    if install_signal_handlers:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        await runner.run()
+    finally:
+        if install_signal_handlers:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+        service.runner = None
+        await service.close()

@@ -1,0 +1,391 @@
+"""Service: a named unit that declares handlers, publishes through its outbox and runs.
+
+```python
+orders = Service("order-service", store="sqlite:///.tidings/orders.db",
+                 migrations=["CREATE TABLE orders (id TEXT PRIMARY KEY, status TEXT)"])
+
+@orders.handler("payment-events")
+async def confirm(event: PaymentCharged, ctx: Context) -> None:
+    await ctx.execute("UPDATE orders SET status = 'CONFIRMED' WHERE id = ?", (event.order_id,))
+```
+
+The service's name is its consumer group. Each delivery runs as one store transaction: inbox
+check, handler (its SQL through the context), the events it publishes into the outbox, commit,
+then the broker offset. Events published while handling another inherit its correlation id and
+get its id as causation id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar, get_type_hints
+
+import msgspec
+
+from tidings.brokers import connect
+from tidings.brokers.base import Broker, Published
+from tidings.errors import ConfigError
+from tidings.event import Event, event_to_message
+from tidings.retry import Retry
+from tidings.schema import EventModel
+from tidings.stores import connect_store
+from tidings.stores.base import Params, Row, Store, Transaction
+
+if TYPE_CHECKING:
+    from tidings.runtime.runner import ServiceRunner
+
+DEFAULT_BROKER = "sqlite:///.tidings/bus.db"
+DEFAULT_PARTITIONS = 4
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,120}$")
+
+H = TypeVar("H", bound=Callable[..., Any])
+
+
+class Context:
+    """What a handler or request code works with: the current transaction and publishing.
+
+    `execute`/`fetchone`/`fetchall` run SQL in the transaction; `publish` queues an event into
+    the outbox of the same transaction (it reaches the broker only if the transaction commits).
+    """
+
+    def __init__(
+        self,
+        service: Service,
+        tx: Transaction,
+        *,
+        event: Event | None = None,
+        correlation_id: str | None = None,
+        attempt: int = 1,
+        position: tuple[str, int, int] | None = None,
+    ) -> None:
+        self.service = service
+        self.tx = tx
+        self.event = event
+        self.correlation_id = correlation_id or (event.correlation_id if event else None)
+        self.attempt = attempt
+        self.position = position
+        self.published: list[Event] = []
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        """Run a statement; returns the affected row count."""
+        return await self.tx.execute(sql, params)
+
+    async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
+        return await self.tx.fetchall(sql, params)
+
+    async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
+        return await self.tx.fetchone(sql, params)
+
+    def publish(
+        self,
+        topic: str,
+        event: EventModel | Event,
+        *,
+        key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        binary: bool = False,
+    ) -> Event:
+        """Queue `event` for `topic` in this transaction's outbox; returns the envelope.
+
+        An `EventModel` gets this service as source, the current correlation id, and the
+        handled event's id as causation id. `key` defaults to the handled event's key."""
+        if key is None and self.event is not None:
+            key = self.event.key
+        causation = self.event.id if self.event is not None else None
+        if isinstance(event, EventModel):
+            envelope = event.to_event(
+                key=key,
+                source=self.service.name,
+                headers=dict(headers) if headers else None,
+                correlation_id=self.correlation_id,
+                causation_id=causation,
+            )
+        elif isinstance(event, Event):
+            changes: dict[str, Any] = {}
+            if self.correlation_id and event.correlation_id == event.id:
+                changes["correlation_id"] = self.correlation_id
+            if causation and event.causation_id is None:
+                changes["causation_id"] = causation
+            if not event.source:
+                changes["source"] = self.service.name
+            if key is not None and event.key is None:
+                changes["key"] = key
+            if headers:
+                changes["headers"] = {**event.headers, **headers}
+            envelope = msgspec.structs.replace(event, **changes) if changes else event
+        else:
+            raise TypeError(
+                f"publish() takes an EventModel or an Event, not {type(event).__name__}"
+            )
+        self.tx.add_outbox(topic, envelope.id, event_to_message(envelope, binary=binary))
+        self.published.append(envelope)
+        return envelope
+
+
+class SyncContext:
+    """The Context for `def` handlers, which run on a worker thread: the same operations,
+    blocking. Not usable from the event loop thread."""
+
+    def __init__(self, context: Context, loop: asyncio.AbstractEventLoop) -> None:
+        self._context = context
+        self._loop = loop
+        self.service = context.service
+        self.event = context.event
+        self.correlation_id = context.correlation_id
+        self.attempt = context.attempt
+        self.position = context.position
+
+    def _wait(self, coro: Awaitable[Any]) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()  # type: ignore[arg-type]
+
+    def execute(self, sql: str, params: Params = ()) -> int:
+        result: int = self._wait(self._context.execute(sql, params))
+        return result
+
+    def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
+        result: list[Row] = self._wait(self._context.fetchall(sql, params))
+        return result
+
+    def fetchone(self, sql: str, params: Params = ()) -> Row | None:
+        result: Row | None = self._wait(self._context.fetchone(sql, params))
+        return result
+
+    def publish(
+        self,
+        topic: str,
+        event: EventModel | Event,
+        *,
+        key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        binary: bool = False,
+    ) -> Event:
+        return self._context.publish(topic, event, key=key, headers=headers, binary=binary)
+
+
+@dataclass(frozen=True, slots=True)
+class Handler:
+    """A registered handler. `consumer` (service.name) keys its inbox rows."""
+
+    name: str
+    consumer: str
+    topics: tuple[str, ...]
+    model: type[EventModel] | None
+    function: Callable[..., Any]
+    is_async: bool
+    retry: Retry
+
+    def accepts(self, event_type: str) -> bool:
+        return self.model is None or self.model.event_type == event_type
+
+    def parse(self, event: Event) -> EventModel | Event:
+        """The argument for the handler: the typed model (upcast, validated) or the envelope."""
+        return event if self.model is None else self.model.from_event(event)
+
+
+@dataclass(slots=True)
+class Stats:
+    """Counters of one running service (this process)."""
+
+    processed: int = 0
+    duplicates: int = 0
+    skipped: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    relayed: int = 0
+    by_type: dict[str, int] = field(default_factory=dict)
+
+
+class Service:
+    """A named service: handlers, outbox publishing, and its runtime (`run()`)."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        broker: str | Broker | None = None,
+        store: str | Store | None = None,
+        migrations: Sequence[str] = (),
+        topics: Mapping[str, int] | None = None,
+        retry: Retry | None = None,
+        dead_letter_topic: str | None = None,
+        inbox_retention_s: float = 7 * 24 * 3600,
+        session_timeout: float = 10.0,
+        max_batch: int = 500,
+        concurrency: int = 16,
+    ) -> None:
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise ConfigError(
+                f"service name {name!r} is invalid: use 1-121 letters, digits, '.', '_', '-'"
+            )
+        self.name = name
+        self._broker_spec = broker
+        self._store_spec = store
+        self.migrations = tuple(migrations)
+        self.topics: dict[str, int] = dict(topics or {})
+        self.retry = retry or Retry()
+        self.dead_letter_topic = dead_letter_topic or f"{name}.dlq"
+        self.inbox_retention_s = inbox_retention_s
+        self.session_timeout = session_timeout
+        self.max_batch = max_batch
+        self.concurrency = concurrency
+        self.handlers: list[Handler] = []
+        self.stats = Stats()
+        self._broker: Broker | None = None
+        self._store: Store | None = None
+        self._start_lock: asyncio.Lock | None = None
+        self.runner: ServiceRunner | None = None
+
+    # declaration ------------------------------------------------------------------------
+
+    def handler(
+        self,
+        *topics: str,
+        retry: Retry | None = None,
+        name: str | None = None,
+    ) -> Callable[[H], H]:
+        """Register a handler for events on `topics`.
+
+        The handler's first parameter's annotation picks what it receives: an EventModel
+        subclass (only events of that type, upcast and validated) or `Event` (every event, as
+        the envelope). The second parameter is the Context (`async def`) or SyncContext
+        (`def`, run on a worker thread)."""
+        if not topics:
+            raise ConfigError("handler() needs at least one topic")
+
+        def register(function: H) -> H:
+            model = _event_parameter(function)
+            handler_name = name or function.__name__
+            if any(h.name == handler_name for h in self.handlers):
+                raise ConfigError(
+                    f"service {self.name!r} already has a handler named {handler_name!r}; "
+                    "pass name= to tell them apart"
+                )
+            self.handlers.append(
+                Handler(
+                    name=handler_name,
+                    consumer=f"{self.name}.{handler_name}",
+                    topics=tuple(topics),
+                    model=model,
+                    function=function,
+                    is_async=inspect.iscoroutinefunction(function),
+                    retry=retry or self.retry,
+                )
+            )
+            return function
+
+        return register
+
+    def handlers_for(self, topic: str, event_type: str) -> list[Handler]:
+        return [h for h in self.handlers if topic in h.topics and h.accepts(event_type)]
+
+    @property
+    def consumed_topics(self) -> list[str]:
+        return sorted({t for h in self.handlers for t in h.topics})
+
+    # resources --------------------------------------------------------------------------
+
+    @property
+    def broker(self) -> Broker:
+        if self._broker is None:
+            spec = self._broker_spec or os.environ.get("TIDINGS_BROKER") or DEFAULT_BROKER
+            self._broker = connect(spec) if isinstance(spec, str) else spec
+        return self._broker
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            spec = self._store_spec or f"sqlite:///.tidings/{self.name}.db"
+            self._store = connect_store(spec) if isinstance(spec, str) else spec
+        return self._store
+
+    async def start(self) -> None:
+        """Open the store (framework tables and the service's migrations) and create the
+        topics it consumes, publishes to (`topics=`) and dead-letters to. Idempotent."""
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:
+            await self.store.start()
+            await self.store.migrate(self.migrations)
+            wanted = dict.fromkeys(self.consumed_topics, DEFAULT_PARTITIONS)
+            wanted.update(self.topics)
+            wanted.setdefault(self.dead_letter_topic, 1)
+            for topic, partitions in wanted.items():
+                await self.broker.admin.create_topic(topic, partitions, exist_ok=True)
+
+    async def close(self) -> None:
+        if self._broker is not None:
+            await self._broker.close()
+        if self._store is not None:
+            await self._store.close()
+
+    # publishing -------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def transaction(self, *, correlation_id: str | None = None) -> AsyncIterator[Context]:
+        """A store transaction for request code: your SQL and the events you publish commit
+        together or not at all. `correlation_id` (e.g. from an HTTP header) is given to every
+        event published in it."""
+        await self.start()
+        async with self.store.transaction() as tx:
+            yield Context(self, tx, correlation_id=correlation_id)
+
+    async def publish_now(
+        self, topic: str, event: EventModel | Event, *, key: str | None = None
+    ) -> Published:
+        """Publish straight to the broker, bypassing the outbox. Only for events that are not
+        tied to a database change: combined with a store write this is the dual-write bug the
+        outbox exists to prevent."""
+        await self.start()
+        envelope = (
+            event.to_event(key=key, source=self.name) if isinstance(event, EventModel) else event
+        )
+        published = await self.broker.publish(topic, [event_to_message(envelope)])
+        return published[0]
+
+    async def run(
+        self, *, grace_period: float = 30.0, install_signal_handlers: bool = True
+    ) -> None:
+        """Run consumers and the outbox relay until SIGTERM/SIGINT or `stop()`, then close the
+        broker and store. See `tidings.runtime.runner` for the shutdown guarantees."""
+        from tidings.runtime.runner import run_service
+
+        await run_service(
+            self, grace_period=grace_period, install_signal_handlers=install_signal_handlers
+        )
+
+    def stop(self) -> None:
+        """Ask a running `run()` to finish in-flight work and return."""
+        if self.runner is not None:
+            self.runner.stop()
+
+
+def _event_parameter(function: Callable[..., Any]) -> type[EventModel] | None:
+    """The EventModel a handler takes, None for Event; ConfigError for anything else."""
+    signature = inspect.signature(function)
+    params = list(signature.parameters.values())
+    if len(params) != 2:
+        raise ConfigError(
+            f"handler {function.__name__!r} must take (event, ctx); it takes {len(params)} "
+            "parameter(s)"
+        )
+    try:
+        hints = get_type_hints(function)
+    except NameError as exc:
+        raise ConfigError(
+            f"handler {function.__name__!r}: cannot resolve its annotations ({exc})"
+        ) from exc
+    annotation = hints.get(params[0].name)
+    if annotation is Event:
+        return None
+    if isinstance(annotation, type) and issubclass(annotation, EventModel):
+        return annotation
+    raise ConfigError(
+        f"handler {function.__name__!r}: annotate its first parameter with an EventModel "
+        f"subclass or tidings.Event (got {annotation!r})"
+    )
