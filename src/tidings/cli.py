@@ -639,3 +639,7 @@ def run(
         asyncio.run(service.run(grace_period=grace))
     except TidingsError as exc:
         _fail(str(exc))
+
+
+if __name__ == "__main__":
+    main()
