@@ -342,3 +342,33 @@ def test_handler_signatures_are_checked() -> None:
 
     with pytest.raises(Exception, match="service name"):
         Service("bad name!")
+
+
+async def test_a_slow_handler_keeps_its_group_membership(
+    urls: dict[str, str], running: Callable[[Service], Awaitable[None]]
+) -> None:
+    inventory = inventory_service(urls, session_timeout=0.6)
+    done: list[str] = []
+
+    @inventory.handler("order-events")
+    async def reserve(event: ThingPlaced, ctx: Context) -> None:
+        await asyncio.sleep(2.0)
+        done.append(event.order_id)
+
+    async with connect(urls["broker"]) as broker:
+        await broker.admin.create_topic("order-events", 1)
+        await running(inventory)
+        before = await broker.admin.describe_group("inventory")
+        await broker.publish_events(
+            "order-events",
+            [ThingPlaced(order_id=f"o{n}", total=1, currency="EUR").to_event() for n in range(2)],
+        )
+
+        async def finished() -> bool:
+            return len(done) == 2
+
+        await eventually(finished)
+        after = await broker.admin.describe_group("inventory")
+    assert [m.member_id for m in after.members] == [m.member_id for m in before.members]
+    assert done == ["o0", "o1"]
+    assert inventory.stats.duplicates == 0
