@@ -372,3 +372,32 @@ async def test_a_slow_handler_keeps_its_group_membership(
     assert [m.member_id for m in after.members] == [m.member_id for m in before.members]
     assert done == ["o0", "o1"]
     assert inventory.stats.duplicates == 0
+
+
+async def test_relay_killed_between_publish_and_mark_duplicates_nothing_downstream(
+    urls: dict[str, str], running: Callable[[Service], Awaitable[None]]
+) -> None:
+    orders = Service("orders", broker=urls["broker"], store=urls["orders"])
+    inventory = inventory_service(urls)
+
+    @inventory.handler("order-events")
+    async def reserve(event: ThingPlaced, ctx: Context) -> None:
+        await ctx.execute("INSERT INTO reserved(order_id) VALUES (?)", (event.order_id,))
+
+    async with orders.transaction() as ctx:
+        for n in range(5):
+            ctx.publish("order-events", ThingPlaced(order_id=f"o{n}", total=1, currency="EUR"))
+    claimed = await orders.store.outbox_claim("relay-that-dies", 100, 0.2)
+    assert claimed is not None and len(claimed) == 5
+    await orders.broker.admin.create_topic("order-events", 4, exist_ok=True)
+    for row in claimed:
+        await orders.broker.publish(row.topic, [row.message])
+    await running(orders)
+    await running(inventory)
+
+    async def all_seen_twice() -> bool:
+        return inventory.stats.processed == 5 and inventory.stats.duplicates == 5
+
+    await eventually(all_seen_twice)
+    assert (await inventory.store.query("SELECT count(*) FROM reserved"))[0][0] == 5
+    assert await orders.store.outbox_size() == 0

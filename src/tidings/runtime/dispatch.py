@@ -13,6 +13,7 @@ transaction that marks the event DEAD in the inbox. Only then is the batch acked
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import traceback
@@ -27,6 +28,13 @@ from tidings.service import Context, Handler, Service, SyncContext
 from tidings.stores.base import InboxStatus, Transaction
 
 log = logging.getLogger("tidings.dispatch")
+
+ERROR_PAUSE_S = 1.0
+"""Pause before redelivering a batch that failed for an unexpected reason."""
+
+
+class _Stopping(Exception):
+    """The service is stopping during a retry backoff: leave the record for the next run."""
 
 
 @dataclass(slots=True)
@@ -45,8 +53,9 @@ class Dispatcher:
         self.stopping = asyncio.Event()
 
     async def process(self, consumer: Consumer, batch: Batch) -> None:
-        """Apply every record of `batch`, then ack it. On shutdown or error, nack from the first
-        record not yet committed (the inbox makes any redelivery harmless)."""
+        """Apply every record of `batch`, then ack it. On shutdown or an unexpected error (the
+        store or broker went away), nack from the first record not yet committed - after a
+        pause, for errors - so it is redelivered; the inbox makes redelivery harmless."""
         records = batch.records
         index = 0
         try:
@@ -64,9 +73,24 @@ class Dispatcher:
                 if failure is not None:
                     await self._retry(records[index], failure)
                     index += 1
-        except BaseException:
+        except _Stopping:
+            consumer.nack(batch, records[index].offset)
+            return
+        except asyncio.CancelledError:
             consumer.nack(batch, records[min(index, len(records) - 1)].offset)
             raise
+        except Exception:
+            log.exception(
+                "%s: %s failed at offset %d; redelivering in %.0fs",
+                self.service.name,
+                batch.tp,
+                records[min(index, len(records) - 1)].offset,
+                ERROR_PAUSE_S,
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), ERROR_PAUSE_S)
+            consumer.nack(batch, records[min(index, len(records) - 1)].offset)
+            return
         consumer.ack(batch)
 
     async def _apply(self, tx: Transaction, record: Record, *, attempt: int) -> Failure | None:
@@ -172,7 +196,7 @@ class Dispatcher:
                 except TimeoutError:
                     pass
                 else:
-                    raise asyncio.CancelledError("service stopping during a retry backoff")
+                    raise _Stopping
             attempt += 1
             self.service.stats.retried += 1
             async with self.store.transaction() as tx:

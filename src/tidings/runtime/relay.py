@@ -65,7 +65,7 @@ class Relay:
                 if moved is None:
                     if stopping.is_set():
                         return
-                    await self._sleep(stopping, self.lease_s / 3)
+                    await self._sleep(stopping, min(self.lease_s / 3, 1.0))
                 elif moved == 0:
                     if stopping.is_set():
                         return

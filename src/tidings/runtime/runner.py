@@ -83,13 +83,6 @@ class ServiceRunner:
     async def _process(self, consumer: Consumer, batch: Batch) -> None:
         try:
             await self.dispatcher.process(consumer, batch)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception(
-                "%s: processing %s failed; it will be redelivered", self.service.name, batch.tp
-            )
-            await asyncio.sleep(1.0)
         finally:
             self._slots.release()
             if self._inflight.get(batch.tp) is asyncio.current_task():
