@@ -186,6 +186,7 @@ class SQLiteStore(Store):
         self.path = parsed.path
         level = _sqlite.synchronous_option(synchronous or parsed.options.get("synchronous"))
         self._db = _sqlite.Database(self.path, synchronous=level)
+        self._relay_db = _sqlite.Database(self.path, synchronous="normal")
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="tidings-store")
         self._lock: asyncio.Lock | None = None
         self._conn: sqlite3.Connection | None = None
@@ -197,11 +198,14 @@ class SQLiteStore(Store):
         return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """A short write transaction outside `transaction()`, serialized with it."""
+        """A short relay/maintenance write outside `transaction()`, serialized with it.
+
+        Uses synchronous=normal: losing one to a power cut only means a row is published again
+        or a lease taken again, which at-least-once delivery already allows."""
         await self.start()
         assert self._lock is not None
         async with self._lock:
-            return await self._io(self._db.write, fn)
+            return await self._io(self._relay_db.write, fn)
 
     async def start(self) -> None:
         if self._started:
@@ -385,6 +389,7 @@ class SQLiteStore(Store):
 
         self.notifier.close(unregister)
         self._db.close()
+        self._relay_db.close()
 
 
 def split_statements(script: str) -> list[str]:
