@@ -612,3 +612,17 @@ def test_undecodable_records_name_where_they_are(message: Message, reason: str) 
     assert text.startswith("cannot decode the event at payments[5]@17: ")
     assert reason in text
     assert isinstance(caught.value.__cause__, DecodeError)
+
+
+def test_tidings_transport_headers_are_reserved_and_never_become_event_headers() -> None:
+    import pytest as _pytest
+
+    from tidings.event import Event as _Event
+    from tidings.event import from_kafka_binary, to_kafka_binary
+
+    with _pytest.raises(ValueError, match="reserved"):
+        _Event(type="X", headers={"tidings-replay-for": "svc.handler"})
+    event = _Event(type="X", data={"a": 1}, headers={"trace": "1"})
+    headers, value = to_kafka_binary(event)
+    in_transit = (*headers, ("tidings-dlq-reason", b"retries-exhausted"))
+    assert from_kafka_binary(in_transit, value) == event

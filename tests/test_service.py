@@ -358,6 +358,14 @@ async def test_a_slow_handler_keeps_its_group_membership(
     async with connect(urls["broker"]) as broker:
         await broker.admin.create_topic("order-events", 1)
         await running(inventory)
+
+        async def joined() -> bool:
+            groups = await broker.admin.list_groups()
+            return "inventory" in groups and bool(
+                (await broker.admin.describe_group("inventory")).members
+            )
+
+        await eventually(joined)
         before = await broker.admin.describe_group("inventory")
         await broker.publish_events(
             "order-events",

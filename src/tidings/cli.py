@@ -11,6 +11,24 @@ Commands:
     tidings tail TOPIC [--from earliest|latest|OFFSET|ISO-TIME] [--limit N] [--follow/--no-follow]
     tidings replay GROUP --to earliest|latest|OFFSET|ISO-TIME [--topic T ...]
     tidings run MODULE:SERVICE [--grace SECONDS]
+    tidings dlq list [FILTERS] [--all]
+    tidings dlq show ID
+    tidings dlq replay (ID... | --all | FILTERS)
+    tidings dlq purge (ID... | --all | FILTERS) [--yes]
+
+Dead letters (`tidings dlq`) are the records of every topic named `<service>.dlq`. FILTERS are
+`--service S` (its topic `S.dlq`), `--reason R` (undecodable, invalid-event, permanent-error,
+retries-exhausted), `--handler H` (`service.handler` or the handler's name), `--type T` (event
+type) and `--topic T` (the original topic); they combine with AND. An ID is an event id (every
+dead letter of that event) or `<dlq-topic>:<partition>:<offset>` (one record; the only id of a
+record that does not decode). `list` shows unresolved dead letters (`--all`: also replayed and
+purged ones); `show` prints every header, the traceback and the event (or the raw value).
+`replay` re-delivers each one, with the same event id, to its original topic for the one
+handler that failed (other handlers and services ignore it) and marks it replayed; records that
+do not decode are not replayed (skipped under --all or filters, an error when named by id).
+`purge` marks them purged; it asks for confirmation, or needs `--yes` when stdin is not a
+terminal. `replay` and `purge` refuse to run without ids, `--all` or a filter. Replayed and
+purged letters are recorded in the topic `tidings.dlq.resolutions` and no longer listed.
 
 `--broker URL` (or `TIDINGS_BROKER`; default `sqlite:///.tidings/bus.db`) picks the broker.
 Commands that show data print tables, or one JSON document with `--json` (`tail --json` prints
@@ -23,17 +41,21 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import sys
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import msgspec
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from tidings import dlq
 from tidings.brokers import connect
 from tidings.brokers.base import (
     Batch,
@@ -59,7 +81,12 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
 topics_app = typer.Typer(help="Create and inspect topics.", no_args_is_help=True)
 groups_app = typer.Typer(help="Inspect consumer groups.", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
+dlq_app = typer.Typer(
+    help="List, inspect, replay and purge dead letters (topics named <service>.dlq).",
+    no_args_is_help=True,
+)
 app.add_typer(groups_app, name="groups")
+app.add_typer(dlq_app, name="dlq")
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
@@ -423,6 +450,419 @@ def replay(
     for tp, offset in rows:
         table.add_row(tp.topic, str(tp.partition), str(offset))
     _console().print(table)
+
+
+# dead letters --------------------------------------------------------------------------
+
+ServiceFilter = Annotated[
+    str | None,
+    typer.Option("--service", help="Only this service's dead letters (topic <service>.dlq)."),
+]
+ReasonFilter = Annotated[
+    str | None,
+    typer.Option(
+        "--reason",
+        help="Only this reason: undecodable, invalid-event, permanent-error, retries-exhausted.",
+    ),
+]
+HandlerFilter = Annotated[
+    str | None,
+    typer.Option("--handler", help="Only this handler: service.handler, or the handler's name."),
+]
+TypeFilter = Annotated[str | None, typer.Option("--type", help="Only events of this type.")]
+TopicFilter = Annotated[
+    str | None, typer.Option("--topic", help="Only dead letters from this original topic.")
+]
+IdsArgument = Annotated[
+    list[str] | None,
+    typer.Argument(
+        metavar="ID",
+        help="Event ids, or <dlq-topic>:<partition>:<offset> (see `tidings dlq list`).",
+        show_default=False,
+    ),
+]
+MESSAGE_WIDTH = 60
+
+
+@dataclass(frozen=True, slots=True)
+class _Filters:
+    service: str | None = None
+    reason: str | None = None
+    handler: str | None = None
+    event_type: str | None = None
+    topic: str | None = None
+
+    def given(self) -> bool:
+        return any(
+            value is not None
+            for value in (self.service, self.reason, self.handler, self.event_type, self.topic)
+        )
+
+    async def letters(self, broker: Broker, *, include_resolved: bool) -> list[dlq.DeadLetter]:
+        return await dlq.list_dead_letters(
+            broker,
+            service=self.service,
+            reason=self.reason,
+            handler=self.handler,
+            event_type=self.event_type,
+            topic=self.topic,
+            include_resolved=include_resolved,
+        )
+
+
+def _interactive() -> bool:
+    """True if stdin is a terminal a confirmation can be asked on."""
+    return sys.stdin is not None and sys.stdin.isatty()
+
+
+async def _select_letters(
+    broker: Broker, ids: Sequence[str], filters: _Filters
+) -> list[dlq.DeadLetter]:
+    """The unresolved dead letters named by `ids` (within `filters`), or every unresolved one
+    matching `filters` when no id is given. DeadLetterError for an id that names nothing or
+    only resolved letters."""
+    if not ids:
+        return await filters.letters(broker, include_resolved=False)
+    letters = await filters.letters(broker, include_resolved=True)
+    chosen: dict[str, dlq.DeadLetter] = {}
+    for ident in ids:
+        matching = [x for x in letters if x.matches(ident)]
+        if not matching:
+            within = " matching the filters" if filters.given() else ""
+            raise dlq.DeadLetterError(
+                f"no dead letter with id {ident!r}{within} (see `tidings dlq list`)"
+            )
+        unresolved = [x for x in matching if x.resolution is None]
+        if not unresolved:
+            resolution = matching[-1].resolution
+            assert resolution is not None
+            raise dlq.DeadLetterError(
+                f"dead letter {ident} was already {resolution.action} at "
+                f"{resolution.at.isoformat(timespec='seconds')}"
+            )
+        for letter in unresolved:
+            chosen.setdefault(letter.position, letter)
+    return list(chosen.values())
+
+
+def _require_selection(
+    action: str, ids: Sequence[str], select_all: bool, filters: _Filters
+) -> None:
+    if ids and select_all:
+        _fail(f"give dead letter ids or --all, not both (nothing was {action})")
+    if not ids and not select_all and not filters.given():
+        _fail(
+            f"say which dead letters: give their ids (see `tidings dlq list`), --all, or a filter "
+            f"(--service, --reason, --handler, --type, --topic); nothing was {action}"
+        )
+
+
+def _print_wide(table: Table, *, stderr: bool = False) -> None:
+    """Print `table` at its natural width, even if wider than the terminal."""
+    console = Console(stderr=stderr, highlight=False)
+    width = console.measure(table, options=console.options.update_width(100_000)).maximum
+    if width > console.width:
+        console = Console(stderr=stderr, highlight=False, width=width)
+    console.print(table)
+
+
+def _status(letter: dlq.DeadLetter) -> str:
+    return "dead" if letter.resolution is None else letter.resolution.action
+
+
+def _short(text: str | None, width: int = MESSAGE_WIDTH) -> str:
+    lines = (text or "").strip().splitlines()
+    if not lines:
+        return "-"
+    line = lines[0] + (" …" if len(lines) > 1 else "")
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def _printable(text: str) -> str:
+    """`text` with control characters (other than newline and tab) escaped."""
+    return "".join(
+        c if c.isprintable() or c in "\n\t" else c.encode("unicode_escape").decode("ascii")
+        for c in text
+    )
+
+
+def _letter_json(letter: dlq.DeadLetter) -> dict[str, Any]:
+    resolution = letter.resolution
+    return {
+        "id": letter.id,
+        "dlq": {
+            "topic": letter.dlq_topic,
+            "partition": letter.dlq_partition,
+            "offset": letter.dlq_offset,
+        },
+        "service": letter.service,
+        "event_id": letter.event_id,
+        "type": letter.event_type,
+        "version": letter.event_version,
+        "reason": letter.reason,
+        "exception": letter.exception,
+        "message": letter.message,
+        "traceback": letter.traceback,
+        "original": {
+            "topic": letter.original_topic,
+            "partition": letter.original_partition,
+            "offset": letter.original_offset,
+        },
+        "handler": letter.handler,
+        "attempts": letter.attempts,
+        "time": letter.time,
+        "status": _status(letter),
+        "resolved_at": None if resolution is None else resolution.at,
+        "key": None if letter.record.key is None else _text(letter.record.key),
+        "headers": letter.headers,
+        "event": letter.event,
+        "decode_error": letter.decode_error,
+    }
+
+
+def _letters_table(letters: Sequence[dlq.DeadLetter], *, status: bool = False) -> Table:
+    """One line per letter, never wrapped (ids must stay whole to be copied): print it with
+    `_print_wide`. Messages are cut at MESSAGE_WIDTH characters."""
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for name in ("ID", "Type", "Reason", "Handler", "Origin", "Attempts", "Time", "Message"):
+        table.add_column(name, no_wrap=True)
+    if status:
+        table.add_column("Status", no_wrap=True)
+    for letter in letters:
+        row = [
+            letter.id,
+            _or_dash(letter.event_type),
+            _or_dash(letter.reason),
+            _or_dash(letter.handler),
+            letter.origin,
+            _or_dash(letter.attempts),
+            letter.time.strftime("%Y-%m-%d %H:%M:%S"),
+            _short(letter.message),
+        ]
+        if status:
+            row.append(_status(letter))
+        table.add_row(*(Text(cell) for cell in row))
+    return table
+
+
+@dlq_app.command("list")
+def dlq_list(
+    ctx: typer.Context,
+    service: ServiceFilter = None,
+    reason: ReasonFilter = None,
+    handler: HandlerFilter = None,
+    event_type: TypeFilter = None,
+    topic: TopicFilter = None,
+    include_resolved: Annotated[
+        bool, typer.Option("--all", help="Also show replayed and purged dead letters.")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Dead letters, oldest first: id, event type, reason, handler, origin, attempts, message."""
+    filters = _Filters(service, reason, handler, event_type, topic)
+    letters = _run(ctx, lambda broker: filters.letters(broker, include_resolved=include_resolved))
+    if as_json:
+        _print_json([_letter_json(letter) for letter in letters])
+        return
+    if not letters:
+        _console().print("no dead letters")
+        return
+    _print_wide(_letters_table(letters, status=include_resolved))
+    _console().print(f"{len(letters)} dead letter(s)", markup=False)
+
+
+@dlq_app.command("show")
+def dlq_show(
+    ctx: typer.Context,
+    ident: Annotated[
+        str,
+        typer.Argument(metavar="ID", help="An event id, or <dlq-topic>:<partition>:<offset>."),
+    ],
+    as_json: JsonOption = False,
+) -> None:
+    """Every header of a dead letter, its traceback, and its event (or raw value).
+
+    An event id dead-lettered by several handlers shows each of its dead letters.
+    Replayed or purged ones are shown only if no unresolved one has that id."""
+
+    async def find(broker: Broker) -> list[dlq.DeadLetter]:
+        letters = dlq.select(await dlq.list_dead_letters(broker, include_resolved=True), [ident])
+        unresolved = [x for x in letters if x.resolution is None]
+        return unresolved or letters
+
+    letters = _run(ctx, find)
+    if as_json:
+        _print_json([_letter_json(letter) for letter in letters])
+        return
+    out = Console(highlight=False, soft_wrap=True)
+    for index, letter in enumerate(letters):
+        if index:
+            out.print()
+        _show_letter(out, letter)
+
+
+def _show_letter(out: Console, letter: dlq.DeadLetter) -> None:
+    def line(label: str, value: object) -> None:
+        out.print(f"{label + ':':<14}{_or_dash(value)}", markup=False)
+
+    out.print(f"dead letter {letter.id}", style="bold", markup=False)
+    line("position", letter.position)
+    status = _status(letter)
+    if letter.resolution is not None:
+        status += f" at {letter.resolution.at.isoformat(timespec='seconds')}"
+    line("status", status)
+    line("reason", letter.reason)
+    line("handler", letter.handler)
+    line("origin", letter.origin)
+    line("attempts", letter.attempts)
+    line("time", letter.time.isoformat())
+    line("exception", letter.exception)
+    line("message", letter.message)
+    out.print("\nheaders:", style="bold")
+    for name, value in letter.record.headers:
+        text = "(see traceback below)" if name == dlq.TRACEBACK else _printable(_text(value))
+        out.print(f"  {name}: {text}", markup=False)
+    out.print("\ntraceback:", style="bold")
+    out.print(_printable(letter.traceback or "-").rstrip(), markup=False)
+    if letter.event is not None:
+        out.print("\nevent:", style="bold")
+        out.print(
+            msgspec.json.format(msgspec.json.encode(letter.event), indent=2).decode(),
+            markup=False,
+        )
+    else:
+        out.print(f"\nraw value (does not decode: {letter.decode_error}):", style="bold")
+        if letter.record.key is not None:
+            out.print(f"key: {_printable(_text(letter.record.key))}", markup=False)
+        out.print(_printable(_text(letter.record.value)), markup=False)
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    ctx: typer.Context,
+    ids: IdsArgument = None,
+    select_all: Annotated[
+        bool,
+        typer.Option(
+            "--all", help="Replay every unresolved dead letter (or every one matching the filters)."
+        ),
+    ] = False,
+    service: ServiceFilter = None,
+    reason: ReasonFilter = None,
+    handler: HandlerFilter = None,
+    event_type: TypeFilter = None,
+    topic: TopicFilter = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Re-deliver dead letters to their original topic, for the handler that failed.
+
+    The same event id is delivered again with `tidings-replay-for: <handler>`.
+    Only that handler runs it; other handlers and services ignore it.
+    Needs ids, --all or a filter.
+    Records that do not decode are skipped under --all or filters (an error when named)."""
+    ids = list(ids or ())
+    filters = _Filters(service, reason, handler, event_type, topic)
+    _require_selection("replayed", ids, select_all, filters)
+
+    async def go(broker: Broker) -> tuple[list[dlq.Replayed], list[dlq.DeadLetter]]:
+        letters = await _select_letters(broker, ids, filters)
+        skipped: list[dlq.DeadLetter] = []
+        if not ids:
+            skipped = [x for x in letters if x.event is None]
+            letters = [x for x in letters if x.event is not None]
+        return await dlq.replay(broker, letters), skipped
+
+    replayed, skipped = _run(ctx, go)
+    if as_json:
+        _print_json(
+            {
+                "replayed": [
+                    {
+                        "id": r.letter.id,
+                        "dlq": r.letter.position,
+                        "handler": r.letter.handler,
+                        "topic": r.topic,
+                        "partition": r.partition,
+                        "offset": r.offset,
+                    }
+                    for r in replayed
+                ],
+                "count": len(replayed),
+                "skipped": [
+                    {"id": x.id, "reason": "does not decode into an event"} for x in skipped
+                ],
+            }
+        )
+        return
+    if replayed:
+        table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+        for name in ("ID", "Handler", "Replayed to"):
+            table.add_column(name, no_wrap=True)
+        for r in replayed:
+            table.add_row(
+                Text(r.letter.id),
+                Text(_or_dash(r.letter.handler)),
+                Text(f"{r.topic}[{r.partition}]@{r.offset}"),
+            )
+        _print_wide(table)
+    _console().print(f"replayed {len(replayed)} dead letter(s)", markup=False)
+    if skipped:
+        Console(stderr=True, soft_wrap=True, highlight=False).print(
+            f"warning: skipped {len(skipped)} dead letter(s) that do not decode into an event "
+            f"(replaying would only dead-letter them again): {', '.join(x.id for x in skipped)}; "
+            "inspect them with `tidings dlq show`, remove them with `tidings dlq purge`",
+            style="yellow",
+            markup=False,
+        )
+
+
+@dlq_app.command("purge")
+def dlq_purge(
+    ctx: typer.Context,
+    ids: IdsArgument = None,
+    select_all: Annotated[
+        bool,
+        typer.Option(
+            "--all", help="Purge every unresolved dead letter (or every one matching the filters)."
+        ),
+    ] = False,
+    service: ServiceFilter = None,
+    reason: ReasonFilter = None,
+    handler: HandlerFilter = None,
+    event_type: TypeFilter = None,
+    topic: TopicFilter = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Drop dead letters: they are no longer listed or replayable.
+
+    The records stay in the log, marked purged.
+    Needs ids, --all or a filter.
+    Asks for confirmation unless --yes (required when stdin is not a terminal)."""
+    ids = list(ids or ())
+    filters = _Filters(service, reason, handler, event_type, topic)
+    _require_selection("purged", ids, select_all, filters)
+    if not yes and not _interactive():
+        _fail("purge needs --yes when stdin is not a terminal (nothing was purged)")
+    letters = _run(ctx, lambda broker: _select_letters(broker, ids, filters))
+    if letters and not yes:
+        _print_wide(_letters_table(letters), stderr=True)
+        if not typer.confirm(f"Purge these {len(letters)} dead letter(s)?", err=True):
+            Console(stderr=True, highlight=False).print("nothing was purged", markup=False)
+            raise typer.Exit(1)
+    purged = _run(ctx, lambda broker: dlq.purge(broker, letters)) if letters else []
+    if as_json:
+        _print_json(
+            {
+                "purged": [{"id": x.id, "dlq": x.position, "handler": x.handler} for x in purged],
+                "count": len(purged),
+            }
+        )
+        return
+    console = _console()
+    for letter in purged:
+        console.print(f"purged {letter.id} ({letter.position})", markup=False)
+    console.print(f"purged {len(purged)} dead letter(s)", markup=False)
 
 
 # tail ----------------------------------------------------------------------------------

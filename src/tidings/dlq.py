@@ -1,16 +1,37 @@
-"""Dead letters: the headers that explain them.
+"""Dead letters: the headers that explain them, and the tooling to list, replay and purge them.
 
 A dead letter is the original record, unchanged (same value, key and headers, so the same
 event id), published to the service's dead-letter topic (`<service>.dlq`) with these headers
 added. Replaying one publishes it again to its original topic with `tidings-replay-for` naming
 the one handler that should run it; every other handler and service ignores it.
+
+The tooling works on any `Broker` (the CLI and a web console share it):
+
+* `list_dead_letters(broker, ...)` reads every dead-letter topic (every topic whose name ends in
+  `.dlq`) without a consumer group and returns the unresolved `DeadLetter`s, oldest first.
+* `replay(broker, letters)` re-delivers each one (the same event id) to its original topic for
+  its handler; `purge(broker, letters)` drops them.
+
+A log cannot delete single records, so replayed and purged letters stay in their topic and are
+marked *resolved* by a record in `tidings.dlq.resolutions` (one partition, created on demand):
+JSON `{"dlq", "partition", "offset", "action": "replayed"|"purged", "at"}` keyed by
+`<dlq-topic>:<partition>:<offset>`. Replay publishes first and records the resolution after, so
+a crash in between can only leave a replayed letter listed (replaying it again is harmless: the
+handler's inbox skips an event it has processed), never hide one that was not replayed.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
-from tidings.brokers.base import Headers, Record
+import msgspec
+
+from tidings.brokers.base import Broker, Headers, Message, Record, TopicInfo, TopicPartition
+from tidings.errors import DecodeError, TidingsError, UnknownTopicError
+from tidings.event import Event, event_from_record
 
 PREFIX = "tidings-dlq-"
 REASON = "tidings-dlq-reason"
@@ -66,3 +87,380 @@ def strip(headers: Headers) -> Headers:
         for name, value in headers
         if not name.startswith(PREFIX) and name != REPLAY_FOR
     )
+
+
+# tooling -------------------------------------------------------------------------------
+
+DLQ_SUFFIX = ".dlq"
+RESOLUTIONS_TOPIC = "tidings.dlq.resolutions"
+REPLAYED = "replayed"
+PURGED = "purged"
+READ_PAGE = 1000
+
+
+class DeadLetterError(TidingsError):
+    """A dead letter cannot be found, replayed or purged (the message says why)."""
+
+
+def is_dead_letter_topic(name: str) -> bool:
+    """Dead-letter topics are the topics whose names end in `.dlq` (`<service>.dlq`)."""
+    return name.endswith(DLQ_SUFFIX) and len(name) > len(DLQ_SUFFIX)
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """What was done with a dead letter, and when."""
+
+    action: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One record of a dead-letter topic, with its headers read back.
+
+    `event` is None (and `decode_error` says why) when the record does not decode into an
+    event. Header fields are None when the header is missing (a record that tidings did not
+    write). `time` is when it was dead-lettered (the header, else the record's append time)."""
+
+    dlq_topic: str
+    dlq_partition: int
+    dlq_offset: int
+    event_id: str | None
+    event_type: str | None
+    event_version: int | None
+    reason: str | None
+    exception: str | None
+    message: str | None
+    traceback: str | None
+    original_topic: str | None
+    original_partition: int | None
+    original_offset: int | None
+    handler: str | None
+    attempts: int | None
+    time: datetime
+    record: Record
+    event: Event | None = None
+    decode_error: str | None = None
+    resolution: Resolution | None = None
+
+    @property
+    def position(self) -> str:
+        """`<dlq-topic>:<partition>:<offset>`: unique, and the key of its resolution."""
+        return f"{self.dlq_topic}:{self.dlq_partition}:{self.dlq_offset}"
+
+    @property
+    def id(self) -> str:
+        """What names it on the command line: the event id, or its position if undecodable.
+
+        An event id is not unique when several handlers dead-lettered the same event (or a
+        replay failed again); the position always is."""
+        return self.event_id if self.event_id is not None else self.position
+
+    @property
+    def service(self) -> str:
+        """The service whose dead-letter topic holds it (`<service>.dlq`)."""
+        return self.dlq_topic.removesuffix(DLQ_SUFFIX)
+
+    @property
+    def origin(self) -> str:
+        """`topic[partition]@offset` of the original record, or `-` if unknown."""
+        if self.original_topic is None:
+            return "-"
+        return (
+            f"{self.original_topic}[{_dash(self.original_partition)}]@{_dash(self.original_offset)}"
+        )
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Every header as text (the last value of a repeated name wins)."""
+        return {name: _text(value) for name, value in self.record.headers}
+
+    def matches(self, ident: str) -> bool:
+        """True if `ident` is its event id or its position."""
+        return ident in (self.event_id, self.position)
+
+
+@dataclass(frozen=True, slots=True)
+class Replayed:
+    """A dead letter re-delivered to `topic[partition]@offset`."""
+
+    letter: DeadLetter
+    topic: str
+    partition: int
+    offset: int
+
+
+def dead_letter_from_record(record: Record, resolution: Resolution | None = None) -> DeadLetter:
+    """`record` (read from a dead-letter topic) as a DeadLetter."""
+    event: Event | None = None
+    decode_error: str | None = None
+    try:
+        # Without the dead-letter headers: binary-mode events would take them as event headers.
+        event = event_from_record(msgspec.structs.replace(record, headers=strip(record.headers)))
+    except DecodeError as exc:
+        decode_error = str(exc)
+
+    def header(name: str) -> str | None:
+        value = record.header(name)
+        return None if value is None else _text(value)
+
+    return DeadLetter(
+        dlq_topic=record.topic,
+        dlq_partition=record.partition,
+        dlq_offset=record.offset,
+        event_id=None if event is None else event.id,
+        event_type=None if event is None else event.type,
+        event_version=None if event is None else event.version,
+        reason=header(REASON),
+        exception=header(EXCEPTION),
+        message=header(MESSAGE),
+        traceback=header(TRACEBACK),
+        original_topic=header(TOPIC),
+        original_partition=_int(header(PARTITION)),
+        original_offset=_int(header(OFFSET)),
+        handler=header(HANDLER),
+        attempts=_int(header(ATTEMPTS)),
+        time=_time(header(TIME)) or datetime.fromtimestamp(record.timestamp / 1000, UTC),
+        record=record,
+        event=event,
+        decode_error=decode_error,
+        resolution=resolution,
+    )
+
+
+async def read_resolutions(broker: Broker) -> dict[str, Resolution]:
+    """Resolutions by dead-letter position (`<dlq-topic>:<partition>:<offset>`); the first one
+    recorded for a position wins. Records that are not resolutions are ignored."""
+    try:
+        info = await broker.admin.describe_topic(RESOLUTIONS_TOPIC)
+    except UnknownTopicError:
+        return {}
+    resolutions: dict[str, Resolution] = {}
+    for record in await _read_all(broker, info):
+        try:
+            entry = _resolution_decoder.decode(record.value)
+        except msgspec.DecodeError:
+            continue
+        if entry.action not in (REPLAYED, PURGED):
+            continue
+        key = f"{entry.dlq}:{entry.partition}:{entry.offset}"
+        resolutions.setdefault(key, Resolution(entry.action, entry.at))
+    return resolutions
+
+
+async def list_dead_letters(
+    broker: Broker,
+    *,
+    service: str | None = None,
+    reason: str | None = None,
+    handler: str | None = None,
+    event_type: str | None = None,
+    topic: str | None = None,
+    include_resolved: bool = False,
+) -> list[DeadLetter]:
+    """Dead letters of every dead-letter topic, oldest first, without the resolved ones (unless
+    `include_resolved`). Filters (all optional, combined with AND): `service` (its topic is
+    `<service>.dlq`), `reason` (e.g. `retries-exhausted`), `handler` (`service.handler`, or
+    just the handler's name), `event_type`, and `topic` (the original topic)."""
+    infos = [
+        info
+        for info in await broker.admin.list_topics()
+        if is_dead_letter_topic(info.name)
+        and (service is None or info.name == service + DLQ_SUFFIX)
+    ]
+    resolutions = await read_resolutions(broker)
+    letters: list[DeadLetter] = []
+    for info in infos:
+        for record in await _read_all(broker, info):
+            key = f"{record.topic}:{record.partition}:{record.offset}"
+            resolution = resolutions.get(key)
+            if resolution is not None and not include_resolved:
+                continue
+            letter = dead_letter_from_record(record, resolution)
+            if (
+                (reason is None or letter.reason == reason)
+                and (handler is None or _handler_matches(letter.handler, handler))
+                and (event_type is None or letter.event_type == event_type)
+                and (topic is None or letter.original_topic == topic)
+            ):
+                letters.append(letter)
+    letters.sort(key=lambda x: (x.record.timestamp, x.dlq_topic, x.dlq_partition, x.dlq_offset))
+    return letters
+
+
+def select(letters: Iterable[DeadLetter], ids: Sequence[str]) -> list[DeadLetter]:
+    """The letters named by `ids` (event ids or positions), in the order of `letters`. An id
+    that names no letter raises DeadLetterError; an event id names every letter of that event
+    (one per handler that dead-lettered it)."""
+    letters = list(letters)
+    unknown = [ident for ident in ids if not any(x.matches(ident) for x in letters)]
+    if unknown:
+        raise DeadLetterError(
+            f"no dead letter with id {', '.join(unknown)} (see `tidings dlq list`)"
+        )
+    return [x for x in letters if any(x.matches(ident) for ident in ids)]
+
+
+async def replay(broker: Broker, letters: Sequence[DeadLetter]) -> list[Replayed]:
+    """Publish each letter's original record again to its original topic (same value, key and
+    event id; the dead-letter headers removed; `tidings-replay-for` naming its handler, so only
+    that handler runs it), then mark it replayed. Returns where each one landed.
+
+    Checked before anything is published: every letter still decodes into an event (replaying
+    an undecodable record would only dead-letter it again), is not resolved yet, and its
+    original topic exists. Otherwise DeadLetterError, and nothing is replayed."""
+    await _check_unresolved(broker, letters)
+    topics: dict[str, TopicInfo] = {}
+    for letter in letters:
+        if letter.event is None:
+            raise DeadLetterError(
+                f"dead letter {letter.id} does not decode into an event ({letter.decode_error}); "
+                "replaying it would only dead-letter it again: inspect it with "
+                "`tidings dlq show` and purge it"
+            )
+        original = letter.original_topic
+        if original is None:
+            raise DeadLetterError(
+                f"dead letter {letter.id} has no {TOPIC} header: its original topic is unknown"
+            )
+        if original not in topics:
+            try:
+                topics[original] = await broker.admin.describe_topic(original)
+            except UnknownTopicError:
+                raise DeadLetterError(
+                    f"cannot replay dead letter {letter.id}: its original topic {original!r} "
+                    "no longer exists"
+                ) from None
+    by_topic: dict[str, list[DeadLetter]] = {}
+    for letter in letters:
+        assert letter.original_topic is not None
+        by_topic.setdefault(letter.original_topic, []).append(letter)
+    replayed: list[Replayed] = []
+    for original, group in by_topic.items():
+        partitions = len(topics[original].partitions)
+        published = await broker.publish(
+            original, [_replay_message(letter, partitions) for letter in group]
+        )
+        await _resolve(broker, group, REPLAYED)
+        replayed.extend(
+            Replayed(letter, original, p.partition, p.offset)
+            for letter, p in zip(group, published, strict=True)
+        )
+    return replayed
+
+
+async def purge(broker: Broker, letters: Sequence[DeadLetter]) -> list[DeadLetter]:
+    """Mark `letters` purged: they are no longer listed or replayable. DeadLetterError (and
+    nothing purged) if one of them is already resolved. Returns them."""
+    await _check_unresolved(broker, letters)
+    await _resolve(broker, letters, PURGED)
+    return list(letters)
+
+
+class _ResolutionRecord(msgspec.Struct):
+    dlq: str
+    partition: int
+    offset: int
+    action: str
+    at: datetime
+
+
+_resolution_decoder = msgspec.json.Decoder(_ResolutionRecord)
+
+
+async def _read_all(broker: Broker, info: TopicInfo) -> list[Record]:
+    """Every retained record of a topic, partition by partition, up to its end offset in
+    `info` (records appended since are left for the next call)."""
+    records: list[Record] = []
+    for p in info.partitions:
+        tp = TopicPartition(info.name, p.partition)
+        offset = p.start_offset
+        while offset < p.end_offset:
+            page = await broker.read(tp, offset, min(READ_PAGE, p.end_offset - offset))
+            page = [r for r in page if r.offset < p.end_offset]
+            if not page:
+                break
+            records.extend(page)
+            offset = page[-1].offset + 1
+    return records
+
+
+async def _check_unresolved(broker: Broker, letters: Sequence[DeadLetter]) -> None:
+    """DeadLetterError naming letters resolved already (perhaps since they were listed)."""
+    resolutions = await read_resolutions(broker)
+    for letter in letters:
+        resolution = letter.resolution or resolutions.get(letter.position)
+        if resolution is not None:
+            at = resolution.at.isoformat(timespec="seconds")
+            raise DeadLetterError(
+                f"dead letter {letter.id} ({letter.position}) was already {resolution.action} "
+                f"at {at}"
+            )
+
+
+async def _resolve(broker: Broker, letters: Sequence[DeadLetter], action: str) -> None:
+    if not letters:
+        return
+    await broker.admin.create_topic(RESOLUTIONS_TOPIC, 1, exist_ok=True)
+    at = datetime.now(UTC)
+    await broker.publish(
+        RESOLUTIONS_TOPIC,
+        [
+            Message(
+                value=msgspec.json.encode(
+                    _ResolutionRecord(
+                        letter.dlq_topic, letter.dlq_partition, letter.dlq_offset, action, at
+                    )
+                ),
+                key=letter.position.encode(),
+                partition=0,
+            )
+            for letter in letters
+        ],
+    )
+
+
+def _replay_message(letter: DeadLetter, partitions: int) -> Message:
+    record = letter.record
+    headers = strip(record.headers)
+    if letter.handler is not None:
+        headers += ((REPLAY_FOR, letter.handler.encode()),)
+    # A key picks its partition as it did (per-key order with later events); a record without
+    # key goes back to its original partition if that still exists.
+    partition = None
+    original = letter.original_partition
+    if record.key is None and original is not None and 0 <= original < partitions:
+        partition = original
+    return Message(value=record.value, key=record.key, headers=headers, partition=partition)
+
+
+def _handler_matches(handler: str | None, wanted: str) -> bool:
+    return handler is not None and (handler == wanted or handler.endswith("." + wanted))
+
+
+def _text(value: bytes) -> str:
+    return value.decode("utf-8", "backslashreplace")
+
+
+def _int(text: str | None) -> int | None:
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def _time(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def _dash(value: object) -> str:
+    return "-" if value is None else str(value)

@@ -57,6 +57,8 @@ _JSON_CONTENT_TYPE = "application/json"
 _BYTES_CONTENT_TYPE = "application/octet-stream"
 _CONTENT_TYPE_HEADER = "content-type"
 _ATTRIBUTE_HEADER_PREFIX = "ce_"
+_TRANSPORT_HEADER_PREFIX = "tidings-"
+"""Headers tidings adds to records in transit (dead letters, replays); never event headers."""
 
 
 def _new_id() -> str:
@@ -150,10 +152,15 @@ def _check_headers(headers: object) -> None:
         if not isinstance(name, str) or not isinstance(value, str):
             raise ValueError(f"Event.headers must map str to str, got {name!r}: {value!r}")
         lowered = name.lower()
-        if lowered == _CONTENT_TYPE_HEADER or lowered.startswith(_ATTRIBUTE_HEADER_PREFIX):
+        if (
+            lowered == _CONTENT_TYPE_HEADER
+            or lowered.startswith(_ATTRIBUTE_HEADER_PREFIX)
+            or lowered.startswith(_TRANSPORT_HEADER_PREFIX)
+        ):
             raise ValueError(
                 f"Event.headers name {name!r} is reserved (content-type and ce_* carry "
-                "CloudEvents attributes in Kafka headers)"
+                "CloudEvents attributes in Kafka headers; tidings-* is for tidings' own "
+                "transport headers)"
             )
 
 
@@ -355,7 +362,8 @@ def _is_json(content_type: str | None) -> bool:
 def from_kafka_binary(headers: Headers, value: bytes) -> Event:
     """The event in a binary-mode Kafka record (see `to_kafka_binary`). Raises DecodeError.
 
-    Every header that is neither `ce_*` nor `content-type` becomes an event header. Data is the
+    Every header that is neither `ce_*`, `content-type` nor `tidings-*` (transport headers such
+    as dead-letter reasons) becomes an event header. Data is the
     raw value if `content-type` names a non-JSON media type; otherwise the value is JSON, and an
     empty value means no data.
     """
@@ -375,7 +383,7 @@ def _decode_binary(headers: Headers, value: bytes, record: Record | None) -> Eve
             attributes[name[len(_ATTRIBUTE_HEADER_PREFIX) :]] = text
         elif name.lower() == _CONTENT_TYPE_HEADER:
             content_type = text
-        else:
+        elif not name.lower().startswith(_TRANSPORT_HEADER_PREFIX):
             event_headers[name] = text
     attributes.pop("data", None)
     attributes.pop("data_base64", None)

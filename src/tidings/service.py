@@ -230,6 +230,11 @@ class Service:
         self.topics: dict[str, int] = dict(topics or {})
         self.retry = retry or Retry()
         self.dead_letter_topic = dead_letter_topic or f"{name}.dlq"
+        if not self.dead_letter_topic.endswith(".dlq"):
+            raise ConfigError(
+                f"dead_letter_topic {self.dead_letter_topic!r} must end in '.dlq' so that "
+                "`tidings dlq` finds it"
+            )
         self.inbox_retention_s = inbox_retention_s
         self.session_timeout = session_timeout
         self.max_batch = max_batch

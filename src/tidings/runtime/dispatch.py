@@ -93,26 +93,42 @@ class Dispatcher:
             return
         consumer.ack(batch)
 
-    async def _apply(self, tx: Transaction, record: Record, *, attempt: int) -> Failure | None:
+    async def _apply(
+        self,
+        tx: Transaction,
+        record: Record,
+        *,
+        attempt: int,
+        retrying: bool = False,
+        skip: set[str] | frozenset[str] = frozenset(),
+    ) -> Failure | None:
         """Run every due handler for `record` in `tx`; the first retryable failure is returned
-        (its effects rolled back), permanent ones are dead-lettered here."""
+        (its effects rolled back), permanent ones are dead-lettered here. Handlers that already
+        ran (inbox) are skipped, and so are those in `skip` (dead-lettered during this
+        delivery); `retrying` keeps the skips out of the duplicate count."""
         try:
             event = event_from_record(record)
         except DecodeError as exc:
-            log.error("%s: undecodable record dead-lettered: %s", self.service.name, exc)
-            self._dead_letter(tx, record, None, dlq.REASON_UNDECODABLE, exc, attempt)
+            position = (record.topic, record.partition, record.offset)
+            marker = f"undecodable:{record.topic}:{record.partition}:{record.offset}"
+            if await tx.inbox_add(self.service.name, marker, position, InboxStatus.DEAD):
+                log.error("%s: undecodable record dead-lettered: %s", self.service.name, exc)
+                self._dead_letter(tx, record, None, dlq.REASON_UNDECODABLE, exc, attempt)
             return None
         target = _header(record, dlq.REPLAY_FOR)
         handlers = self.service.handlers_for(record.topic, event.type)
         if target is not None:
             handlers = [h for h in handlers if h.consumer == target]
+        handlers = [h for h in handlers if h.consumer not in skip]
         if not handlers:
-            if target is None:
+            if target is None and not retrying:
                 self.service.stats.skipped += 1
             return None
         position = (record.topic, record.partition, record.offset)
         for handler in handlers:
-            failure = await self._apply_handler(tx, record, event, handler, position, attempt)
+            failure = await self._apply_handler(
+                tx, record, event, handler, position, attempt, retrying
+            )
             if failure is not None:
                 return failure
         return None
@@ -125,6 +141,7 @@ class Dispatcher:
         handler: Handler,
         position: tuple[str, int, int],
         attempt: int,
+        retrying: bool,
     ) -> Failure | None:
         stats = self.service.stats
         try:
@@ -146,7 +163,8 @@ class Dispatcher:
                     status = await tx.inbox_get(handler.consumer, event.id)
                     replay = _header(record, dlq.REPLAY_FOR) == handler.consumer
                     if not (status is InboxStatus.DEAD and replay):
-                        stats.duplicates += 1
+                        if not retrying:
+                            stats.duplicates += 1
                         return None
                     await tx.inbox_delete(handler.consumer, event.id)
                     await tx.inbox_add(handler.consumer, event.id, position)
@@ -173,19 +191,29 @@ class Dispatcher:
         stats.by_type[event.type] = stats.by_type.get(event.type, 0) + 1
         return None
 
-    async def _retry(self, record: Record, failure: Failure) -> None:
-        """Retry `record` per its failing handler's policy; dead-letter it when spent."""
+    async def _retry(self, record: Record, failure: Failure | None) -> None:
+        """Retry `record` until every handler succeeded or was dead-lettered. Each failing
+        handler gets its own attempt budget from its own policy."""
+        dead: set[str] = set()
+        while failure is not None:
+            failure = await self._retry_handler(record, failure, dead)
+
+    async def _retry_handler(
+        self, record: Record, failure: Failure, dead: set[str]
+    ) -> Failure | None:
+        """Retry `failure.handler` per its policy; dead-letter it when spent. Returns a failure
+        of another handler of the same record if one surfaces (that one starts afresh)."""
+        handler = failure.handler
         started = time.monotonic()
         attempt = 1
         while True:
-            policy = failure.handler.retry
-            delay = policy.next_delay(attempt, time.monotonic() - started, failure.error)
+            delay = handler.retry.next_delay(attempt, time.monotonic() - started, failure.error)
             if delay is None:
                 break
             log.warning(
                 "%s: %s failed (attempt %d): %r; retrying in %.2fs",
                 self.service.name,
-                failure.handler.consumer,
+                handler.consumer,
                 attempt,
                 failure.error,
                 delay,
@@ -200,24 +228,28 @@ class Dispatcher:
             attempt += 1
             self.service.stats.retried += 1
             async with self.store.transaction() as tx:
-                next_failure = await self._apply(tx, record, attempt=attempt)
+                next_failure = await self._apply(
+                    tx, record, attempt=attempt, retrying=True, skip=dead
+                )
             if next_failure is None:
-                return
+                return None
+            if next_failure.handler is not handler:
+                return next_failure
             failure = next_failure
         log.error(
             "%s: %s gave up after %d attempt(s): %r; dead-lettered",
             self.service.name,
-            failure.handler.consumer,
+            handler.consumer,
             attempt,
             failure.error,
         )
         async with self.store.transaction() as tx:
             event = event_from_record(record)
             position = (record.topic, record.partition, record.offset)
-            if await self._mark_dead(tx, record, failure.handler, event.id, position):
-                self._dead_letter(
-                    tx, record, failure.handler, dlq.REASON_EXHAUSTED, failure.error, attempt
-                )
+            if await self._mark_dead(tx, record, handler, event.id, position):
+                self._dead_letter(tx, record, handler, dlq.REASON_EXHAUSTED, failure.error, attempt)
+            dead.add(handler.consumer)
+            return await self._apply(tx, record, attempt=1, retrying=True, skip=dead)
 
     @staticmethod
     async def _mark_dead(
