@@ -64,29 +64,40 @@ def synchronous_option(value: str | None, default: str = "full") -> str:
     return level
 
 
+def translate(exc: sqlite3.Error, path: str) -> Exception:
+    """StorageError naming the file for corruption, permission and I/O errors; `exc` itself
+    for everything else (constraint violations, SQL errors, busy)."""
+    if isinstance(exc, sqlite3.OperationalError):
+        text = str(exc)
+        if "readonly" in text or "read-only" in text:
+            return StorageError(f"{path}: the database is read-only ({text})")
+        if "unable to open" in text:
+            return StorageError(f"{path}: cannot open the database file ({text})")
+        if "disk I/O" in text or "full" in text:
+            return StorageError(f"{path}: {text}")
+        return exc
+    if isinstance(exc, sqlite3.DatabaseError) and not isinstance(
+        exc, sqlite3.IntegrityError | sqlite3.ProgrammingError
+    ):
+        return StorageError(
+            f"{path}: not a usable SQLite database; it is corrupt or not a database ({exc})"
+        )
+    return exc
+
+
 @contextlib.contextmanager
 def storage_errors(path: str) -> Iterator[None]:
     """Turn SQLite's corruption, permission and I/O errors into StorageError naming the file."""
     try:
         yield
-    except sqlite3.OperationalError as exc:
-        text = str(exc)
-        if "readonly" in text or "read-only" in text:
-            raise StorageError(f"{path}: the database is read-only ({text})") from exc
-        if "unable to open" in text:
-            raise StorageError(f"{path}: cannot open the database file ({text})") from exc
-        if "disk I/O" in text or "full" in text:
-            raise StorageError(f"{path}: {text}") from exc
-        raise
-    except sqlite3.DatabaseError as exc:
-        if isinstance(exc, sqlite3.IntegrityError | sqlite3.ProgrammingError):
+    except sqlite3.Error as exc:
+        translated = translate(exc, path)
+        if translated is exc:
             raise
-        raise StorageError(
-            f"{path}: not a usable SQLite database; it is corrupt or not a database ({exc})"
-        ) from exc
+        raise translated from exc
 
 
-def _is_busy(exc: sqlite3.OperationalError) -> bool:
+def is_busy(exc: sqlite3.Error) -> bool:
     text = str(exc)
     return "locked" in text or "busy" in text
 
@@ -100,8 +111,8 @@ def retry_busy(fn: Callable[[], T], path: str) -> T:
             with storage_errors(path):
                 return fn()
         except sqlite3.OperationalError as exc:
-            if not _is_busy(exc) or time.monotonic() > deadline:
-                if _is_busy(exc):
+            if not is_busy(exc) or time.monotonic() > deadline:
+                if is_busy(exc):
                     raise StorageError(
                         f"{path}: still locked by another process after {BUSY_DEADLINE_S:.0f}s"
                     ) from exc
@@ -141,14 +152,14 @@ class Database:
                 self._all.append(conn)
         return conn
 
-    def open_connection(self) -> sqlite3.Connection:
+    def open_connection(self, *, busy_timeout_s: float = BUSY_DEADLINE_S) -> sqlite3.Connection:
         """A new connection of its own (not the thread's), closed with the database."""
-        conn = retry_busy(self._open, self.path)
+        conn = retry_busy(lambda: self._open(busy_timeout_s), self.path)
         with self._lock:
             self._all.append(conn)
         return conn
 
-    def _open(self) -> sqlite3.Connection:
+    def _open(self, busy_timeout_s: float = BUSY_DEADLINE_S) -> sqlite3.Connection:
         conn = sqlite3.connect(
             self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_DEADLINE_S
         )
@@ -157,7 +168,7 @@ class Database:
             if str(mode).lower() != "wal":
                 raise StorageError(f"{self.path}: cannot switch to WAL mode (got {mode!r})")
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
-            conn.execute(f"PRAGMA busy_timeout={int(BUSY_DEADLINE_S * 1000)}")
+            conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
         except BaseException:
             conn.close()
             raise

@@ -24,7 +24,6 @@ extensions) are ignored, and `datacontenttype` is not kept: data is always writt
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -32,6 +31,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec.structs import force_setattr
 
+from tidings._ids import uuid7
 from tidings.brokers.base import Headers, Message, Record
 from tidings.errors import DecodeError
 
@@ -62,7 +62,7 @@ _TRANSPORT_HEADER_PREFIX = "tidings-"
 
 
 def _new_id() -> str:
-    return str(uuid.uuid4())
+    return uuid7()
 
 
 def _utc_now() -> datetime:

@@ -244,6 +244,8 @@ class Service:
         self._broker: Broker | None = None
         self._store: Store | None = None
         self._start_lock: asyncio.Lock | None = None
+        self._started = False
+        self._routes: dict[tuple[str, str], list[Handler]] = {}
         self.runner: ServiceRunner | None = None
 
     # declaration ------------------------------------------------------------------------
@@ -271,6 +273,7 @@ class Service:
                     f"service {self.name!r} already has a handler named {handler_name!r}; "
                     "pass name= to tell them apart"
                 )
+            self._routes.clear()
             self.handlers.append(
                 Handler(
                     name=handler_name,
@@ -287,7 +290,13 @@ class Service:
         return register
 
     def handlers_for(self, topic: str, event_type: str) -> list[Handler]:
-        return [h for h in self.handlers if topic in h.topics and h.accepts(event_type)]
+        """The handlers for events of `event_type` on `topic`, in registration order."""
+        route = (topic, event_type)
+        handlers = self._routes.get(route)
+        if handlers is None:
+            handlers = [h for h in self.handlers if topic in h.topics and h.accepts(event_type)]
+            self._routes[route] = handlers
+        return handlers
 
     @property
     def consumed_topics(self) -> list[str]:
@@ -312,9 +321,13 @@ class Service:
     async def start(self) -> None:
         """Open the store (framework tables and the service's migrations) and create the
         topics it consumes, publishes to (`topics=`) and dead-letters to. Idempotent."""
+        if self._started:
+            return
         if self._start_lock is None:
             self._start_lock = asyncio.Lock()
         async with self._start_lock:
+            if self._started:
+                return
             await self.store.start()
             await self.store.migrate(self.migrations)
             wanted = dict.fromkeys(self.consumed_topics, DEFAULT_PARTITIONS)
@@ -322,12 +335,19 @@ class Service:
             wanted.setdefault(self.dead_letter_topic, 1)
             for topic, partitions in wanted.items():
                 await self.broker.admin.create_topic(topic, partitions, exist_ok=True)
+            self._started = True
 
     async def close(self) -> None:
+        """Close the broker and store; ones created from URLs are reopened by the next use."""
+        self._started = False
         if self._broker is not None:
             await self._broker.close()
+            if not isinstance(self._broker_spec, Broker):
+                self._broker = None
         if self._store is not None:
             await self._store.close()
+            if not isinstance(self._store_spec, Store):
+                self._store = None
 
     # publishing -------------------------------------------------------------------------
 

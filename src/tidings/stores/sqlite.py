@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import sqlite3
 import time
 import uuid
@@ -76,6 +77,12 @@ _headers_encoder = msgspec.msgpack.Encoder()
 _headers_decoder = msgspec.msgpack.Decoder(Headers)
 
 
+@functools.lru_cache(maxsize=256)
+def _encoded_headers(headers: Headers) -> bytes | None:
+    """Headers as stored; cached, since most events carry the same few headers."""
+    return _headers_encoder.encode(headers) if headers else None
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -90,8 +97,13 @@ class SQLiteTransaction(Transaction):
         self._savepoints = 0
 
     def _run(self, sql: str, params: Params) -> sqlite3.Cursor:
-        with _sqlite.storage_errors(self._path):
+        try:
             return self._conn.execute(sql, params)
+        except sqlite3.Error as exc:
+            translated = _sqlite.translate(exc, self._path)
+            if translated is exc:
+                raise
+            raise translated from exc
 
     async def execute(self, sql: str, params: Params = ()) -> int:
         return self._run(sql, params).rowcount
@@ -162,7 +174,7 @@ class SQLiteTransaction(Transaction):
                         event_id,
                         m.key,
                         m.value,
-                        _headers_encoder.encode(m.headers) if m.headers else None,
+                        _encoded_headers(m.headers),
                         now,
                     )
                     for topic, event_id, m in self.outbox
@@ -214,7 +226,7 @@ class SQLiteStore(Store):
             raise StorageError(f"{self.path}: store is closed")
         self._lock = asyncio.Lock()
         await self._io(self._db.write, self._create_schema)
-        self._conn = await self._io(self._db.open_connection)
+        self._conn = await self._io(lambda: self._db.open_connection(busy_timeout_s=0))
         self._started = True
 
     def _create_schema(self, conn: sqlite3.Connection) -> None:
@@ -266,7 +278,14 @@ class SQLiteStore(Store):
         assert self._lock is not None and self._conn is not None
         conn = self._conn
         async with self._lock:
-            await self._io(_sqlite.retry_busy, lambda: conn.execute("BEGIN IMMEDIATE"), self.path)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if not _sqlite.is_busy(exc):
+                    raise _sqlite.translate(exc, self.path) from exc
+                await self._io(
+                    _sqlite.retry_busy, lambda: conn.execute("BEGIN IMMEDIATE"), self.path
+                )
             tx = SQLiteTransaction(conn, self.path)
             try:
                 yield tx
@@ -300,6 +319,18 @@ class SQLiteStore(Store):
     # relay side -------------------------------------------------------------------------
 
     async def outbox_claim(self, relay: str, limit: int, lease_s: float) -> list[OutboxRow] | None:
+        await self.start()
+        lease_ms = int(lease_s * 1000)
+
+        def read(conn: sqlite3.Connection) -> list[OutboxRow] | None:
+            """The rows, if `relay` holds a lease with more than half of it left."""
+            row = conn.execute(
+                "SELECT holder, expires_ms FROM tidings_relay_lease WHERE name = 'outbox'"
+            ).fetchone()
+            if row is None or row[0] != relay or row[1] - _now_ms() < lease_ms // 2:
+                return None
+            return _outbox_rows(conn, limit)
+
         def claim(conn: sqlite3.Connection) -> list[OutboxRow] | None:
             now = _now_ms()
             row = conn.execute(
@@ -311,27 +342,24 @@ class SQLiteStore(Store):
                 "INSERT INTO tidings_relay_lease(name, holder, expires_ms) VALUES ('outbox', ?, ?)"
                 " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,"
                 " expires_ms = excluded.expires_ms",
-                (relay, now + int(lease_s * 1000)),
+                (relay, now + lease_ms),
             )
-            return [
-                OutboxRow(
-                    seq,
-                    topic,
-                    event_id,
-                    Message(value, key, _headers_decoder.decode(headers) if headers else ()),
-                )
-                for seq, topic, event_id, key, value, headers in conn.execute(
-                    "SELECT seq, topic, event_id, key, value, headers FROM tidings_outbox"
-                    " ORDER BY seq LIMIT ?",
-                    (limit,),
-                )
-            ]
+            return _outbox_rows(conn, limit)
 
+        rows = await asyncio.to_thread(self._relay_db.read, read)
+        if rows is not None:
+            return rows
         return await self._write(claim)
 
     async def outbox_remove(self, relay: str, seqs: Sequence[int]) -> None:
+        """Writers are serialized, so a new row always gets a higher seq than any existing one:
+        every row up to the highest claimed seq was claimed (or removed before)."""
+        if not seqs:
+            return
+        highest = max(seqs)
+
         def remove(conn: sqlite3.Connection) -> None:
-            conn.executemany("DELETE FROM tidings_outbox WHERE seq = ?", [(s,) for s in seqs])
+            conn.execute("DELETE FROM tidings_outbox WHERE seq <= ?", (highest,))
 
         await self._write(remove)
 
@@ -390,6 +418,22 @@ class SQLiteStore(Store):
         self.notifier.close(unregister)
         self._db.close()
         self._relay_db.close()
+
+
+def _outbox_rows(conn: sqlite3.Connection, limit: int) -> list[OutboxRow]:
+    return [
+        OutboxRow(
+            seq,
+            topic,
+            event_id,
+            Message(value, key, _headers_decoder.decode(headers) if headers else ()),
+        )
+        for seq, topic, event_id, key, value, headers in conn.execute(
+            "SELECT seq, topic, event_id, key, value, headers FROM tidings_outbox"
+            " ORDER BY seq LIMIT ?",
+            (limit,),
+        )
+    ]
 
 
 def split_statements(script: str) -> list[str]:
