@@ -17,20 +17,45 @@ import contextlib
 import logging
 import time
 import traceback
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from tidings import dlq
 from tidings.brokers.base import Batch, Consumer, Message, Record
 from tidings.errors import DecodeError
 from tidings.event import Event, event_from_record
 from tidings.schema import SchemaError
-from tidings.service import Context, Handler, Service, SyncContext
+from tidings.service import Context, Handler, Service, Stats, SyncContext
 from tidings.stores.base import InboxStatus, Transaction
 
 log = logging.getLogger("tidings.dispatch")
 
 ERROR_PAUSE_S = 1.0
 """Pause before redelivering a batch that failed for an unexpected reason."""
+
+
+class _RolledBack(Exception):
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+
+@dataclass(slots=True)
+class Tally:
+    """Counts of one transaction, added to the service's stats only once it commits."""
+
+    processed: int = 0
+    duplicates: int = 0
+    skipped: int = 0
+    dead_lettered: int = 0
+    by_type: dict[str, int] = field(default_factory=dict)
+
+    def add_to(self, stats: Stats) -> None:
+        stats.processed += self.processed
+        stats.duplicates += self.duplicates
+        stats.skipped += self.skipped
+        stats.dead_lettered += self.dead_lettered
+        for name, count in self.by_type.items():
+            stats.by_type[name] = stats.by_type.get(name, 0) + count
 
 
 class _Stopping(Exception):
@@ -63,16 +88,10 @@ class Dispatcher:
                 if self.stopping.is_set():
                     consumer.nack(batch, records[index].offset)
                     return
-                failure: Failure | None = None
-                async with self.store.transaction() as tx:
-                    while index < len(records):
-                        failure = await self._apply(tx, records[index], attempt=1)
-                        if failure is not None:
-                            break
-                        index += 1
-                if failure is not None:
-                    await self._retry(records[index], failure)
-                    index += 1
+                if await self._fast(records, index) < len(records):
+                    index = await self._careful(records, index)
+                else:
+                    index = len(records)
         except _Stopping:
             consumer.nack(batch, records[index].offset)
             return
@@ -93,19 +112,56 @@ class Dispatcher:
             return
         consumer.ack(batch)
 
+    async def _fast(self, records: Sequence[Record], start: int) -> int:
+        """Apply `records[start:]` in one transaction without savepoints (the common case:
+        nothing fails). Returns len(records) once committed, or the index of the first record
+        whose handler raised - and then nothing of `records[start:]` was committed."""
+        tally = Tally()
+        try:
+            async with self.store.transaction() as tx:
+                for index in range(start, len(records)):
+                    if await self._apply(tx, records[index], tally, guarded=False) is not None:
+                        raise _RolledBack(index)
+        except _RolledBack as rolled_back:
+            return rolled_back.index
+        tally.add_to(self.service.stats)
+        return len(records)
+
+    async def _careful(self, records: Sequence[Record], start: int) -> int:
+        """Apply records from `start` with a savepoint per handler until one fails, commit
+        those, then retry the failing record on its own. Returns the next index to apply."""
+        tally = Tally()
+        index = start
+        failure: Failure | None = None
+        async with self.store.transaction() as tx:
+            while index < len(records):
+                failure = await self._apply(tx, records[index], tally, guarded=True)
+                if failure is not None:
+                    break
+                index += 1
+        tally.add_to(self.service.stats)
+        if failure is None:
+            return index
+        await self._retry(records[index], failure)
+        return index + 1
+
     async def _apply(
         self,
         tx: Transaction,
         record: Record,
+        tally: Tally,
         *,
-        attempt: int,
+        guarded: bool,
+        attempt: int = 1,
         retrying: bool = False,
         skip: set[str] | frozenset[str] = frozenset(),
     ) -> Failure | None:
-        """Run every due handler for `record` in `tx`; the first retryable failure is returned
-        (its effects rolled back), permanent ones are dead-lettered here. Handlers that already
-        ran (inbox) are skipped, and so are those in `skip` (dead-lettered during this
-        delivery); `retrying` keeps the skips out of the duplicate count."""
+        """Run every due handler for `record` in `tx`. Guarded, each handler runs in a
+        savepoint: the first retryable failure is returned with its effects rolled back, and
+        permanent ones are dead-lettered here. Unguarded, any handler exception is returned
+        and the caller must roll back the transaction. Handlers that already ran (inbox) are
+        skipped, and so are those in `skip` (dead-lettered during this delivery); `retrying`
+        keeps the skips out of the duplicate count."""
         try:
             event = event_from_record(record)
         except DecodeError as exc:
@@ -113,7 +169,7 @@ class Dispatcher:
             marker = f"undecodable:{record.topic}:{record.partition}:{record.offset}"
             if await tx.inbox_add(self.service.name, marker, position, InboxStatus.DEAD):
                 log.error("%s: undecodable record dead-lettered: %s", self.service.name, exc)
-                self._dead_letter(tx, record, None, dlq.REASON_UNDECODABLE, exc, attempt)
+                self._dead_letter(tx, tally, record, None, dlq.REASON_UNDECODABLE, exc, attempt)
             return None
         target = _header(record, dlq.REPLAY_FOR)
         handlers = self.service.handlers_for(record.topic, event.type)
@@ -122,12 +178,12 @@ class Dispatcher:
         handlers = [h for h in handlers if h.consumer not in skip]
         if not handlers:
             if target is None and not retrying:
-                self.service.stats.skipped += 1
+                tally.skipped += 1
             return None
         position = (record.topic, record.partition, record.offset)
         for handler in handlers:
             failure = await self._apply_handler(
-                tx, record, event, handler, position, attempt, retrying
+                tx, tally, record, event, handler, position, attempt, retrying, guarded
             )
             if failure is not None:
                 return failure
@@ -136,14 +192,15 @@ class Dispatcher:
     async def _apply_handler(
         self,
         tx: Transaction,
+        tally: Tally,
         record: Record,
         event: Event,
         handler: Handler,
         position: tuple[str, int, int],
         attempt: int,
         retrying: bool,
+        guarded: bool,
     ) -> Failure | None:
-        stats = self.service.stats
         try:
             argument = handler.parse(event)
         except SchemaError as exc:
@@ -155,16 +212,16 @@ class Dispatcher:
                     handler.consumer,
                     exc,
                 )
-                self._dead_letter(tx, record, handler, dlq.REASON_INVALID, exc, attempt)
+                self._dead_letter(tx, tally, record, handler, dlq.REASON_INVALID, exc, attempt)
             return None
         try:
-            async with tx.savepoint():
+            async with tx.savepoint() if guarded else contextlib.nullcontext():
                 if not await tx.inbox_add(handler.consumer, event.id, position):
                     status = await tx.inbox_get(handler.consumer, event.id)
                     replay = _header(record, dlq.REPLAY_FOR) == handler.consumer
                     if not (status is InboxStatus.DEAD and replay):
                         if not retrying:
-                            stats.duplicates += 1
+                            tally.duplicates += 1
                         return None
                     await tx.inbox_delete(handler.consumer, event.id)
                     await tx.inbox_add(handler.consumer, event.id, position)
@@ -175,6 +232,8 @@ class Dispatcher:
                     loop = asyncio.get_running_loop()
                     await asyncio.to_thread(handler.function, argument, SyncContext(context, loop))
         except Exception as exc:
+            if not guarded:
+                return Failure(handler, exc)
             if not handler.retry.retryable(exc):
                 if await self._mark_dead(tx, record, handler, event.id, position):
                     log.error(
@@ -184,11 +243,13 @@ class Dispatcher:
                         handler.consumer,
                         exc,
                     )
-                    self._dead_letter(tx, record, handler, dlq.REASON_PERMANENT, exc, attempt)
+                    self._dead_letter(
+                        tx, tally, record, handler, dlq.REASON_PERMANENT, exc, attempt
+                    )
                 return None
             return Failure(handler, exc)
-        stats.processed += 1
-        stats.by_type[event.type] = stats.by_type.get(event.type, 0) + 1
+        tally.processed += 1
+        tally.by_type[event.type] = tally.by_type.get(event.type, 0) + 1
         return None
 
     async def _retry(self, record: Record, failure: Failure | None) -> None:
@@ -227,10 +288,12 @@ class Dispatcher:
                     raise _Stopping
             attempt += 1
             self.service.stats.retried += 1
+            tally = Tally()
             async with self.store.transaction() as tx:
                 next_failure = await self._apply(
-                    tx, record, attempt=attempt, retrying=True, skip=dead
+                    tx, record, tally, guarded=True, attempt=attempt, retrying=True, skip=dead
                 )
+            tally.add_to(self.service.stats)
             if next_failure is None:
                 return None
             if next_failure.handler is not handler:
@@ -243,13 +306,20 @@ class Dispatcher:
             attempt,
             failure.error,
         )
+        tally = Tally()
         async with self.store.transaction() as tx:
             event = event_from_record(record)
             position = (record.topic, record.partition, record.offset)
             if await self._mark_dead(tx, record, handler, event.id, position):
-                self._dead_letter(tx, record, handler, dlq.REASON_EXHAUSTED, failure.error, attempt)
+                self._dead_letter(
+                    tx, tally, record, handler, dlq.REASON_EXHAUSTED, failure.error, attempt
+                )
             dead.add(handler.consumer)
-            return await self._apply(tx, record, attempt=1, retrying=True, skip=dead)
+            next_failure = await self._apply(
+                tx, record, tally, guarded=True, retrying=True, skip=dead
+            )
+        tally.add_to(self.service.stats)
+        return next_failure
 
     @staticmethod
     async def _mark_dead(
@@ -271,6 +341,7 @@ class Dispatcher:
     def _dead_letter(
         self,
         tx: Transaction,
+        tally: Tally,
         record: Record,
         handler: Handler | None,
         reason: str,
@@ -293,7 +364,7 @@ class Dispatcher:
         consumer = handler.consumer if handler else self.service.name
         dedupe = f"dlq:{record.topic}:{record.partition}:{record.offset}:{consumer}"
         tx.add_outbox(self.service.dead_letter_topic, dedupe, message)
-        self.service.stats.dead_lettered += 1
+        tally.dead_lettered += 1
 
 
 def _header(record: Record, name: str) -> str | None:
