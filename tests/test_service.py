@@ -412,3 +412,45 @@ async def test_relay_killed_between_publish_and_mark_duplicates_nothing_downstre
     await eventually(all_seen_twice)
     assert (await inventory.store.query("SELECT count(*) FROM reserved"))[0][0] == 5
     assert await orders.store.outbox_size() == 0
+
+
+async def test_a_handler_publishing_one_event_twice_is_dead_lettered_not_stuck(
+    urls: dict[str, str], running: Callable[[Service], Awaitable[None]]
+) -> None:
+    inventory = inventory_service(urls, retry=FAST)
+
+    @inventory.handler("order-events")
+    async def reserve(event: ThingPlaced, ctx: Context) -> None:
+        await ctx.execute("INSERT INTO reserved(order_id) VALUES (?)", (event.order_id,))
+        follow_up = Event(type="FOLLOW_UP", data={"of": event.order_id})
+        ctx.publish("inventory-events", follow_up)
+        if event.order_id == "twice":
+            ctx.publish("inventory-events", follow_up)
+
+    async with connect(urls["broker"]) as broker:
+        await broker.admin.create_topic("order-events", 1)
+        await broker.publish_events(
+            "order-events",
+            [
+                ThingPlaced(order_id=n, total=1, currency="EUR").to_event()
+                for n in ("before", "twice", "after")
+            ],
+        )
+    await running(inventory)
+
+    async def settled() -> bool:
+        return inventory.stats.processed == 2 and inventory.stats.dead_lettered == 1
+
+    await eventually(settled)
+    rows = await inventory.store.query("SELECT order_id FROM reserved ORDER BY rowid")
+    assert [r[0] for r in rows] == ["before", "after"]
+    async with connect(urls["broker"]) as broker:
+
+        async def one_letter() -> bool:
+            return len(await read_topic(broker, "inventory.dlq")) == 1
+
+        await eventually(one_letter)
+        [letter] = await read_topic(broker, "inventory.dlq")
+    headers = {k: v.decode() for k, v in letter.headers}
+    assert headers["tidings-dlq-reason"] == "permanent-error"
+    assert headers["tidings-dlq-exception"] == "tidings.errors.DuplicateEventError"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from tidings.errors import ConfigError, DecodeError
+from tidings.errors import ConfigError, DecodeError, DuplicateEventError
 
 
 class PermanentError(Exception):
@@ -55,6 +55,7 @@ class Retry:
             PermanentError,
             DecodeError,
             SchemaError,
+            DuplicateEventError,
             *self.give_up_on,
         )
         if isinstance(exc, permanent):

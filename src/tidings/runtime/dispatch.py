@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from tidings import dlq
 from tidings.brokers.base import Batch, Consumer, Message, Record
-from tidings.errors import DecodeError
+from tidings.errors import DecodeError, DuplicateEventError
 from tidings.event import Event, event_from_record
 from tidings.schema import SchemaError
 from tidings.service import Context, Handler, Service, Stats, SyncContext
@@ -124,6 +124,8 @@ class Dispatcher:
                         raise _RolledBack(index)
         except _RolledBack as rolled_back:
             return rolled_back.index
+        except DuplicateEventError:
+            return start
         tally.add_to(self.service.stats)
         return len(records)
 
@@ -231,6 +233,8 @@ class Dispatcher:
                 else:
                     loop = asyncio.get_running_loop()
                     await asyncio.to_thread(handler.function, argument, SyncContext(context, loop))
+                if guarded:
+                    await tx.flush()
         except Exception as exc:
             if not guarded:
                 return Failure(handler, exc)

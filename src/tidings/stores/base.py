@@ -67,8 +67,12 @@ class Transaction(abc.ABC):
 
     @abc.abstractmethod
     def add_outbox(self, topic: str, event_id: str, message: Message) -> None:
-        """Queue an outbox row; written before commit. Duplicate (topic, event id) pairs make
-        the commit fail with DuplicateEventError."""
+        """Queue an outbox row; written by the next `flush()` or at commit. A duplicate
+        (topic, event id) pair makes that flush or the commit raise DuplicateEventError."""
+
+    @abc.abstractmethod
+    async def flush(self) -> None:
+        """Write queued outbox rows now, so a DuplicateEventError surfaces here."""
 
     @abc.abstractmethod
     async def inbox_add(

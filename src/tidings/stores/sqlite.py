@@ -94,6 +94,7 @@ class SQLiteTransaction(Transaction):
         self._conn = conn
         self._path = path
         self.outbox: list[tuple[str, str, Message]] = []
+        self._flushed = 0
         self._savepoints = 0
 
     def _run(self, sql: str, params: Params) -> sqlite3.Cursor:
@@ -153,15 +154,20 @@ class SQLiteTransaction(Transaction):
             self._run(f"ROLLBACK TO {name}", ())
             self._run(f"RELEASE {name}", ())
             del self.outbox[mark:]
+            self._flushed = min(self._flushed, mark)
             raise
         self._run(f"RELEASE {name}", ())
 
     def savepoint(self) -> AbstractAsyncContextManager[None]:
         return self._savepoint()
 
+    async def flush(self) -> None:
+        self.flush_outbox()
+
     def flush_outbox(self) -> None:
-        """Write queued outbox rows (called just before COMMIT)."""
-        if not self.outbox:
+        """Write the outbox rows queued since the last flush (and always before COMMIT)."""
+        pending = self.outbox[self._flushed :]
+        if not pending:
             return
         now = _now_ms()
         try:
@@ -177,13 +183,14 @@ class SQLiteTransaction(Transaction):
                         _encoded_headers(m.headers),
                         now,
                     )
-                    for topic, event_id, m in self.outbox
+                    for topic, event_id, m in pending
                 ],
             )
+            self._flushed = len(self.outbox)
         except sqlite3.IntegrityError as exc:
             raise DuplicateEventError(
                 f"an event id was published twice to one topic in this transaction or while "
-                f"still in the outbox ({exc}); the transaction was rolled back"
+                f"still in the outbox ({exc})"
             ) from exc
 
 
