@@ -1,6 +1,7 @@
 """Store backends and `connect_store(url)`, which picks one by URL scheme.
 
 * `sqlite:///path/to/service.db` - the embedded default.
+* `postgresql://user:password@host:port/dbname?schema=name` (or `postgres://`) - PostgreSQL.
 """
 
 from __future__ import annotations
@@ -24,4 +25,8 @@ def connect_store(url: str, **options: Any) -> Store:
         from tidings.stores.sqlite import SQLiteStore
 
         return SQLiteStore(url, **options)
-    raise ConfigError(f"unknown store scheme {scheme!r} in {url!r}; supported: sqlite://")
+    if scheme in ("postgresql", "postgres"):
+        from tidings.stores.postgres import PostgresStore
+
+        return PostgresStore(url, **options)
+    raise ConfigError(f"unknown store scheme {scheme!r}; supported: sqlite://, postgresql://")
