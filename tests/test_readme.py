@@ -5,7 +5,9 @@ Blocks fenced as ```python must run on their own; fragments are fenced as ```py.
 from __future__ import annotations
 
 import json
+import os
 import re
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -82,53 +84,106 @@ def test_broker_benchmark_prints_json_lines(tmp_path: Path) -> None:
     } <= metrics
 
 
-async def test_readme_service_runs_with_tidings_run(tmp_path: Path) -> None:
+def _backends() -> list[object]:
+    """(broker, store) URL templates for every combination the README promises."""
+    return [
+        pytest.param("sqlite", "sqlite", id="sqlite-broker-sqlite-store"),
+        pytest.param("kafka", "sqlite", id="kafka-broker-sqlite-store"),
+        pytest.param("kafka", "postgres", id="kafka-broker-postgres-store"),
+    ]
+
+
+def _server(variable: str, start: str) -> str:
+    value = os.environ.get(variable)
+    if not value:
+        message = f"{variable} is not set; start the server with `scripts/services start {start}`"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return value
+
+
+@pytest.mark.parametrize(("broker_kind", "store_kind"), _backends())
+async def test_readme_service_runs_unchanged_on_every_backend(
+    tmp_path: Path, broker_kind: str, store_kind: str
+) -> None:
+    """The README's billing service, run with `tidings run`, configured only by environment."""
     import asyncio
-    import os
     import signal
-    import sqlite3
     import time
+    import uuid
 
     from tidings import Event, connect, event_from_record
     from tidings.brokers.base import TopicPartition
 
+    env = {**os.environ}
+    if broker_kind == "kafka":
+        env["TIDINGS_BROKER"] = "kafka://" + _server("TIDINGS_KAFKA_BOOTSTRAP", "kafka")
+    else:
+        env["TIDINGS_BROKER"] = f"sqlite:///{tmp_path}/.tidings/bus.db"
+    schema = f"readme_{uuid.uuid4().hex[:10]}"
+    if store_kind == "postgres":
+        dsn = _server("TIDINGS_POSTGRES_DSN", "postgres")
+        env["TIDINGS_STORE"] = f"{dsn}?schema={schema}_{{service}}"
+    else:
+        env.pop("TIDINGS_STORE", None)
     service_code = next(b for b in BLOCKS if "tidings run billing:service" in b)
     (tmp_path / "billing.py").write_text(service_code)
-    url = f"sqlite:///{tmp_path}/.tidings/bus.db"
     log = tmp_path / "run.log"
     with log.open("wb") as sink:
         process = subprocess.Popen(
-            [sys.executable, "-m", "tidings.cli", "--broker", url, "run", "billing:service"],
+            [sys.executable, "-m", "tidings.cli", "run", "billing:service"],
             cwd=tmp_path,
             stderr=sink,
-            env={**os.environ},
+            env=env,
         )
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while "running (" not in log.read_text():
             assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline
+            assert time.monotonic() < deadline, log.read_text()
             await asyncio.sleep(0.05)
-        async with connect(url) as broker:
+        order_id = f"o-{uuid.uuid4().hex[:8]}"
+        async with connect(env["TIDINGS_BROKER"]) as broker:
             v1 = Event(
-                type="ORDER_PLACED", version=1, key="o-1", data={"orderId": "o-1", "total": 12.5}
+                type="ORDER_PLACED",
+                version=1,
+                key=order_id,
+                data={"orderId": order_id, "total": 12.5},
             )
             await broker.publish_events("order-events", [v1])
-            deadline = time.monotonic() + 30
-            records: list[object] = []
-            while not records:
+            deadline = time.monotonic() + 60
+            payment = None
+            while payment is None:
                 assert time.monotonic() < deadline, log.read_text()
-                for p in range(4):
-                    records += await broker.read(TopicPartition("payment-events", p), 0, 10)
-                await asyncio.sleep(0.05)
-        payment = event_from_record(records[0])  # type: ignore[arg-type]
+                info = await broker.admin.describe_topic("payment-events")
+                for p in info.partitions:
+                    tp = TopicPartition("payment-events", p.partition)
+                    for record in await broker.read(tp, p.start_offset, 10_000):
+                        event = event_from_record(record)
+                        if event.causation_id == v1.id:
+                            payment = event
+                await asyncio.sleep(0.1)
         assert payment.type == "PAYMENT_CHARGED"
-        assert payment.data == {"orderId": "o-1", "amount": 12.5}
-        assert payment.causation_id == v1.id and payment.correlation_id == v1.correlation_id
+        assert payment.data == {"orderId": order_id, "amount": 12.5}
+        assert payment.correlation_id == v1.correlation_id
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
+        assert process.wait(timeout=60) == 0, log.read_text()
     finally:
         if process.poll() is None:
             process.kill()
-    with sqlite3.connect(tmp_path / ".tidings" / "billing.db") as db:
-        assert db.execute("SELECT order_id, amount FROM charges").fetchall() == [("o-1", 12.5)]
+    if store_kind == "sqlite":
+        with sqlite3.connect(tmp_path / ".tidings" / "billing.db") as db:
+            rows = db.execute("SELECT order_id, amount FROM charges").fetchall()
+        assert rows == [(order_id, 12.5)]
+    else:
+        import psycopg
+
+        async with await psycopg.AsyncConnection.connect(
+            _server("TIDINGS_POSTGRES_DSN", "postgres"), autocommit=True
+        ) as conn:
+            cursor = await conn.execute(
+                f'SELECT order_id, amount FROM "{schema}_billing".charges'  # noqa: S608
+            )
+            assert await cursor.fetchall() == [(order_id, 12.5)]
+            await conn.execute(f'DROP SCHEMA "{schema}_billing" CASCADE')

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from tidings.runtime.runner import ServiceRunner
 
 DEFAULT_BROKER = "sqlite:///.tidings/bus.db"
+DEFAULT_STORE = "sqlite:///.tidings/{service}.db"
 DEFAULT_PARTITIONS = 4
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,120}$")
 
@@ -306,6 +307,8 @@ class Service:
 
     @property
     def broker(self) -> Broker:
+        """From `broker=`, else the `TIDINGS_BROKER` environment variable, else
+        `sqlite:///.tidings/bus.db`."""
         if self._broker is None:
             spec = self._broker_spec or os.environ.get("TIDINGS_BROKER") or DEFAULT_BROKER
             self._broker = connect(spec) if isinstance(spec, str) else spec
@@ -313,9 +316,14 @@ class Service:
 
     @property
     def store(self) -> Store:
+        """From `store=`, else the `TIDINGS_STORE` environment variable, else
+        `sqlite:///.tidings/{service}.db`; `{service}` in a URL is replaced by the name."""
         if self._store is None:
-            spec = self._store_spec or f"sqlite:///.tidings/{self.name}.db"
-            self._store = connect_store(spec) if isinstance(spec, str) else spec
+            spec = self._store_spec or os.environ.get("TIDINGS_STORE") or DEFAULT_STORE
+            if isinstance(spec, str):
+                self._store = connect_store(spec.replace("{service}", self.name))
+            else:
+                self._store = spec
         return self._store
 
     async def start(self) -> None:

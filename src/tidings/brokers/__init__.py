@@ -1,7 +1,8 @@
 """Broker backends and `connect(url)`, which picks one by URL scheme.
 
 * `sqlite:///path/to/bus.db` - the embedded, durable, multi-process log (default);
-* `memory://` or `memory://NAME` - in-process, for unit tests.
+* `memory://` or `memory://NAME` - in-process, for unit tests;
+* `kafka://host:port[,host:port]?setting=value` - Apache Kafka (needs confluent-kafka).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ def connect(url: str, **options: Any) -> Broker:
     Raises ConfigError for an unknown scheme or a malformed URL."""
     if not isinstance(url, str) or "://" not in url:
         raise ConfigError(
-            f"broker URL {url!r} is malformed; expected e.g. sqlite:///path/to/bus.db or memory://"
+            f"broker URL {url!r} is malformed; expected e.g. sqlite:///path/to/bus.db, memory:// "
+            "or kafka://host:9092"
         )
     scheme = url.split("://", 1)[0].lower()
     if scheme == "memory":
@@ -29,6 +31,15 @@ def connect(url: str, **options: Any) -> Broker:
         from tidings.brokers.sqlite import SQLiteBroker
 
         return SQLiteBroker(url, **options)
+    if scheme == "kafka":
+        try:
+            from tidings.brokers.kafka import KafkaBroker
+        except ImportError as exc:
+            raise ConfigError(
+                f"kafka:// needs the confluent-kafka package ({exc}); "
+                "install it with: pip install 'confluent-kafka>=2.6'"
+            ) from None
+        return KafkaBroker(url, **options)
     raise ConfigError(
-        f"unknown broker scheme {scheme!r} in {url!r}; supported: sqlite://, memory://"
+        f"unknown broker scheme {scheme!r} in {url!r}; supported: sqlite://, memory://, kafka://"
     )
