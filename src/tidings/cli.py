@@ -104,7 +104,7 @@ def _options(
         typer.Option(
             "--broker",
             envvar="TIDINGS_BROKER",
-            help="Broker URL: sqlite:///relative/bus.db or sqlite:////absolute/bus.db",
+            help="Broker URL: sqlite:///relative/bus.db, sqlite:////absolute/bus.db, kafka://host:port",
         ),
     ] = DEFAULT_BROKER,
 ) -> None:
