@@ -195,3 +195,22 @@ async def test_sigterm_finishes_in_flight_work_and_exits_zero(tmp_path: Path) ->
         if process.poll() is None:
             process.kill()
     assert applied(tmp_path)[:2] == (3, 3)
+
+
+async def test_an_unreachable_store_is_retried_with_backoff_not_a_crash_loop(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "svc.py").write_text(SERVICE.replace('store="sqlite:///ledger.db"', "store=None"))
+    url = f"sqlite:///{tmp_path}/bus.db"
+    env = {"TIDINGS_STORE": "postgresql://nobody:secret@127.0.0.1:9/none?retry_s=0.5"}
+    process = start(tmp_path, url, **env)
+    log = tmp_path / "service.log"
+    try:
+        await wait_for(lambda: log.read_text().count("cannot start") >= 2, timeout=60)
+        assert process.poll() is None, "the service exited instead of retrying"
+        assert "secret" not in log.read_text()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()

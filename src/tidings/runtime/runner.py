@@ -16,6 +16,7 @@ import os
 import signal
 
 from tidings.brokers.base import Batch, Consumer, TopicPartition
+from tidings.errors import StorageError
 from tidings.runtime.dispatch import Dispatcher
 from tidings.runtime.relay import Relay
 from tidings.service import Service
@@ -23,6 +24,7 @@ from tidings.service import Service
 log = logging.getLogger("tidings.runtime")
 
 INBOX_CLEANUP_S = 300.0
+START_RETRY_MAX_S = 30.0
 
 
 class ServiceRunner:
@@ -40,7 +42,8 @@ class ServiceRunner:
 
     async def run(self) -> None:
         service = self.service
-        await service.start()
+        if not await self._start():
+            return
         relay_stopping = asyncio.Event() if service.handlers else self.stopping
         tasks = [asyncio.create_task(self.relay.run(relay_stopping), name="relay")]
         if service.handlers:
@@ -57,6 +60,22 @@ class ServiceRunner:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             service.stats.relayed = self.relay.published
+
+    async def _start(self) -> bool:
+        """Start the service, retrying with backoff while its broker or store is unreachable
+        (no crash loop); False if stopped before it could start. Configuration errors raise."""
+        delay = 1.0
+        while True:
+            try:
+                await self.service.start()
+                return True
+            except StorageError as exc:
+                log.error("%s: cannot start: %s; retrying in %.0fs", self.service.name, exc, delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), delay)
+            if self.stopping.is_set():
+                return False
+            delay = min(delay * 2, START_RETRY_MAX_S)
 
     def stop(self) -> None:
         self.stopping.set()
