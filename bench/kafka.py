@@ -1,0 +1,797 @@
+"""`python -m bench kafka`: tidings on real Apache Kafka (and PostgreSQL), against baselines.
+
+Needs the local servers (`eval "$(scripts/services env)"`: TIDINGS_KAFKA_BOOTSTRAP,
+TIDINGS_POSTGRES_DSN; `scripts/services start` if they are not running). Every run uses topics,
+consumer groups and PostgreSQL schemas named after a fresh run id, and deletes them at the end
+(Kafka auto topic creation is off: topics are created explicitly, 4 partitions).
+
+Consumption, no-op handler, the same events (`tidings.event.event_to_message`, ~300 bytes,
+keyed by order id) in one 4-partition topic, each consumer in a fresh group from `earliest`:
+
+* `raw_consume_events_per_s` - a hand-written confluent-kafka loop: `consume(num_messages=1000)`,
+  check each message's error, `commit(asynchronous=True)` after each batch (auto-commit off);
+* `tidings_consume_events_per_s` - `broker.subscribe(group, [topic], max_batch=1000)`:
+  `fetch()`, no-op handler on the batch's records, `ack(batch)` (tidings commits acked offsets
+  every second, on revoke and on close);
+* `overhead_vs_raw_pct` = (raw / tidings - 1) * 100 (target <= 20);
+* `faststream_consume_events_per_s` - FastStream's confluent backend in its own venv (a
+  subprocess, `bench/_faststream_consumer.py`): batch subscriber, `max_records=1000`,
+  `AckPolicy.ACK` (commit after the handler), raw bodies (no decoding), logging off;
+* `ratio_vs_faststream` = tidings / FastStream (target >= 3).
+
+Rates are timed from the first batch received to the last one handled, counting the events
+after the first batch: the group join (seconds on Kafka) is excluded for every consumer alike.
+raw and tidings run `--rounds` times alternately; the best round of each is reported (all rounds
+in `rounds`).
+
+PostgreSQL:
+
+* `pg_relay_events_per_s` - the outbox of a PostgresStore (fresh schema) pre-filled with
+  `--relay-events` events (transactions of 1000 `tx.add_outbox`), then
+  `Relay(store, broker).relay_once()` (batches of 1000) in a loop until the outbox is empty
+  (target >= 20,000/s);
+* `pg_kafka_e2e_events_per_s` - a producer `Service` (PostgreSQL store) publishes through its
+  outbox in transactions of 100 `ctx.publish`, its relay moves them to Kafka, a consumer
+  `Service` (PostgreSQL store, handler: one INSERT) applies them, all in this process. From the
+  first publish until the effects table holds every event (max(id) polled every 10 ms,
+  confirmed by count(*)), after a warm-up
+  that joins the group (target >= 10,000/s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench._common import emit, machine, workdir
+from bench.pipeline import BenchOrderPlaced, build_pool, start_service, stop_services
+from tidings.service import Context, Service
+
+BENCH = "kafka"
+PARTITIONS = 4
+MAX_BATCH = 1000
+TX_EVENTS = 100
+PUBLISH_TASKS = 4
+DEFAULT_BOOTSTRAP = "127.0.0.1:59092"
+DEFAULT_DSN = "postgresql://tidings:tidings@127.0.0.1:55432/tidings"
+DEFAULT_FASTSTREAM_VENV = "/tmp/bench-faststream-venv"
+FASTSTREAM_HELPER = Path(__file__).resolve().parent / "_faststream_consumer.py"
+
+TARGETS = {
+    "overhead_vs_raw_pct": "<= 20",
+    "ratio_vs_faststream": ">= 3",
+    "pg_relay_events_per_s": ">= 20000",
+    "pg_kafka_e2e_events_per_s": ">= 10000",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    quick: bool
+    events: int
+    relay_events: int
+    e2e_events: int
+    rounds: int
+    dir: str | None
+    bootstrap: str
+    dsn: str
+    faststream_venv: str
+    faststream: bool
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:10])
+
+    @property
+    def kafka_url(self) -> str:
+        return f"kafka://{self.bootstrap}"
+
+
+def parse(argv: Sequence[str]) -> Settings:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench kafka", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--quick", action="store_true", help="short run (smoke tests, CI)")
+    parser.add_argument(
+        "--events",
+        type=int,
+        default=None,
+        help="events for the consume comparisons (default 200000, quick 20000)",
+    )
+    parser.add_argument(
+        "--relay-events",
+        type=int,
+        default=None,
+        help="events pre-filled into the outbox for the relay (default 50000, quick 10000)",
+    )
+    parser.add_argument(
+        "--e2e-events",
+        type=int,
+        default=None,
+        help="events through the PostgreSQL -> Kafka pipeline (default 100000, quick 10000)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="alternating raw/tidings consume rounds, best reported (default 2, quick 1)",
+    )
+    parser.add_argument("--dir", default=None, help="scratch directory (default: a temp dir)")
+    parser.add_argument(
+        "--bootstrap",
+        default=os.environ.get("TIDINGS_KAFKA_BOOTSTRAP", DEFAULT_BOOTSTRAP),
+        help="Kafka bootstrap servers (default $TIDINGS_KAFKA_BOOTSTRAP)",
+    )
+    parser.add_argument(
+        "--dsn",
+        default=os.environ.get("TIDINGS_POSTGRES_DSN", DEFAULT_DSN),
+        help="PostgreSQL DSN (default $TIDINGS_POSTGRES_DSN)",
+    )
+    parser.add_argument(
+        "--faststream-venv",
+        default=DEFAULT_FASTSTREAM_VENV,
+        help="venv holding faststream[confluent]; created (python3.11) if missing",
+    )
+    parser.add_argument("--no-faststream", action="store_true", help="skip the FastStream run")
+    args = parser.parse_args(list(argv))
+    quick = args.quick
+    events = args.events if args.events is not None else (20_000 if quick else 200_000)
+    relay = args.relay_events if args.relay_events is not None else (10_000 if quick else 50_000)
+    e2e = args.e2e_events if args.e2e_events is not None else (10_000 if quick else 100_000)
+    rounds = args.rounds if args.rounds is not None else (1 if quick else 2)
+    if events < 2 * MAX_BATCH:
+        parser.error(f"--events must be >= {2 * MAX_BATCH}")
+    if relay < 1000 or e2e < TX_EVENTS or rounds < 1:
+        parser.error("--relay-events >= 1000, --e2e-events >= 100, --rounds >= 1")
+    return Settings(
+        quick=quick,
+        events=-(-events // MAX_BATCH) * MAX_BATCH,
+        relay_events=-(-relay // 1000) * 1000,
+        e2e_events=-(-e2e // TX_EVENTS) * TX_EVENTS,
+        rounds=rounds,
+        dir=args.dir,
+        bootstrap=args.bootstrap,
+        dsn=args.dsn,
+        faststream_venv=args.faststream_venv,
+        faststream=not args.no_faststream,
+    )
+
+
+# helpers --------------------------------------------------------------------------------
+
+
+def _pg_url(dsn: str, schema: str) -> str:
+    return f"{dsn}{'&' if '?' in dsn else '?'}schema={schema}"
+
+
+@dataclass
+class Cleanup:
+    """What this run created on the servers (deleted at the end, whatever happened)."""
+
+    groups: list[str] = field(default_factory=list)
+    schemas: list[str] = field(default_factory=list)
+
+
+async def produce(broker: Any, topic: str, messages: list[Any], total: int) -> float:
+    """`total` messages into `topic` via tidings (batches of 1000, 4 tasks); returns seconds."""
+    batches = [messages[i : i + MAX_BATCH] for i in range(0, len(messages), MAX_BATCH)]
+    count = total // MAX_BATCH
+    start = time.perf_counter()
+
+    async def worker(k: int) -> None:
+        for n in range(k, count, PUBLISH_TASKS):
+            await broker.publish(topic, batches[n % len(batches)])
+
+    await asyncio.gather(*(worker(k) for k in range(PUBLISH_TASKS)))
+    return time.perf_counter() - start
+
+
+def _noop(records: Any) -> None:
+    return None
+
+
+def raw_consume(bootstrap: str, topic: str, group: str, total: int) -> dict[str, Any]:
+    """The baseline: a plain confluent-kafka loop (blocking; run in a thread)."""
+    import confluent_kafka as ck
+
+    consumer = ck.Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    consumer.subscribe([topic])
+    received = 0
+    first: float | None = None
+    first_n = 0
+    last = 0.0
+    deadline = time.monotonic() + 120
+    try:
+        while received < total:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"raw consumer: only {received} of {total} events in 120 s")
+            messages = consumer.consume(num_messages=MAX_BATCH, timeout=1.0)
+            if not messages:
+                continue
+            good = []
+            for message in messages:
+                error = message.error()
+                if error is not None:
+                    if error.code() == ck.KafkaError._PARTITION_EOF:
+                        continue
+                    raise RuntimeError(f"raw consumer: {error}")
+                good.append(message)
+            if not good:
+                continue
+            _noop(good)
+            consumer.commit(asynchronous=True)
+            now = time.perf_counter()
+            if first is None:
+                first, first_n = now, len(good)
+            received += len(good)
+            last = now
+    finally:
+        consumer.close()
+    assert first is not None
+    return {"events": received, "timed_events": received - first_n, "seconds": last - first}
+
+
+async def tidings_consume(broker: Any, topic: str, group: str, total: int) -> dict[str, Any]:
+    consumer = broker.subscribe(group, [topic], max_batch=MAX_BATCH)
+    received = 0
+    batches = 0
+    first: float | None = None
+    first_n = 0
+    last = 0.0
+    try:
+        while received < total:
+            batch = await consumer.fetch(timeout=60.0)
+            if batch is None:
+                raise RuntimeError(f"tidings consumer: nothing for 60 s after {received} events")
+            _noop(batch.records)
+            consumer.ack(batch)
+            now = time.perf_counter()
+            if first is None:
+                first, first_n = now, len(batch)
+            received += len(batch)
+            batches += 1
+            last = now
+    finally:
+        await consumer.close()
+    assert first is not None
+    return {
+        "events": received,
+        "timed_events": received - first_n,
+        "seconds": last - first,
+        "batches": batches,
+    }
+
+
+def _rate(result: dict[str, Any]) -> float:
+    return float(result["timed_events"] / result["seconds"]) if result["seconds"] > 0 else 0.0
+
+
+# FastStream ------------------------------------------------------------------------------
+
+
+def faststream_python(venv: str) -> tuple[str | None, str | None]:
+    """The venv's python with faststream[confluent] importable (installing it if needed), or
+    (None, why)."""
+    python = os.path.join(venv, "bin", "python")
+    check = [python, "-c", "import faststream.confluent, confluent_kafka"]
+    if os.path.exists(python) and subprocess.run(check, capture_output=True).returncode == 0:
+        return python, None
+    try:
+        if not os.path.exists(python):
+            base = "python3.11"
+            subprocess.run([base, "-m", "venv", venv], check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            [python, "-m", "pip", "install", "-q", "faststream[confluent]"],
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+    except subprocess.CalledProcessError as exc:
+        tail = (exc.stderr or b"").decode(errors="replace").strip().splitlines()[-3:]
+        return None, f"installing faststream[confluent] into {venv} failed: {' | '.join(tail)}"
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return None, f"installing faststream[confluent] into {venv} failed: {exc!r}"
+    if subprocess.run(check, capture_output=True).returncode != 0:
+        return None, f"faststream[confluent] not importable in {venv} after install"
+    return python, None
+
+
+async def faststream_consume(
+    python: str, bootstrap: str, topic: str, group: str, total: int
+) -> dict[str, Any]:
+    process = await asyncio.create_subprocess_exec(
+        python,
+        str(FASTSTREAM_HELPER),
+        bootstrap,
+        topic,
+        group,
+        str(total),
+        str(MAX_BATCH),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), 360)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise RuntimeError("FastStream consumer did not finish within 360 s") from None
+    if process.returncode != 0:
+        tail = err.decode(errors="replace").strip().splitlines()[-3:]
+        raise RuntimeError(f"FastStream consumer failed ({process.returncode}): {' | '.join(tail)}")
+    result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    return result
+
+
+# consume comparisons ---------------------------------------------------------------------
+
+
+async def consume_comparisons(broker: Any, payloads: Any, s: Settings, cleanup: Cleanup) -> None:
+    topic = f"bench-{s.run_id}-consume"
+    await broker.admin.create_topic(topic, PARTITIONS)
+    produced_s = await produce(broker, topic, payloads.messages, s.events)
+    emit(
+        BENCH,
+        "produce_events_per_s",
+        s.events / produced_s,
+        "events/s",
+        events=s.events,
+        batch=MAX_BATCH,
+        tasks=PUBLISH_TASKS,
+        partitions=PARTITIONS,
+        event_bytes=payloads.event_bytes,
+        seconds=produced_s,
+        note="setup: tidings broker.publish() filling the consume topic (acks=all, idempotent)",
+    )
+    base = {
+        "events": s.events,
+        "partitions": PARTITIONS,
+        "max_batch": MAX_BATCH,
+        "event_bytes": payloads.event_bytes,
+        "payload": payloads.kind,
+    }
+
+    raw_rounds: list[dict[str, Any]] = []
+    tidings_rounds: list[dict[str, Any]] = []
+    for n in range(s.rounds):
+        group = f"bench-{s.run_id}-raw-{n}"
+        cleanup.groups.append(group)
+        raw_rounds.append(await asyncio.to_thread(raw_consume, s.bootstrap, topic, group, s.events))
+        group = f"bench-{s.run_id}-tidings-{n}"
+        cleanup.groups.append(group)
+        tidings_rounds.append(await tidings_consume(broker, topic, group, s.events))
+    raw = max(raw_rounds, key=_rate)
+    tid = max(tidings_rounds, key=_rate)
+    raw_rate, tidings_rate = _rate(raw), _rate(tid)
+    emit(
+        BENCH,
+        "raw_consume_events_per_s",
+        raw_rate,
+        "events/s",
+        **base,
+        seconds=raw["seconds"],
+        rounds=[round(_rate(r)) for r in raw_rounds],
+        note="confluent-kafka loop: consume(num_messages=1000), error check per message,"
+        " commit(asynchronous=True) per batch; first batch -> last (group join excluded)",
+    )
+    emit(
+        BENCH,
+        "tidings_consume_events_per_s",
+        tidings_rate,
+        "events/s",
+        **base,
+        seconds=tid["seconds"],
+        batches=tid["batches"],
+        rounds=[round(_rate(r)) for r in tidings_rounds],
+        note="broker.subscribe(): fetch(), no-op handler, ack(batch) (offsets committed every"
+        " second and on close); first batch -> last (group join excluded)",
+    )
+    overhead = (raw_rate / tidings_rate - 1) * 100 if tidings_rate else None
+    emit(
+        BENCH,
+        "overhead_vs_raw_pct",
+        overhead,
+        "%",
+        raw_events_per_s=round(raw_rate),
+        tidings_events_per_s=round(tidings_rate),
+        target=TARGETS["overhead_vs_raw_pct"],
+        meets_target=overhead is not None and overhead <= 20,
+        note="(raw / tidings - 1) * 100, best round of each",
+    )
+
+    if not s.faststream:
+        emit(BENCH, "ratio_vs_faststream", None, "x", note="skipped (--no-faststream)")
+        return
+    python, why = await asyncio.to_thread(faststream_python, s.faststream_venv)
+    if python is None:
+        emit(BENCH, "faststream_consume_events_per_s", None, "events/s", note=why)
+        emit(
+            BENCH,
+            "ratio_vs_faststream",
+            None,
+            "x",
+            target=TARGETS["ratio_vs_faststream"],
+            meets_target=None,
+            note=why,
+        )
+        return
+    group = f"bench-{s.run_id}-faststream"
+    cleanup.groups.append(group)
+    try:
+        fs = await faststream_consume(python, s.bootstrap, topic, group, s.events)
+    except Exception as exc:
+        why = f"{type(exc).__name__}: {exc}"
+        emit(BENCH, "faststream_consume_events_per_s", None, "events/s", note=why)
+        emit(
+            BENCH,
+            "ratio_vs_faststream",
+            None,
+            "x",
+            target=TARGETS["ratio_vs_faststream"],
+            meets_target=None,
+            note=why,
+        )
+        return
+    fs_rate = float(fs["events_per_s"] or 0.0)
+    emit(
+        BENCH,
+        "faststream_consume_events_per_s",
+        fs_rate,
+        "events/s",
+        **base,
+        seconds=fs["seconds"],
+        faststream=fs.get("faststream"),
+        faststream_confluent_kafka=fs.get("confluent_kafka"),
+        faststream_python=fs.get("python"),
+        process="subprocess, own venv",
+        note="FastStream confluent batch subscriber, max_records=1000, AckPolicy.ACK (commit"
+        " after handler), raw bodies (custom decoder), logger=None; first batch -> last",
+    )
+    ratio = tidings_rate / fs_rate if fs_rate else None
+    emit(
+        BENCH,
+        "ratio_vs_faststream",
+        ratio,
+        "x",
+        tidings_events_per_s=round(tidings_rate),
+        faststream_events_per_s=round(fs_rate),
+        target=TARGETS["ratio_vs_faststream"],
+        meets_target=ratio is not None and ratio >= 3,
+        note="tidings_consume_events_per_s / faststream_consume_events_per_s (FastStream"
+        " measured once, in a separate process)",
+    )
+
+
+# PostgreSQL outbox relay -----------------------------------------------------------------
+
+
+async def pg_relay(broker: Any, payloads: Any, s: Settings, cleanup: Cleanup) -> None:
+    from tidings.runtime.relay import Relay
+    from tidings.stores import connect_store
+
+    topic = f"bench-{s.run_id}-relay"
+    schema = f"bench_{s.run_id}_relay"
+    cleanup.schemas.append(schema)
+    await broker.admin.create_topic(topic, PARTITIONS)
+    await broker.publish(topic, payloads.messages[:1])  # warm: metadata, connections
+    store = connect_store(_pg_url(s.dsn, schema))
+    await store.start()
+    try:
+        messages = payloads.messages
+        fill_start = time.perf_counter()
+        for t in range(s.relay_events // 1000):
+            async with store.transaction() as tx:
+                for i in range(t * 1000, (t + 1) * 1000):
+                    tx.add_outbox(topic, f"{s.run_id}-{i}", messages[i % len(messages)])
+        fill_s = time.perf_counter() - fill_start
+        relay = Relay(store, broker)
+        calls = 0
+        start = time.perf_counter()
+        while True:
+            moved = await relay.relay_once()
+            calls += 1
+            if moved is None:
+                raise RuntimeError("relay lease held by someone else")
+            if moved == 0:
+                break
+        elapsed = time.perf_counter() - start
+        with contextlib.suppress(Exception):
+            await store.outbox_release(relay.relay_id)
+        left = await store.outbox_size()
+    finally:
+        await store.close()
+    rate = relay.published / elapsed
+    emit(
+        BENCH,
+        "pg_relay_events_per_s",
+        rate,
+        "events/s",
+        events=relay.published,
+        relay_batch=relay.batch,
+        relay_once_calls=calls,
+        partitions=PARTITIONS,
+        event_bytes=payloads.event_bytes,
+        seconds=elapsed,
+        left_in_outbox=left,
+        prefill_events_per_s=round(s.relay_events / fill_s),
+        target=TARGETS["pg_relay_events_per_s"],
+        meets_target=rate >= 20_000 and left == 0,
+        note="pre-filled outbox (transactions of 1000 tx.add_outbox), then Relay.relay_once()"
+        " until empty: claim (lease) + publish to Kafka (acks=all) + delete, per 1000 rows",
+    )
+
+
+# PostgreSQL -> Kafka -> PostgreSQL -------------------------------------------------------
+
+
+async def pg_e2e(s: Settings, cleanup: Cleanup) -> None:
+    topic = f"bench-{s.run_id}-orders"
+    producer_name = f"bench-{s.run_id}-producer"
+    consumer_name = f"bench-{s.run_id}-consumer"
+    p_schema, c_schema = f"bench_{s.run_id}_producer", f"bench_{s.run_id}_consumer"
+    cleanup.schemas += [p_schema, c_schema]
+    cleanup.groups.append(consumer_name)
+    topics = {topic: PARTITIONS}
+    producer = Service(
+        producer_name, broker=s.kafka_url, store=_pg_url(s.dsn, p_schema), topics=topics
+    )
+    consumer = Service(
+        consumer_name,
+        broker=s.kafka_url,
+        store=_pg_url(s.dsn, c_schema),
+        topics=topics,
+        migrations=[
+            "CREATE TABLE effects (id BIGSERIAL PRIMARY KEY, event_id TEXT NOT NULL,"
+            " order_id TEXT NOT NULL, total_cents BIGINT NOT NULL)"
+        ],
+    )
+
+    @consumer.handler(topic)
+    async def on_order_placed(event: BenchOrderPlaced, ctx: Context) -> None:
+        await ctx.execute(
+            "INSERT INTO effects(event_id, order_id, total_cents) VALUES (?, ?, ?)",
+            (ctx.event.id if ctx.event else "", event.order_id, event.total_cents),
+        )
+
+    async def publish(models: list[Any], total: int) -> None:
+        # bench.pipeline.publish_many publishes to "orders"; same loop, this run's topic.
+        index = 0
+        for _ in range(total // TX_EVENTS):
+            if index + TX_EVENTS > len(models):
+                index = 0
+            async with producer.transaction() as ctx:
+                for model in models[index : index + TX_EVENTS]:
+                    ctx.publish(topic, model, key=model.order_id)
+            index += TX_EVENTS
+
+    async def effects() -> int:
+        rows = await consumer.store.query("SELECT count(*) FROM effects")
+        return int(rows[0][0])
+
+    async def max_id() -> int:
+        rows = await consumer.store.query("SELECT coalesce(max(id), 0) FROM effects")
+        return int(rows[0][0])
+
+    async def wait_effects(count: int, timeout: float) -> float | None:
+        """max(id) (index, cheap) polled; count(*) only to confirm (ids may have gaps)."""
+        deadline = time.perf_counter() + timeout
+        while True:
+            if await max_id() >= count and await effects() >= count:
+                return time.perf_counter()
+            if time.perf_counter() > deadline:
+                return None
+            await asyncio.sleep(0.01)
+
+    pool, event_bytes = build_pool(producer_name)
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        tasks.append(await start_service(consumer))
+        tasks.append(await start_service(producer))
+        warm = 5 * TX_EVENTS
+        await publish(pool, warm)
+        if await wait_effects(warm, 60) is None:
+            raise RuntimeError("warm-up events did not reach the consumer within 60 s")
+        base_relayed = producer.runner.relay.published if producer.runner else 0
+        total = s.e2e_events
+        start = time.perf_counter()
+        done_task = asyncio.create_task(wait_effects(warm + total, 120))
+        await publish(pool, total)
+        published_s = time.perf_counter() - start
+        done = await done_task
+        applied = await effects() - warm
+        relayed = (producer.runner.relay.published if producer.runner else 0) - base_relayed
+        duplicates = consumer.stats.duplicates
+    finally:
+        await stop_services([producer, consumer], tasks)
+    elapsed = (done if done is not None else time.perf_counter()) - start
+    rate = applied / elapsed
+    context: dict[str, Any] = {}
+    if done is None:
+        context["incomplete"] = f"only {applied} of {total} effects after {elapsed:.0f} s"
+    emit(
+        BENCH,
+        "pg_kafka_e2e_events_per_s",
+        rate,
+        "events/s",
+        events=total,
+        tx_events=TX_EVENTS,
+        partitions=PARTITIONS,
+        event_bytes=event_bytes,
+        seconds=elapsed,
+        publish_events_per_s=round(total / published_s),
+        relayed=relayed,
+        duplicates=duplicates,
+        consumer_max_batch=consumer.max_batch,
+        consumer_concurrency=consumer.concurrency,
+        processes=1,
+        **context,
+        target=TARGETS["pg_kafka_e2e_events_per_s"],
+        meets_target=rate >= 10_000 and not context,
+        note="producer Service (PostgreSQL outbox, tx of 100 ctx.publish) -> its relay -> Kafka"
+        " -> consumer Service (PostgreSQL store: inbox row + one INSERT per event), one process;"
+        " first publish -> effects table holds every event (max(id) polled every 10 ms,"
+        " confirmed by count(*))",
+    )
+
+
+# cleanup ---------------------------------------------------------------------------------
+
+
+def delete_kafka_leftovers(bootstrap: str, run_id: str, groups: list[str]) -> dict[str, Any]:
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    topics = [t for t in admin.list_topics(timeout=15).topics if run_id in t]
+    errors: list[str] = []
+    if topics:
+        for name, future in admin.delete_topics(topics, operation_timeout=30).items():
+            try:
+                future.result(30)
+            except Exception as exc:
+                errors.append(f"topic {name}: {exc}")
+    deleted_groups = 0
+    if groups:
+        for name, future in admin.delete_consumer_groups(groups, request_timeout=15).items():
+            try:
+                future.result(15)
+                deleted_groups += 1
+            except Exception as exc:
+                if "GROUP_ID_NOT_FOUND" not in str(exc):
+                    errors.append(f"group {name}: {exc}")
+    return {"topics": len(topics), "groups": deleted_groups, "errors": errors}
+
+
+def drop_schemas(dsn: str, schemas: list[str]) -> list[str]:
+    import psycopg
+    from psycopg import sql
+
+    errors: list[str] = []
+    if not schemas:
+        return errors
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for schema in schemas:
+            try:
+                conn.execute(
+                    sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema))
+                )
+            except Exception as exc:
+                errors.append(f"schema {schema}: {exc}")
+    return errors
+
+
+# main -----------------------------------------------------------------------------------
+
+
+async def _phase(name: str, metrics: Sequence[str], coro: Any) -> None:
+    """Run a phase; if it fails, its metrics are printed as null with the error."""
+    try:
+        await coro
+    except Exception as exc:
+        why = f"{name} failed: {type(exc).__name__}: {exc}"
+        print(f"bench kafka: {why}", file=sys.stderr)
+        for metric in metrics:
+            emit(BENCH, metric, None, None, error=why)
+
+
+async def run(settings: Settings, cleanup: Cleanup) -> None:
+    import tidings
+    from bench.broker import build_payloads
+
+    payloads = build_payloads(random.Random(42))
+    broker = tidings.connect(settings.kafka_url)
+    try:
+        await _phase(
+            "consume",
+            ["overhead_vs_raw_pct", "ratio_vs_faststream"],
+            consume_comparisons(broker, payloads, settings, cleanup),
+        )
+        await _phase(
+            "pg_relay", ["pg_relay_events_per_s"], pg_relay(broker, payloads, settings, cleanup)
+        )
+    finally:
+        await broker.close()
+    await _phase("pg_e2e", ["pg_kafka_e2e_events_per_s"], pg_e2e(settings, cleanup))
+
+
+def _setup_line(settings: Settings) -> None:
+    from importlib import metadata
+
+    import confluent_kafka as ck
+
+    postgres = None
+    with contextlib.suppress(Exception):
+        import psycopg
+
+        with psycopg.connect(settings.dsn, connect_timeout=5) as conn:
+            row = conn.execute("SHOW server_version").fetchone()
+            postgres = row[0] if row else None
+    emit(
+        BENCH,
+        "setup",
+        settings.run_id,
+        None,
+        kafka_bootstrap=settings.bootstrap,
+        postgres=postgres,
+        confluent_kafka=ck.version()[0],
+        librdkafka=ck.libversion()[0],
+        psycopg=metadata.version("psycopg"),
+        partitions=PARTITIONS,
+        events=settings.events,
+        relay_events=settings.relay_events,
+        e2e_events=settings.e2e_events,
+        rounds=settings.rounds,
+        quick=settings.quick,
+    )
+
+
+def main(argv: Sequence[str]) -> int:
+    settings = parse(argv)
+    started = time.perf_counter()
+    cleanup = Cleanup()
+    with workdir(settings.dir, "tidings-bench-kafka-") as directory:
+        machine(BENCH, directory)
+        _setup_line(settings)
+        try:
+            asyncio.run(run(settings, cleanup))
+        finally:
+            kafka = {"errors": ["not run"]}
+            with contextlib.suppress(Exception):
+                kafka = delete_kafka_leftovers(settings.bootstrap, settings.run_id, cleanup.groups)
+            schema_errors = ["not run"]
+            with contextlib.suppress(Exception):
+                schema_errors = drop_schemas(settings.dsn, cleanup.schemas)
+            emit(
+                BENCH,
+                "cleanup",
+                not kafka["errors"] and not schema_errors,
+                None,
+                topics_deleted=kafka.get("topics"),
+                groups_deleted=kafka.get("groups"),
+                schemas_dropped=len(cleanup.schemas) if not schema_errors else 0,
+                errors=kafka["errors"] + schema_errors or None,
+            )
+    emit(
+        BENCH,
+        "total_runtime_s",
+        time.perf_counter() - started,
+        "s",
+        quick=settings.quick,
+        target=TARGETS,
+    )
+    return 0
