@@ -43,17 +43,6 @@ def test_quickstart_resumes_after_commit(tmp_path: Path) -> None:
     assert outputs[1].count("order-1") == 1
 
 
-def test_demo_runs(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "tidings.demo", "--dir", str(tmp_path), "--events", "500"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "each received all 500 events" in result.stdout
-
-
 def test_broker_benchmark_prints_json_lines(tmp_path: Path) -> None:
     result = subprocess.run(
         [

@@ -1,0 +1,5 @@
+import sys
+
+from examples.orders.run import main
+
+sys.exit(main())
