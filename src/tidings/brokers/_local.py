@@ -24,6 +24,7 @@ from typing import Protocol, TypeVar
 from tidings.brokers import _groups
 from tidings.brokers.base import (
     Batch,
+    Broker,
     Consumer,
     OffsetReset,
     Record,
@@ -465,3 +466,40 @@ class LocalConsumer(Consumer):
                 offset = start
             positions[tp] = min(offset, end)
         return positions
+
+
+class LocalBroker(Broker):
+    """Base of the brokers whose consumer groups tidings coordinates itself (memory, sqlite):
+    `subscribe` returns a LocalConsumer over `self.log`."""
+
+    client = "local"
+    log: LocalLog
+    _closed: bool
+    _consumers: list[LocalConsumer]
+
+    def subscribe(
+        self,
+        group: str,
+        topics: Sequence[str],
+        *,
+        auto_offset_reset: OffsetReset | str = OffsetReset.EARLIEST,
+        max_batch: int = 1000,
+        session_timeout: float = 10.0,
+    ) -> Consumer:
+        if self._closed:
+            raise BrokerClosedError("broker is closed")
+        consumer = LocalConsumer(
+            self.log,
+            group,
+            topics,
+            auto_offset_reset=auto_offset_reset,
+            max_batch=max_batch,
+            session_timeout=session_timeout,
+            client=self.client,
+            poll_interval=1.0,
+        )
+        self._consumers.append(consumer)
+        return consumer
+
+    async def _close_consumers(self) -> None:
+        await asyncio.gather(*(c.close() for c in self._consumers))

@@ -6,7 +6,6 @@ that name in this process (so a test can "restart" a broker). Thread-safe.
 
 from __future__ import annotations
 
-import asyncio
 import bisect
 import itertools
 import threading
@@ -16,15 +15,18 @@ from dataclasses import dataclass, field
 
 from tidings.brokers import _groups
 from tidings.brokers._admin import describe_group, resolve_reset
-from tidings.brokers._local import DATA_APPENDED, GROUP_CHANGED, Listener, LocalConsumer
+from tidings.brokers._local import (
+    DATA_APPENDED,
+    GROUP_CHANGED,
+    Listener,
+    LocalBroker,
+    LocalConsumer,
+)
 from tidings.brokers.base import (
     DEFAULT_MAX_MESSAGE_BYTES,
     Admin,
-    Broker,
-    Consumer,
     GroupInfo,
     Message,
-    OffsetReset,
     PartitionInfo,
     Published,
     Record,
@@ -257,8 +259,11 @@ _shared: dict[str, MemoryLog] = {}
 _shared_lock = threading.Lock()
 
 
-class MemoryBroker(Broker):
+class MemoryBroker(LocalBroker):
     """The in-memory broker. See the module docstring for sharing by name."""
+
+    client = "memory"
+    log: MemoryLog
 
     def __init__(
         self, url: str = "memory://", *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
@@ -277,7 +282,7 @@ class MemoryBroker(Broker):
             self.log = MemoryLog()
         self._admin = MemoryAdmin(self.log)
         self._closed = False
-        self._consumers: list[Consumer] = []
+        self._consumers: list[LocalConsumer] = []
 
     @property
     def admin(self) -> Admin:
@@ -292,35 +297,11 @@ class MemoryBroker(Broker):
     async def read(self, tp: TopicPartition, offset: int, max_records: int) -> list[Record]:
         return self.log.read(tp, offset, max_records)
 
-    def subscribe(
-        self,
-        group: str,
-        topics: Sequence[str],
-        *,
-        auto_offset_reset: OffsetReset | str = OffsetReset.EARLIEST,
-        max_batch: int = 1000,
-        session_timeout: float = 10.0,
-    ) -> Consumer:
-        if self._closed:
-            raise BrokerClosedError("broker is closed")
-        consumer = LocalConsumer(
-            self.log,
-            group,
-            topics,
-            auto_offset_reset=auto_offset_reset,
-            max_batch=max_batch,
-            session_timeout=session_timeout,
-            client="memory",
-            poll_interval=1.0,
-        )
-        self._consumers.append(consumer)
-        return consumer
-
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        await asyncio.gather(*(c.close() for c in self._consumers))
+        await self._close_consumers()
 
 
 class MemoryAdmin(Admin):

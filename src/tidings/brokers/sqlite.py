@@ -39,16 +39,19 @@ from tidings._notify import SCHEMA as LISTENERS_SCHEMA
 from tidings._notify import Notifier
 from tidings.brokers import _groups
 from tidings.brokers._admin import describe_group, resolve_reset
-from tidings.brokers._local import DATA_APPENDED, GROUP_CHANGED, Listener, LocalConsumer
+from tidings.brokers._local import (
+    DATA_APPENDED,
+    GROUP_CHANGED,
+    Listener,
+    LocalBroker,
+    LocalConsumer,
+)
 from tidings.brokers.base import (
     DEFAULT_MAX_MESSAGE_BYTES,
     Admin,
-    Broker,
-    Consumer,
     GroupInfo,
     Headers,
     Message,
-    OffsetReset,
     PartitionInfo,
     Published,
     Record,
@@ -690,11 +693,13 @@ class _Writer:
                 future.set_result(outcome)
 
 
-class SQLiteBroker(Broker):
+class SQLiteBroker(LocalBroker):
     """The embedded broker. Safe to share between tasks and threads of one process; several
     processes may open the same file."""
 
     OPTIONS = {"synchronous", "max_message_bytes"}
+    client = "sqlite"
+    log: SQLiteLog
 
     def __init__(
         self,
@@ -744,35 +749,11 @@ class SQLiteBroker(Broker):
     async def read(self, tp: TopicPartition, offset: int, max_records: int) -> list[Record]:
         return await asyncio.to_thread(self.log.read, tp, offset, max_records)
 
-    def subscribe(
-        self,
-        group: str,
-        topics: Sequence[str],
-        *,
-        auto_offset_reset: OffsetReset | str = OffsetReset.EARLIEST,
-        max_batch: int = 1000,
-        session_timeout: float = 10.0,
-    ) -> Consumer:
-        if self._closed:
-            raise BrokerClosedError("broker is closed")
-        consumer = LocalConsumer(
-            self.log,
-            group,
-            topics,
-            auto_offset_reset=auto_offset_reset,
-            max_batch=max_batch,
-            session_timeout=session_timeout,
-            client="sqlite",
-            poll_interval=1.0,
-        )
-        self._consumers.append(consumer)
-        return consumer
-
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        await asyncio.gather(*(c.close() for c in self._consumers))
+        await self._close_consumers()
         await asyncio.to_thread(self._writer.close)
         await asyncio.to_thread(self.log.close)
 
