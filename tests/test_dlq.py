@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +13,9 @@ import pytest
 from typer.testing import CliRunner, Result
 
 import tidings.cli
+from tests.support import eventually, read_topic
 from tidings import ConfigError, Event, Message, connect, dlq, event_to_message
-from tidings.brokers.base import Broker, Record, TopicPartition
+from tidings.brokers.base import Broker, Record
 from tidings.cli import app
 from tidings.retry import PermanentError, Retry
 from tidings.schema import EventModel
@@ -45,40 +45,6 @@ def urls(tmp_path: Path) -> dict[str, str]:
         "inventory": f"sqlite:///{tmp_path}/inventory.db",
         "shipping": f"sqlite:///{tmp_path}/shipping.db",
     }
-
-
-@pytest.fixture
-async def running() -> AsyncIterator[Callable[[Service], Awaitable[None]]]:
-    services: list[tuple[Service, asyncio.Task[None]]] = []
-
-    async def start(service: Service) -> None:
-        task = asyncio.create_task(service.run(install_signal_handlers=False))
-        services.append((service, task))
-        while service.runner is None or not service.runner.ready.is_set():
-            assert not task.done(), task.exception()
-            await asyncio.sleep(0.01)
-
-    yield start
-    for service, _ in services:
-        service.stop()
-    await asyncio.wait_for(asyncio.gather(*(t for _, t in services)), 30)
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
-
-
-async def read_topic(broker: Broker, topic: str) -> list[Record]:
-    info = await broker.admin.describe_topic(topic)
-    records: list[Record] = []
-    for p in info.partitions:
-        records.extend(
-            await broker.read(TopicPartition(topic, p.partition), p.start_offset, 10_000)
-        )
-    return records
 
 
 def make_cli(url: str) -> Callable[..., Result]:
