@@ -26,7 +26,15 @@ TIDINGS = Path(sys.executable).with_name("tidings")
 
 @pytest.fixture
 def url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path}/bus.db"
+    """An existing, empty broker database."""
+    address = f"sqlite:///{tmp_path}/bus.db"
+
+    async def create() -> None:
+        async with tidings.connect(address):
+            pass
+
+    asyncio.run(create())
+    return address
 
 
 @pytest.fixture
@@ -129,11 +137,15 @@ def test_topics_create_list_describe(cli: Cli, url: str) -> None:
     assert "Start offset" in table.stdout and "6 records" in table.stdout
 
 
-def test_topics_list_empty_and_env_broker(url: str) -> None:
+def test_topics_list_empty_and_env_broker(url: str, tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["topics", "list"], env={"TIDINGS_BROKER": url})
     assert result.exit_code == 0, result.output
     assert "no topics" in result.stdout
-    assert Path(url.removeprefix("sqlite:///")).exists()
+    typo = f"sqlite:///{tmp_path}/typo.db"
+    missing = CliRunner().invoke(app, ["--broker", typo, "topics", "list"])
+    assert missing.exit_code == 2
+    assert "no broker database at" in missing.stderr
+    assert not (tmp_path / "typo.db").exists()
 
 
 def test_topics_create_existing(cli: Cli) -> None:

@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import os
 import sys
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -121,9 +122,26 @@ def _fail(message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
-def _run(ctx: typer.Context, action: Callable[[Broker], Awaitable[T]]) -> T:
-    """Connect to the broker, run `action`, close the broker; TidingsError exits with 2."""
+def _run(
+    ctx: typer.Context, action: Callable[[Broker], Awaitable[T]], *, create: bool = False
+) -> T:
+    """Connect to the broker, run `action`, close the broker; TidingsError exits with 2.
+
+    A SQLite broker file that does not exist is an error (a mistyped --broker would otherwise
+    create an empty database), unless the command creates something (`create=True`)."""
     url = str(ctx.obj)
+    if not create and url.startswith("sqlite:"):
+        from tidings._sqlite import parse_url
+
+        try:
+            path = parse_url(url, allowed={"synchronous", "max_message_bytes"}).path
+        except TidingsError as exc:
+            _fail(str(exc))
+        if not os.path.exists(path):
+            _fail(
+                f"no broker database at {path}; check --broker / TIDINGS_BROKER "
+                "(`tidings topics create` or a running service creates it)"
+            )
 
     async def session() -> T:
         broker = connect(url)
@@ -245,7 +263,8 @@ def topics_create(
     """Create a topic."""
     info = _run(
         ctx,
-        lambda broker: broker.admin.create_topic(
+        create=True,
+        action=lambda broker: broker.admin.create_topic(
             name,
             partitions or 1,
             retention_ms=retention_ms,
