@@ -30,6 +30,7 @@ from tidings.brokers.base import (
     Record,
     SeekTo,
     TopicPartition,
+    check_subscription,
 )
 from tidings.errors import BrokerClosedError, CommitFailedError, ConfigError
 
@@ -97,20 +98,9 @@ class LocalConsumer(Consumer):
         poll_interval: float,
         max_poll_interval: float = 300.0,
     ) -> None:
-        if not group:
-            raise ConfigError("consumer group name must not be empty")
-        if not topics:
-            raise ConfigError("subscribe needs at least one topic")
-        if max_batch < 1:
-            raise ConfigError(f"max_batch must be >= 1, got {max_batch}")
-        if session_timeout <= 0:
-            raise ConfigError(f"session_timeout must be > 0, got {session_timeout}")
-        try:
-            self._reset = OffsetReset(auto_offset_reset)
-        except ValueError:
-            raise ConfigError(
-                f"auto_offset_reset must be 'earliest' or 'latest', got {auto_offset_reset!r}"
-            ) from None
+        self._reset = check_subscription(
+            group, topics, auto_offset_reset, max_batch, session_timeout
+        )
         self._log = log_
         self.group = group
         self.topics = tuple(dict.fromkeys(topics))

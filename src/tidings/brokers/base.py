@@ -433,3 +433,30 @@ def check_sizes(topic: str, messages: Sequence[Message], max_bytes: int) -> None
                 f"message {index} for topic {topic!r} is {size} bytes; the maximum is "
                 f"{max_bytes} (nothing of this publish was written)"
             )
+
+
+def check_subscription(
+    group: str,
+    topics: Sequence[str],
+    auto_offset_reset: OffsetReset | str,
+    max_batch: int,
+    session_timeout: float,
+) -> OffsetReset:
+    """Validate `Broker.subscribe` arguments (ConfigError naming the problem); returns the
+    offset reset policy."""
+    from tidings.errors import ConfigError
+
+    if not group:
+        raise ConfigError("consumer group name must not be empty")
+    if not topics:
+        raise ConfigError("subscribe needs at least one topic")
+    if max_batch < 1:
+        raise ConfigError(f"max_batch must be >= 1, got {max_batch}")
+    if session_timeout <= 0:
+        raise ConfigError(f"session_timeout must be > 0, got {session_timeout}")
+    try:
+        return OffsetReset(auto_offset_reset)
+    except ValueError:
+        raise ConfigError(
+            f"auto_offset_reset must be 'earliest' or 'latest', got {auto_offset_reset!r}"
+        ) from None

@@ -136,6 +136,7 @@ from tidings.brokers.base import (
     TopicInfo,
     TopicPartition,
     check_sizes,
+    check_subscription,
     validate_partitions,
     validate_topic_name,
 )
@@ -1351,20 +1352,9 @@ class KafkaConsumer(Consumer):
         max_batch: int,
         session_timeout: float,
     ) -> None:
-        if not group:
-            raise ConfigError("consumer group name must not be empty")
-        if not topics:
-            raise ConfigError("subscribe needs at least one topic")
-        if max_batch < 1:
-            raise ConfigError(f"max_batch must be >= 1, got {max_batch}")
-        if session_timeout <= 0:
-            raise ConfigError(f"session_timeout must be > 0, got {session_timeout}")
-        try:
-            self._reset = OffsetReset(auto_offset_reset)
-        except ValueError:
-            raise ConfigError(
-                f"auto_offset_reset must be 'earliest' or 'latest', got {auto_offset_reset!r}"
-            ) from None
+        self._reset = check_subscription(
+            group, topics, auto_offset_reset, max_batch, session_timeout
+        )
         self._broker = broker
         self.group = group
         self.topics = tuple(dict.fromkeys(topics))
