@@ -32,7 +32,7 @@ from tidings.errors import ConfigError, StorageError
 from tidings.retry import Retry
 from tidings.service import Context, Service, SyncContext
 from tidings.stores import connect_store
-from tidings.stores.base import Store
+from tidings.stores.base import InboxConflictError, Store
 from tidings.stores.postgres import PostgresStore, translate_placeholders
 
 DSN_ENV = "TIDINGS_POSTGRES_DSN"
@@ -302,6 +302,51 @@ async def test_late_commits_with_lower_seqs_are_relayed(store: Store) -> None:
     seqs = dict(relayed)
     assert seqs["e-0"] < seqs["e-1"] < seqs["e-2"]
     assert await store.outbox_size() == 0
+
+
+@pytest.mark.parametrize("first_commits_while_second_waits", [True, False])
+async def test_batched_inbox_insert_after_a_concurrent_commit_fails_and_falls_back(
+    store: Store, first_commits_while_second_waits: bool
+) -> None:
+    """Two deliveries of the same events both find nothing in the inbox and apply their effect;
+    whichever inserts its inbox rows second - waiting for the first's uncommitted rows, or
+    after they committed - gets InboxConflictError and commits nothing; the per-record path
+    then sees the rows and applies nothing."""
+    events = [("svc.h", f"e-{n}", ("t", 0, n)) for n in range(3)]
+    keys = [(consumer, event_id) for consumer, event_id, _ in events]
+    first_inserted = asyncio.Event()
+    release_first = asyncio.Event()
+
+    async def first() -> None:
+        async with store.transaction() as tx:
+            assert await tx.inbox_find(keys) == set()
+            await tx.execute("INSERT INTO orders(id, total) VALUES ('first', 1)")
+            await tx.inbox_add_all(events)
+            first_inserted.set()
+            await release_first.wait()
+
+    async def second() -> None:
+        async with store.transaction() as tx:
+            assert await tx.inbox_find(keys) == set()
+            await tx.execute("INSERT INTO orders(id, total) VALUES ('second', 2)")
+            await first_inserted.wait()
+            if not first_commits_while_second_waits:
+                release_first.set()
+                await first_task
+            insert = asyncio.create_task(tx.inbox_add_all(events))
+            await asyncio.sleep(0.2)
+            waited = not insert.done()
+            assert waited == first_commits_while_second_waits
+            release_first.set()
+            await insert
+
+    first_task = asyncio.create_task(first())
+    with pytest.raises(InboxConflictError):
+        await second()
+    await first_task
+    assert await store.query("SELECT id FROM orders") == [("first",)]
+    async with store.transaction() as tx:
+        assert [await tx.inbox_add(c, e, p) for c, e, p in events] == [False, False, False]
 
 
 async def test_a_commit_between_claim_and_remove_is_not_lost(store: Store) -> None:

@@ -14,7 +14,7 @@ import pytest
 from tidings.brokers.base import Message
 from tidings.errors import DuplicateEventError, MigrationError
 from tidings.stores import connect_store
-from tidings.stores.base import InboxStatus, Store
+from tidings.stores.base import InboxConflictError, InboxStatus, Store, Transaction
 
 BUSINESS = "CREATE TABLE orders (id TEXT PRIMARY KEY, total REAL NOT NULL)"
 
@@ -161,6 +161,89 @@ class StoreContract:
             assert await tx.inbox_get("billing.charge", "e-1") is InboxStatus.DONE
             assert await tx.inbox_get("other.consumer", "e-1") is None
             assert await tx.inbox_add("other.consumer", "e-1", ("t", 0, 5))
+
+    async def test_inbox_find_returns_the_recorded_pairs_of_any_status(self, store: Store) -> None:
+        async with store.transaction() as tx:
+            await tx.inbox_add("svc.a", "e-1", ("t", 0, 1))
+            await tx.inbox_add("svc.b", "e-2", ("t", 0, 2), InboxStatus.DEAD)
+            for n in range(1000):
+                await tx.inbox_add("svc.many", f"m-{n}", ("t", 1, n))
+        async with store.transaction() as tx:
+            assert await tx.inbox_find([]) == set()
+            keys = [("svc.a", "e-1"), ("svc.a", "e-2"), ("svc.b", "e-2"), ("svc.c", "e-1")]
+            assert await tx.inbox_find(keys) == {("svc.a", "e-1"), ("svc.b", "e-2")}
+            await tx.inbox_add("svc.c", "e-1", ("t", 0, 1))
+            assert ("svc.c", "e-1") in await tx.inbox_find(keys)
+            many = [("svc.many", f"m-{n}") for n in range(0, 2000, 3)]
+            assert await tx.inbox_find(many) == {k for k in many if int(k[1][2:]) < 1000}
+            assert await tx.inbox_find([("svc.a", "e-1")] * 3) == {("svc.a", "e-1")}
+
+    async def test_inbox_add_all_records_done_rows(self, store: Store) -> None:
+        entries = [("svc.h", f"e-{n}", ("t", n % 2, n)) for n in range(300)]
+        async with store.transaction() as tx:
+            await tx.inbox_add_all([])
+            await tx.inbox_add_all(entries)
+            assert await tx.inbox_find([("svc.h", "e-7")]) == {("svc.h", "e-7")}
+        async with store.transaction() as tx:
+            assert await tx.inbox_get("svc.h", "e-299") is InboxStatus.DONE
+            assert not await tx.inbox_add("svc.h", "e-0", ("t", 0, 0))
+            assert await tx.inbox_add("other.h", "e-0", ("t", 0, 0))
+        await asyncio.sleep(0.05)
+        assert await store.inbox_cleanup("svc.", {("t", 0): 10, ("t", 1): 10}, 0.01) == 10
+
+    @pytest.mark.parametrize("recorded_by", ["committed", "this transaction", "the batch"])
+    async def test_inbox_add_all_conflict_raises_and_nothing_commits(
+        self, store: Store, recorded_by: str
+    ) -> None:
+        if recorded_by == "committed":
+            async with store.transaction() as tx:
+                await tx.inbox_add("svc.h", "e-2", ("t", 0, 2))
+        entries = [("svc.h", f"e-{n}", ("t", 0, n)) for n in range(1, 4)]
+        if recorded_by == "the batch":
+            entries.append(entries[0])
+        with pytest.raises(InboxConflictError):
+            async with store.transaction() as tx:
+                await tx.execute("INSERT INTO orders(id, total) VALUES ('effect', 1)")
+                if recorded_by == "this transaction":
+                    await tx.inbox_add("svc.h", "e-3", ("t", 0, 3))
+                await tx.inbox_add_all(entries)
+        assert await store.query("SELECT count(*) FROM orders") == [(0,)]
+        async with store.transaction() as tx:
+            recorded = await tx.inbox_find([(c, e) for c, e, _ in entries])
+        assert recorded == ({("svc.h", "e-2")} if recorded_by == "committed" else set())
+
+    async def test_batched_inbox_applies_a_concurrently_redelivered_event_once(
+        self, store: Store
+    ) -> None:
+        """The dispatcher's pattern: look the batch up, apply what is new, insert its inbox rows
+        at the end; on a conflict roll back and apply per record (inbox_add first). Deliveries
+        start at different offsets of one partition, as redeliveries do."""
+        await store.migrate([BUSINESS, "CREATE TABLE effects (event_id TEXT NOT NULL)"])
+        ids = [f"e-{n}" for n in range(8)]
+
+        async def apply(tx: Transaction, event_id: str) -> None:
+            await tx.execute("INSERT INTO effects(event_id) VALUES (?)", (event_id,))
+            await asyncio.sleep(0)
+
+        async def deliver(first: int) -> None:
+            events = ids[first:]
+            try:
+                async with store.transaction() as tx:
+                    recorded = await tx.inbox_find([("svc.h", e) for e in events])
+                    new = [e for e in events if ("svc.h", e) not in recorded]
+                    for event_id in new:
+                        await apply(tx, event_id)
+                    await tx.inbox_add_all([("svc.h", e, ("t", 0, ids.index(e))) for e in new])
+            except InboxConflictError:
+                async with store.transaction() as tx:
+                    for event_id in events:
+                        if await tx.inbox_add("svc.h", event_id, ("t", 0, ids.index(event_id))):
+                            await apply(tx, event_id)
+
+        await asyncio.gather(*(deliver(n % 4) for n in range(20)))
+        assert await store.query(
+            "SELECT event_id, count(*) FROM effects GROUP BY event_id ORDER BY event_id"
+        ) == [(e, 1) for e in ids]
 
     async def test_inbox_rows_of_a_rollback_are_forgotten(self, store: Store) -> None:
         with pytest.raises(RuntimeError):

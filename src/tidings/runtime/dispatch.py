@@ -26,7 +26,7 @@ from tidings.errors import DecodeError, DuplicateEventError
 from tidings.event import Event, event_from_record
 from tidings.schema import SchemaError
 from tidings.service import Context, Handler, Service, Stats, SyncContext
-from tidings.stores.base import InboxStatus, Transaction
+from tidings.stores.base import InboxConflictError, InboxKey, InboxStatus, Position, Transaction
 
 log = logging.getLogger("tidings.dispatch")
 
@@ -114,17 +114,34 @@ class Dispatcher:
 
     async def _fast(self, records: Sequence[Record], start: int) -> int:
         """Apply `records[start:]` in one transaction without savepoints (the common case:
-        nothing fails). Returns len(records) once committed, or the index of the first record
-        whose handler raised - and then nothing of `records[start:]` was committed."""
+        nothing fails). The inbox is looked up for the whole batch in one statement and the
+        new inbox rows are inserted together just before commit; if one of them turns out to
+        be recorded already (a concurrent redelivery committed first), the transaction rolls
+        back and the caller applies the batch carefully. Returns len(records) once committed,
+        or the index of the first record whose handler raised (or `start` after such a
+        conflict) - and then nothing of `records[start:]` was committed."""
         tally = Tally()
+        pending = records[start:]
+        events = [_decode(record) for record in pending]
         try:
             async with self.store.transaction() as tx:
-                for index in range(start, len(records)):
-                    if await self._apply(tx, records[index], tally, guarded=False) is not None:
-                        raise _RolledBack(index)
+                keys = [
+                    (handler.consumer, event.id)
+                    for record, event in zip(pending, events, strict=True)
+                    if isinstance(event, Event)
+                    for handler in self._due_handlers(record, event, frozenset())
+                ]
+                inbox = InboxBatch(await tx.inbox_find(keys))
+                for offset, (record, event) in enumerate(zip(pending, events, strict=True)):
+                    failure = await self._apply(
+                        tx, record, tally, guarded=False, decoded=event, inbox=inbox
+                    )
+                    if failure is not None:
+                        raise _RolledBack(start + offset)
+                await inbox.write(tx)
         except _RolledBack as rolled_back:
             return rolled_back.index
-        except DuplicateEventError:
+        except (DuplicateEventError, InboxConflictError):
             return start
         tally.add_to(self.service.stats)
         return len(records)
@@ -157,39 +174,52 @@ class Dispatcher:
         attempt: int = 1,
         retrying: bool = False,
         skip: set[str] | frozenset[str] = frozenset(),
+        decoded: Event | DecodeError | None = None,
+        inbox: InboxBatch | None = None,
     ) -> Failure | None:
         """Run every due handler for `record` in `tx`. Guarded, each handler runs in a
         savepoint: the first retryable failure is returned with its effects rolled back, and
         permanent ones are dead-lettered here. Unguarded, any handler exception is returned
         and the caller must roll back the transaction. Handlers that already ran (inbox) are
         skipped, and so are those in `skip` (dead-lettered during this delivery); `retrying`
-        keeps the skips out of the duplicate count."""
-        try:
-            event = event_from_record(record)
-        except DecodeError as exc:
+        keeps the skips out of the duplicate count. `decoded` is `_decode(record)` if the
+        caller has it; with `inbox`, new inbox rows are queued there instead of inserted."""
+        event = _decode(record) if decoded is None else decoded
+        if isinstance(event, DecodeError):
+            exc = event
             position = (record.topic, record.partition, record.offset)
             marker = f"undecodable:{record.topic}:{record.partition}:{record.offset}"
             if await tx.inbox_add(self.service.name, marker, position, InboxStatus.DEAD):
                 log.error("%s: undecodable record dead-lettered: %s", self.service.name, exc)
                 self._dead_letter(tx, tally, record, None, dlq.REASON_UNDECODABLE, exc, attempt)
             return None
-        target = _header(record, dlq.REPLAY_FOR)
-        handlers = self.service.handlers_for(record.topic, event.type)
-        if target is not None:
-            handlers = [h for h in handlers if h.consumer == target]
-        handlers = [h for h in handlers if h.consumer not in skip]
+        handlers = self._due_handlers(record, event, skip)
         if not handlers:
-            if target is None and not retrying:
+            if not retrying and _header(record, dlq.REPLAY_FOR) is None:
                 tally.skipped += 1
             return None
         position = (record.topic, record.partition, record.offset)
         for handler in handlers:
             failure = await self._apply_handler(
-                tx, tally, record, event, handler, position, attempt, retrying, guarded
+                tx, tally, record, event, handler, position, attempt, retrying, guarded, inbox
             )
             if failure is not None:
                 return failure
         return None
+
+    def _due_handlers(
+        self, record: Record, event: Event, skip: set[str] | frozenset[str]
+    ) -> list[Handler]:
+        """The handlers that should run `event`: all of its type on its topic, only the
+        targeted one for a replay from the dead-letter topic, none of those in `skip`."""
+        handlers = self.service.handlers_for(record.topic, event.type)
+        if record.headers:
+            target = _header(record, dlq.REPLAY_FOR)
+            if target is not None:
+                handlers = [h for h in handlers if h.consumer == target]
+        if skip:
+            handlers = [h for h in handlers if h.consumer not in skip]
+        return handlers
 
     async def _apply_handler(
         self,
@@ -202,6 +232,7 @@ class Dispatcher:
         attempt: int,
         retrying: bool,
         guarded: bool,
+        inbox: InboxBatch | None,
     ) -> Failure | None:
         try:
             argument = handler.parse(event)
@@ -218,7 +249,9 @@ class Dispatcher:
             return None
         try:
             async with tx.savepoint() if guarded else contextlib.nullcontext():
-                if not await tx.inbox_add(handler.consumer, event.id, position):
+                if inbox is not None and inbox.claim(handler.consumer, event.id, position):
+                    pass
+                elif not await _inbox_add(tx, inbox, handler.consumer, event.id, position):
                     status = await tx.inbox_get(handler.consumer, event.id)
                     replay = _header(record, dlq.REPLAY_FOR) == handler.consumer
                     if not (status is InboxStatus.DEAD and replay):
@@ -369,6 +402,49 @@ class Dispatcher:
         dedupe = f"dlq:{record.topic}:{record.partition}:{record.offset}:{consumer}"
         tx.add_outbox(self.service.dead_letter_topic, dedupe, message)
         tally.dead_lettered += 1
+
+
+class InboxBatch:
+    """The inbox rows of one unguarded transaction: which pairs were recorded when it started
+    (one lookup), and the new rows, inserted together by `write` before commit."""
+
+    def __init__(self, recorded: set[InboxKey]) -> None:
+        self.recorded = recorded
+        self.claimed: set[InboxKey] = set()
+        self.entries: list[tuple[str, str, Position]] = []
+
+    def claim(self, consumer: str, event_id: str, position: Position) -> bool:
+        """True if the pair had no inbox row and was not claimed earlier in this transaction:
+        its row is queued, and the handler may run. False: decide with the inbox itself."""
+        key = (consumer, event_id)
+        if key in self.recorded or key in self.claimed:
+            return False
+        self.claimed.add(key)
+        self.entries.append((consumer, event_id, position))
+        return True
+
+    async def write(self, tx: Transaction) -> None:
+        """Insert the queued rows (InboxConflictError if one was recorded meanwhile)."""
+        if self.entries:
+            entries, self.entries = self.entries, []
+            await tx.inbox_add_all(entries)
+
+
+async def _inbox_add(
+    tx: Transaction, inbox: InboxBatch | None, consumer: str, event_id: str, position: Position
+) -> bool:
+    """`tx.inbox_add`, after writing what `inbox` queued (so a pair claimed earlier in this
+    transaction is seen as recorded)."""
+    if inbox is not None:
+        await inbox.write(tx)
+    return await tx.inbox_add(consumer, event_id, position)
+
+
+def _decode(record: Record) -> Event | DecodeError:
+    try:
+        return event_from_record(record)
+    except DecodeError as exc:
+        return exc
 
 
 def _header(record: Record, name: str) -> str | None:

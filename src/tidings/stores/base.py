@@ -12,6 +12,11 @@ Guarantees every backend gives:
   concurrently; a dead holder's lease expires and another relay takes over (at-least-once).
 * **Inbox**: `inbox_add` inserts (consumer, event id) once; a second insert of the same pair, in
   any transaction, returns False after the first commits, so a redelivered event does nothing.
+  For batches, `inbox_find` looks many pairs up in one statement and `inbox_add_all` inserts
+  many in one statement; `inbox_add_all` never skips a pair that is already there (committed by
+  another transaction, or earlier in this one): it raises InboxConflictError, and the
+  transaction must then be rolled back, so that effects applied on the strength of an earlier
+  `inbox_find` are never committed twice.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tidings.brokers.base import Message
+from tidings.errors import TidingsError
 
 Row = tuple[Any, ...]
 Params = Sequence[Any] | dict[str, Any]
@@ -34,6 +40,18 @@ class InboxStatus(enum.StrEnum):
     """The handler's effects committed; the event is never applied again."""
     DEAD = "dead"
     """The event was dead-lettered; only a replay from the dead-letter topic runs it again."""
+
+
+InboxKey = tuple[str, str]
+"""(consumer, event id): what an inbox row records."""
+
+Position = tuple[str, int, int]
+"""(topic, partition, offset) of the record an inbox row was written for."""
+
+
+class InboxConflictError(TidingsError):
+    """`inbox_add_all` met a (consumer, event id) pair that already has an inbox row - another
+    transaction recorded it first, or this one did. The transaction must be rolled back."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +102,21 @@ class Transaction(abc.ABC):
     ) -> bool:
         """Record the event as handled by `consumer`; False if it already was (status DONE, or
         DEAD when `status` is DEAD). `position` is (topic, partition, offset)."""
+
+    @abc.abstractmethod
+    async def inbox_find(self, keys: Sequence[InboxKey]) -> set[InboxKey]:
+        """The pairs among `keys` that have an inbox row (of any status) visible to this
+        transaction: one statement (or a few, for very many keys) instead of one per pair.
+        Another transaction may still record a pair after this returns; `inbox_add_all`
+        detects that."""
+
+    @abc.abstractmethod
+    async def inbox_add_all(self, entries: Sequence[tuple[str, str, Position]]) -> None:
+        """Record every (consumer, event id, position) of `entries` as DONE, in one statement.
+        Raises InboxConflictError if any pair already has a row (committed by another
+        transaction - on backends with concurrent writers this waits for a transaction that
+        holds the pair uncommitted - or written earlier in this one, or twice in `entries`);
+        the transaction must then be rolled back."""
 
     @abc.abstractmethod
     async def inbox_get(self, consumer: str, event_id: str) -> InboxStatus | None: ...

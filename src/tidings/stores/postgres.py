@@ -79,7 +79,17 @@ from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from tidings.brokers.base import Headers, Message
 from tidings.errors import ConfigError, DuplicateEventError, MigrationError, StorageError
-from tidings.stores.base import InboxStatus, OutboxRow, Params, Row, Store, Transaction
+from tidings.stores.base import (
+    InboxConflictError,
+    InboxKey,
+    InboxStatus,
+    OutboxRow,
+    Params,
+    Position,
+    Row,
+    Store,
+    Transaction,
+)
 
 T = TypeVar("T")
 Conn = psycopg.AsyncConnection[TupleRow]
@@ -93,6 +103,7 @@ DEFAULT_RETRY_S = 10.0
 DEFAULT_CONNECT_TIMEOUT_S = 10
 POOL_TIMEOUT_S = 30.0
 OUTBOX_UNIQUE = "tidings_outbox_event"
+INBOX_PRIMARY_KEY = "tidings_inbox_pkey"
 
 # Framework schema, per version: version N's statements bring version N-1 to N.
 FRAMEWORK_MIGRATIONS: dict[int, list[str]] = {
@@ -140,6 +151,20 @@ _READ_WITH_LEASE = """
         ORDER BY seq LIMIT %(limit)s
     ) o ON true
     WHERE l.name = 'outbox' AND l.holder = %(relay)s AND l.expires > clock_timestamp()
+"""
+_INBOX_FIND = """
+    SELECT i.consumer, i.event_id
+    FROM unnest(%s::text[], %s::text[]) AS k(consumer, event_id)
+    JOIN tidings_inbox i
+    ON i.consumer = k.consumer COLLATE "C" AND i.event_id = k.event_id COLLATE "C"
+"""
+# Rows go in in the given order: the dispatcher gives offset order, as its per-record path
+# inserts them, so concurrent redeliveries of one partition take the pairs' locks in one order.
+_INBOX_ADD_ALL = """
+    INSERT INTO tidings_inbox (consumer, event_id, status, topic, partition, "offset")
+    SELECT consumer, event_id, 'done', topic, part, off
+    FROM unnest(%s::text[], %s::text[], %s::text[], %s::integer[], %s::bigint[])
+        AS e(consumer, event_id, topic, part, off)
 """
 # Take or renew the lease atomically (judged on the server's clock), then read in one statement.
 _CLAIM = """
@@ -499,6 +524,36 @@ class PostgresTransaction(Transaction):
             (consumer, event_id, status.value, *position),
         )
         return cursor.rowcount == 1
+
+    async def inbox_find(self, keys: Sequence[InboxKey]) -> set[InboxKey]:
+        if not keys:
+            return set()
+        cursor = await self._exec(
+            _INBOX_FIND, ([consumer for consumer, _ in keys], [event_id for _, event_id in keys])
+        )
+        return {(consumer, event_id) for consumer, event_id in await cursor.fetchall()}
+
+    async def inbox_add_all(self, entries: Sequence[tuple[str, str, Position]]) -> None:
+        if not entries:
+            return
+        try:
+            await self._exec(
+                _INBOX_ADD_ALL,
+                (
+                    [consumer for consumer, _, _ in entries],
+                    [event_id for _, event_id, _ in entries],
+                    [topic for _, _, (topic, _, _) in entries],
+                    [partition for _, _, (_, partition, _) in entries],
+                    [offset for _, _, (_, _, offset) in entries],
+                ),
+            )
+        except psycopg.errors.UniqueViolation as exc:
+            if exc.diag.constraint_name != INBOX_PRIMARY_KEY:
+                raise
+            raise InboxConflictError(
+                f"an inbox row already exists for one of {len(entries)} events "
+                f"({exc.diag.message_detail or exc})"
+            ) from exc
 
     async def inbox_get(self, consumer: str, event_id: str) -> InboxStatus | None:
         cursor = await self._exec(

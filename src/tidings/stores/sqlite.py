@@ -31,7 +31,17 @@ from tidings._notify import SCHEMA as LISTENERS_SCHEMA
 from tidings._notify import Notifier
 from tidings.brokers.base import Headers, Message
 from tidings.errors import DuplicateEventError, MigrationError, StorageError
-from tidings.stores.base import InboxStatus, OutboxRow, Params, Row, Store, Transaction
+from tidings.stores.base import (
+    InboxConflictError,
+    InboxKey,
+    InboxStatus,
+    OutboxRow,
+    Params,
+    Position,
+    Row,
+    Store,
+    Transaction,
+)
 
 T = TypeVar("T")
 
@@ -87,6 +97,21 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+_INBOX_FIND_CHUNK = 512
+
+
+@functools.lru_cache(maxsize=16)
+def _inbox_find_sql(size: int) -> str:
+    """The lookup of `size` event ids of one consumer. Sizes are powers of two (the ids are
+    padded by repeating the last one), so a few statements stay in sqlite3's statement cache."""
+    placeholders = ", ".join("?" * size)
+    return f"SELECT event_id FROM tidings_inbox WHERE consumer = ? AND event_id IN ({placeholders})"  # noqa: S608
+
+
+def _padded_size(count: int) -> int:
+    return 1 << (count - 1).bit_length()
+
+
 class SQLiteTransaction(Transaction):
     """A transaction on the store's writer connection; statements run inline."""
 
@@ -129,6 +154,44 @@ class SQLiteTransaction(Transaction):
             (consumer, event_id, status.value, *position, _now_ms()),
         )
         return cursor.rowcount == 1
+
+    async def inbox_find(self, keys: Sequence[InboxKey]) -> set[InboxKey]:
+        by_consumer: dict[str, list[str]] = {}
+        for consumer, event_id in keys:
+            by_consumer.setdefault(consumer, []).append(event_id)
+        found: set[InboxKey] = set()
+        for consumer, event_ids in by_consumer.items():
+            for start in range(0, len(event_ids), _INBOX_FIND_CHUNK):
+                chunk = event_ids[start : start + _INBOX_FIND_CHUNK]
+                size = _padded_size(len(chunk))
+                chunk += [chunk[-1]] * (size - len(chunk))
+                rows = self._run(_inbox_find_sql(size), (consumer, *chunk)).fetchall()
+                found.update((consumer, event_id) for (event_id,) in rows)
+        return found
+
+    async def inbox_add_all(self, entries: Sequence[tuple[str, str, Position]]) -> None:
+        if not entries:
+            return
+        now = _now_ms()
+        try:
+            self._conn.executemany(
+                "INSERT INTO tidings_inbox"
+                "(consumer, event_id, status, topic, partition, offset, processed_ms)"
+                " VALUES (?, ?, 'done', ?, ?, ?, ?)",
+                [
+                    (consumer, event_id, topic, partition, offset, now)
+                    for consumer, event_id, (topic, partition, offset) in entries
+                ],
+            )
+        except sqlite3.IntegrityError as exc:
+            raise InboxConflictError(
+                f"an inbox row already exists for one of {len(entries)} events ({exc})"
+            ) from exc
+        except sqlite3.Error as exc:
+            translated = _sqlite.translate(exc, self._path)
+            if translated is exc:
+                raise
+            raise translated from exc
 
     async def inbox_get(self, consumer: str, event_id: str) -> InboxStatus | None:
         row = self._run(
