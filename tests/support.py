@@ -3,10 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Awaitable, Callable
 
+import pytest
+
 from tidings.brokers.base import Broker, Record, TopicPartition
+
+
+def server_setting(variable: str, start: str) -> str:
+    """The value of `variable` (a running server's address); skips the test when it is unset,
+    except under CI=true, where a missing server is a failure."""
+    value = os.environ.get(variable)
+    if not value:
+        message = f"{variable} is not set; start the server with `scripts/services start {start}`"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return value
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 20) -> None:

@@ -1,4 +1,5 @@
-"""The article's order system (examples/orders): the scripted demo run and a poison event."""
+"""The article's order system (examples/orders): the scripted demo run, its HTTP API and a
+poison event. Fault tests (SIGKILL, email down) are in test_orders_faults.py."""
 
 from __future__ import annotations
 
@@ -7,95 +8,254 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
+import pytest
+from examples.orders.checks import Check, LogCounter, check_invariants
+from examples.orders.cluster import InProcessCluster
 from examples.orders.events import TOPICS
-from examples.orders.run import LogCounter, check_invariants, sample_orders, start_all, stop_all
-from examples.orders.services import build_all, inventory, orders
+from examples.orders.load import OrderClient, sample_orders
+from examples.orders.services import inventory
 from examples.orders.settings import Settings
 
 from tidings import Event, TopicPartition, connect, event_from_record
 
 ROOT = Path(__file__).resolve().parents[1]
+TOKEN = "test-token"  # noqa: S105 (a test value)
+ORDER = {
+    "userId": "ada",
+    "items": [{"productId": "keyboard", "quantity": 2, "price": 49.0}],
+    "currency": "EUR",
+    "discountCode": "SAVE10",
+}
 
 
-def test_demo_runs_200_orders_and_every_invariant_holds(tmp_path: Path) -> None:
-    started = time.monotonic()
+def run_demo(directory: Path, *args: str, timeout: float = 170) -> str:
+    demo = [sys.executable, "-m", "examples.orders", "--exit", "--port", "0"]
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "examples.orders",
-            "--orders",
-            "200",
-            "--exit",
-            "--dir",
-            str(tmp_path),
-        ],
+        [*demo, "--dir", str(directory), *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=110,
+        timeout=timeout,
         env={**os.environ, "COLUMNS": "200"},
     )
     out = result.stdout + result.stderr
     assert result.returncode == 0, out
-    assert "all invariants hold" in out
-    assert "FAIL " not in out and "invariants failed" not in out
+    assert "all invariants hold" in out, out
+    assert "FAIL " not in out and "invariants failed" not in out, out
+    return out
+
+
+def test_demo_runs_200_orders_and_every_invariant_holds(tmp_path: Path) -> None:
+    out = run_demo(tmp_path, "--orders", "200")
     for status in ("CONFIRMED", "REJECTED", "CANCELLED"):
         assert status in out
     for event_type in ("ORDER_PLACED", "INVENTORY_RESERVED", "PAYMENT_CHARGED", "PAYMENT_FAILED"):
         assert event_type in out
+    assert "placed 200 orders" in out
     assert len(list((tmp_path / "mailbox").glob("*.eml"))) > 0
-    assert time.monotonic() - started < 110
+    # a second run on the same data adds orders; the invariants hold over both
+    out = run_demo(tmp_path, "--orders", "50")
+    assert "placed 50 orders" in out
 
 
-async def test_poison_order_placed_is_dead_lettered_and_the_rest_flows(tmp_path: Path) -> None:
-    settings = Settings.in_directory(tmp_path)
-    assert settings.broker is not None
-    services = build_all(settings)
-    tasks = await start_all(services)
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[InProcessCluster]:
+    running = InProcessCluster(Settings.in_directory(tmp_path), TOKEN, "127.0.0.1", 0)
+    await running.start()
+    await inventory.seed(running.services["inventory"], {"keyboard": 100, "mouse": 5})
     try:
-        await inventory.seed(services["inventory"], {"keyboard": 100})
-        async with connect(settings.broker) as broker:
-            poison = Event(
-                type="ORDER_PLACED", version=2, key="ord-poison", data={"orderId": "ord-poison"}
-            )
-            await broker.publish_events("order-events", [poison])
-            for sample in sample_orders(20):
-                await orders.place_order(
-                    services["orders"],
-                    order_id=sample.order_id,
-                    user_id=sample.user_id,
-                    items=[i.model_copy(update={"product_id": "keyboard"}) for i in sample.items],
-                    currency=sample.currency,
-                    event_version=sample.event_version,
-                )
-            log = LogCounter(broker, TOPICS)
-            deadline = time.monotonic() + 30
-            while True:
-                checks = {
-                    c.name: c for c in await check_invariants(services, log, settings.mailbox)
-                }
-                failing = [c for c in checks.values() if not c.ok]
-                if [c.name for c in failing] == ["no dead letters"] or time.monotonic() > deadline:
-                    break
-                await asyncio.sleep(0.1)
-            assert [c.name for c in failing] == ["no dead letters"], failing
-            info = await broker.admin.describe_topic("inventory.dlq")
-            letters = await broker.read(
-                TopicPartition("inventory.dlq", 0), info.partitions[0].start_offset, 10
-            )
-            assert len(letters) == 1
-            assert event_from_record(letters[0]).id == poison.id
-            assert letters[0].header("tidings-dlq-topic") == b"order-events"
-            statuses = await services["orders"].store.query(
-                "SELECT status, count(*) FROM orders GROUP BY status"
-            )
-            assert sum(n for _, n in statuses) == 20
-            by_status = {str(row[0]): int(row[1]) for row in statuses}
-            assert by_status.get("CONFIRMED", 0) > 0
-            # analytics saw the poison record too, like every record of its topics
-            assert log.counts[("order-events", "ORDER_PLACED")] == 21
+        yield running
     finally:
-        await stop_all(services, tasks)
+        await running.stop()
+
+
+async def settled(cluster: InProcessCluster, timeout: float = 30) -> list[Check]:
+    """Wait until every invariant but 'no dead letters' holds; the checks."""
+    assert cluster.settings.broker is not None
+    async with connect(cluster.settings.broker) as broker:
+        log = LogCounter(broker, TOPICS)
+        deadline = time.monotonic() + timeout
+        while True:
+            checks = await check_invariants(cluster.services, log, cluster.settings.mailbox)
+            failing = [c.name for c in checks if not c.ok and c.name != "no dead letters"]
+            if not failing or time.monotonic() > deadline:
+                return checks
+            await asyncio.sleep(0.1)
+
+
+async def test_post_order_answers_at_once_and_the_order_is_confirmed_by_events(
+    cluster: InProcessCluster,
+) -> None:
+    async with httpx.AsyncClient(base_url=cluster.api_url) as http:
+        response = await http.post(
+            "/orders",
+            json=ORDER,
+            headers={"Authorization": f"Bearer {TOKEN}", "X-Correlation-Id": "checkout-42"},
+        )
+        assert response.status_code == 202, response.text
+        body = response.json()
+        assert body["status"] == "PENDING"
+        assert body["total"] == 88.2  # 2 x 49.0 less 10%
+        assert response.headers["X-Correlation-Id"] == "checkout-42"
+        assert response.headers["Location"] == f"/orders/{body['orderId']}"
+        assert all(c.ok for c in await settled(cluster))
+
+        order = (await http.get(response.headers["Location"])).json()
+        assert order["status"] == "CONFIRMED"
+        assert (order["currency"], order["discountCode"]) == ("EUR", "SAVE10")
+        history = order["events"]
+        types = [e["type"] for e in history]
+        for expected in ("ORDER_PLACED", "INVENTORY_RESERVED", "PAYMENT_CHARGED"):
+            assert expected in types
+        assert "ORDER_CONFIRMED" in types
+        assert {e["correlationId"] for e in history} == {"checkout-42"}
+        placed = next(e for e in history if e["type"] == "ORDER_PLACED")
+        assert placed["version"] == 2
+        reserved = next(e for e in history if e["type"] == "INVENTORY_RESERVED")
+        assert reserved["causationId"] == placed["eventId"]
+
+        listed = (await http.get("/orders", params={"status": "CONFIRMED"})).json()["orders"]
+        assert [o["orderId"] for o in listed] == [body["orderId"]]
+        assert (await http.get("/orders", params={"status": "PENDING"})).json() == {"orders": []}
+
+        analytics = (await http.get(f"{cluster.analytics_url}/analytics")).json()
+        counts = {(e["topic"], e["type"]): e["count"] for e in analytics["events"]}
+        assert counts[("order-events", "ORDER_PLACED")] == 1
+        assert counts[("payment-events", "PAYMENT_CHARGED")] == 1
+        assert [r["orders"] for r in analytics["revenuePerMinute"]] == [1]
+        assert analytics["revenuePerMinute"][0]["currency"] == "EUR"
+
+
+async def test_an_old_client_without_currency_publishes_order_placed_v1(
+    cluster: InProcessCluster,
+) -> None:
+    old = {"userId": "bob", "items": [{"productId": "mouse", "quantity": 1, "price": 19.5}]}
+    async with httpx.AsyncClient(base_url=cluster.api_url) as http:
+        response = await http.post(
+            "/orders", json=old, headers={"Authorization": f"Bearer {TOKEN}"}
+        )
+        assert response.status_code == 202, response.text
+        assert all(c.ok for c in await settled(cluster))
+        order = (await http.get(response.headers["Location"])).json()
+    assert (order["status"], order["currency"]) == ("CONFIRMED", "USD")
+    placed = next(e for e in order["events"] if e["type"] == "ORDER_PLACED")
+    assert placed["version"] == 1
+    assert order["events"][0]["correlationId"].startswith("corr-")
+
+
+async def test_the_same_idempotency_key_places_one_order(cluster: InProcessCluster) -> None:
+    headers = {"Authorization": f"Bearer {TOKEN}", "Idempotency-Key": "cart-7"}
+    async with httpx.AsyncClient(base_url=cluster.api_url) as http:
+        answers = await asyncio.gather(
+            *(http.post("/orders", json=ORDER, headers=headers) for _ in range(5))
+        )
+        assert {a.status_code for a in answers} == {202}
+        assert len({a.json()["orderId"] for a in answers}) == 1
+        assert sum(a.headers.get("Idempotent-Replayed") == "true" for a in answers) == 4
+        other = {**ORDER, "userId": "someone-else"}
+        conflict = await http.post("/orders", json=other, headers=headers)
+        assert conflict.status_code == 422
+        assert "different request" in conflict.json()["error"]
+        assert all(c.ok for c in await settled(cluster))
+        assert len((await http.get("/orders")).json()["orders"]) == 1
+    charged = await cluster.services["payment"].store.query("SELECT count(*) FROM charges")
+    assert charged == [(1,)]
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "status", "message"),
+    [
+        ({}, ORDER, 401, "bearer token"),
+        ({"Authorization": "Bearer wrong"}, ORDER, 401, "bearer token"),
+        ({"Authorization": f"Bearer {TOKEN}"}, b"{not json", 422, "invalid order"),
+        ({"Authorization": f"Bearer {TOKEN}"}, {**ORDER, "items": []}, 422, "invalid order"),
+        ({"Authorization": f"Bearer {TOKEN}"}, {**ORDER, "total": 1.0}, 422, "does not match"),
+        (
+            {"Authorization": f"Bearer {TOKEN}"},
+            {**ORDER, "discountCode": "FREE"},
+            422,
+            "invalid order",
+        ),
+        ({"Authorization": f"Bearer {TOKEN}"}, {**ORDER, "admin": True}, 422, "invalid order"),
+        (
+            {"Authorization": f"Bearer {TOKEN}", "X-Correlation-Id": "bad id; drop"},
+            ORDER,
+            400,
+            "X-Correlation-Id",
+        ),
+        ({"Authorization": f"Bearer {TOKEN}"}, b"x" * 70_000, 413, "larger than"),
+    ],
+    ids=[
+        "no-token",
+        "wrong-token",
+        "not-json",
+        "no-items",
+        "wrong-total",
+        "unknown-discount",
+        "unknown-field",
+        "bad-correlation-id",
+        "too-large",
+    ],
+)
+async def test_bad_requests_get_a_clear_error_and_place_nothing(
+    cluster: InProcessCluster,
+    headers: dict[str, str],
+    body: dict[str, object] | bytes,
+    status: int,
+    message: str,
+) -> None:
+    async with httpx.AsyncClient(base_url=cluster.api_url) as http:
+        if isinstance(body, bytes):
+            response = await http.post("/orders", content=body, headers=headers)
+        else:
+            response = await http.post("/orders", json=body, headers=headers)
+        assert response.status_code == status, response.text
+        assert message in response.text
+        assert (await http.get("/orders")).json() == {"orders": []}
+        assert (await http.get("/orders/nope")).status_code == 404
+        assert (await http.get("/orders", params={"status": "LOST"})).status_code == 400
+        assert (await http.get("/orders", params={"limit": "x"})).status_code == 400
+    outbox = await cluster.services["orders"].store.query("SELECT count(*) FROM tidings_outbox")
+    assert outbox == [(0,)]
+
+
+async def test_poison_order_placed_is_dead_lettered_and_the_rest_flows(
+    cluster: InProcessCluster,
+) -> None:
+    assert cluster.settings.broker is not None
+    async with connect(cluster.settings.broker) as broker:
+        poison = Event(
+            type="ORDER_PLACED", version=2, key="ord-poison", data={"orderId": "ord-poison"}
+        )
+        await broker.publish_events("order-events", [poison])
+        client = OrderClient(cluster.api_url, TOKEN)
+        samples = sample_orders(20)
+        for sample in samples:
+            for item in sample.body["items"]:
+                item["productId"], item["price"] = "keyboard", 49.0
+        try:
+            await client.place_all(samples)
+        finally:
+            await client.close()
+        checks = await settled(cluster)
+        assert [c.name for c in checks if not c.ok] == ["no dead letters"], checks
+        info = await broker.admin.describe_topic("inventory.dlq")
+        letters = await broker.read(
+            TopicPartition("inventory.dlq", 0), info.partitions[0].start_offset, 10
+        )
+        assert len(letters) == 1
+        assert event_from_record(letters[0]).id == poison.id
+        assert letters[0].header("tidings-dlq-topic") == b"order-events"
+        statuses = await cluster.services["orders"].store.query(
+            "SELECT status, count(*) FROM orders GROUP BY status"
+        )
+        by_status = {str(row[0]): int(row[1]) for row in statuses}
+        assert sum(by_status.values()) == 20
+        assert by_status.get("CONFIRMED", 0) > 0
+        # analytics saw the poison record too, like every record of its topics
+        log = LogCounter(broker, TOPICS)
+        assert (await log.refresh())[("order-events", "ORDER_PLACED")] == 21

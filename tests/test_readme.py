@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import server_setting
+
 ROOT = Path(__file__).resolve().parents[1]
 BLOCKS = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
 
@@ -82,16 +84,6 @@ def _backends() -> list[object]:
     ]
 
 
-def _server(variable: str, start: str) -> str:
-    value = os.environ.get(variable)
-    if not value:
-        message = f"{variable} is not set; start the server with `scripts/services start {start}`"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return value
-
-
 @pytest.mark.parametrize(("broker_kind", "store_kind"), _backends())
 async def test_readme_service_runs_unchanged_on_every_backend(
     tmp_path: Path, broker_kind: str, store_kind: str
@@ -107,12 +99,12 @@ async def test_readme_service_runs_unchanged_on_every_backend(
 
     env = {**os.environ}
     if broker_kind == "kafka":
-        env["TIDINGS_BROKER"] = "kafka://" + _server("TIDINGS_KAFKA_BOOTSTRAP", "kafka")
+        env["TIDINGS_BROKER"] = "kafka://" + server_setting("TIDINGS_KAFKA_BOOTSTRAP", "kafka")
     else:
         env["TIDINGS_BROKER"] = f"sqlite:///{tmp_path}/.tidings/bus.db"
     schema = f"readme_{uuid.uuid4().hex[:10]}"
     if store_kind == "postgres":
-        dsn = _server("TIDINGS_POSTGRES_DSN", "postgres")
+        dsn = server_setting("TIDINGS_POSTGRES_DSN", "postgres")
         env["TIDINGS_STORE"] = f"{dsn}?schema={schema}_{{service}}"
     else:
         env.pop("TIDINGS_STORE", None)
@@ -169,7 +161,7 @@ async def test_readme_service_runs_unchanged_on_every_backend(
         import psycopg
 
         async with await psycopg.AsyncConnection.connect(
-            _server("TIDINGS_POSTGRES_DSN", "postgres"), autocommit=True
+            server_setting("TIDINGS_POSTGRES_DSN", "postgres"), autocommit=True
         ) as conn:
             cursor = await conn.execute(
                 f'SELECT order_id, amount FROM "{schema}_billing".charges'  # noqa: S608

@@ -1,10 +1,14 @@
-"""Run the whole order system in one process: `python -m examples.orders [--orders N] [--exit]`.
+"""Run the whole order system: `python -m examples.orders [--orders N] [--exit] [--processes]`.
 
-Starts every service (consumers and outbox relay each) as asyncio tasks, seeds the inventory,
-places sample orders (ORDER_PLACED v1 and v2, some for an out-of-stock product, some declined by
-the payment gateway), waits until every order is final, prints a summary and checks the
-invariants. With `--exit` it then stops and exits 1 naming any invariant that failed; without
-it, it keeps running until Ctrl-C.
+Starts every service (consumers and outbox relay each) and the HTTP API, seeds the inventory,
+places sample orders through `POST /orders` (ORDER_PLACED v1 and v2, some for a sold-out
+product, some declined by the payment gateway) while a live summary shows orders by status,
+events per topic, consumer lag and dead letters, waits until every order is final and checks
+the invariants. With `--exit` it then stops and exits 1 naming any invariant that failed;
+without it, it keeps the API running until Ctrl-C.
+
+`--processes` runs one OS process per service; `--chaos S` (with `--processes`) SIGKILLs a
+random service about every S seconds while orders flow and restarts it.
 """
 
 from __future__ import annotations
@@ -12,346 +16,202 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import random
+import secrets
 import signal
+import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
-from rich.console import Console
-from rich.progress import Progress
-from rich.table import Table
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from examples.orders.events import TOPICS, Item
-from examples.orders.services import build_all, inventory, orders
+from examples.orders.checks import Check, LogCounter, check_invariants
+from examples.orders.cluster import InProcessCluster, ProcessCluster
+from examples.orders.dashboard import render, take
+from examples.orders.events import TOPICS
+from examples.orders.load import CATALOG, OrderClient, sample_orders
+from examples.orders.serve import NAMES, TOKEN_ENV
+from examples.orders.services import inventory
 from examples.orders.settings import Settings
-from tidings import Broker, Service, TopicPartition, connect, event_from_record
+from tidings import connect
 
-# product id -> (price, initial stock). `limited-edition` is sold out from the start; the
-# `monitor` runs out during a few hundred orders.
-CATALOG: dict[str, tuple[float, int]] = {
-    "keyboard": (49.0, 10_000),
-    "mouse": (19.5, 10_000),
-    "headset": (89.0, 10_000),
-    "cable": (5.25, 50_000),
-    "monitor": (199.0, 150),
-    "limited-edition": (999.0, 0),
-}
-OUT_OF_STOCK_SHARE = 0.08
+Cluster = InProcessCluster | ProcessCluster
 
 
-@dataclass(frozen=True, slots=True)
-class Check:
-    name: str
-    ok: bool
-    detail: str = ""
+def api_token(directory: Path) -> tuple[str, Path | None]:
+    """`ORDERS_API_TOKEN` if set, else the token in `<dir>/api-token` (made on first run,
+    readable only by you). Returns the token and the file it is in, if any."""
+    if token := os.environ.get(TOKEN_ENV):
+        return token, None
+    path = directory / "api-token"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(secrets.token_urlsafe(24))
+    return path.read_text().strip(), path
 
 
-@dataclass(frozen=True, slots=True)
-class SampleOrder:
-    order_id: str
-    user_id: str
-    items: list[Item]
-    currency: str
-    discount_code: str | None
-    event_version: int
+class Chaos:
+    """SIGKILLs a service about every `every` seconds and restarts it after a moment: every
+    service once, in a random order, then again (so the order API and each relay get hit)."""
 
+    def __init__(self, cluster: ProcessCluster, every: float, seed: int) -> None:
+        self.cluster = cluster
+        self.every = every
+        self.rng = random.Random(seed)
+        self.kills: Counter[str] = Counter()
 
-def sample_orders(count: int, *, first: int = 0, seed: int = 7) -> list[SampleOrder]:
-    rng = random.Random(seed + first)
-    regular = [p for p, (_, stock) in CATALOG.items() if stock > 0]
-    result = []
-    for n in range(first, first + count):
-        products = rng.sample(regular, rng.randint(1, 3))
-        if rng.random() < OUT_OF_STOCK_SHARE:
-            products.append("limited-edition")
-        items = [
-            Item(product_id=p, quantity=rng.randint(1, 3), price=CATALOG[p][0]) for p in products
-        ]
-        version = 1 if n % 3 == 0 else 2
-        result.append(
-            SampleOrder(
-                order_id=f"ord-{n:06d}",
-                user_id=f"user-{rng.randrange(50):03d}",
-                items=items,
-                currency=rng.choice(["USD", "EUR", "GBP"]),
-                discount_code=rng.choice([None, None, "SAVE10", "WELCOME5"]),
-                event_version=version,
-            )
-        )
-    return result
+    async def run(self) -> None:
+        victims: list[str] = []
+        while True:
+            await asyncio.sleep(self.every * self.rng.uniform(0.5, 1.5))
+            if not victims:
+                victims = self.rng.sample(NAMES, len(NAMES))
+            name = victims.pop()
+            self.cluster.kill(name)
+            self.kills[name] += 1
+            await asyncio.sleep(self.rng.uniform(0.05, 1.0))
+            await self.cluster.start((name,))
 
-
-class LogCounter:
-    """Counts the events in the log per (topic, type), reading only what is new each time."""
-
-    def __init__(self, broker: Broker, topics: tuple[str, ...]) -> None:
-        self.broker = broker
-        self.topics = topics
-        self.positions: dict[TopicPartition, int] = {}
-        self.counts: Counter[tuple[str, str]] = Counter()
-
-    async def refresh(self) -> Counter[tuple[str, str]]:
-        for topic in self.topics:
-            info = await self.broker.admin.describe_topic(topic)
-            for p in info.partitions:
-                tp = TopicPartition(topic, p.partition)
-                offset = max(self.positions.get(tp, p.start_offset), p.start_offset)
-                while offset < p.end_offset:
-                    records = await self.broker.read(tp, offset, 1000)
-                    if not records:
-                        break
-                    for record in records:
-                        self.counts[(topic, event_from_record(record).type)] += 1
-                    offset = records[-1].offset + 1
-                self.positions[tp] = offset
-        return self.counts
-
-
-async def _ids(service: Service, sql: str) -> list[str]:
-    return [str(row[0]) for row in await service.store.query(sql)]
-
-
-def _same(name: str, expected: set[str], got: list[str]) -> Check:
-    duplicates = len(got) - len(set(got))
-    missing, extra = expected - set(got), set(got) - expected
-    ok = not duplicates and not missing and not extra
-    detail = "" if ok else f"missing {len(missing)}, extra {len(extra)}, duplicates {duplicates}"
-    if missing or extra:
-        detail += f" (e.g. {sorted(missing | extra)[:3]})"
-    return Check(name, ok, detail)
-
-
-async def check_invariants(
-    services: dict[str, Service], log: LogCounter, mailbox: Path
-) -> list[Check]:
-    orders_db = services["orders"].store
-    statuses = dict(
-        (row[0], row[1]) for row in await orders_db.query("SELECT id, status FROM orders")
-    )
-    confirmed = {o for o, s in statuses.items() if s == "CONFIRMED"}
-    unsuccessful = {o for o, s in statuses.items() if s in ("REJECTED", "CANCELLED")}
-    pending = [o for o, s in statuses.items() if s not in orders.FINAL]
-    checks = [
-        Check(
-            "every order is CONFIRMED, REJECTED or CANCELLED",
-            not pending,
-            f"{len(pending)} not final (e.g. {pending[:3]})" if pending else "",
-        )
-    ]
-
-    inv = services["inventory"].store
-    stock = {
-        row[0]: (row[1], row[2])
-        for row in await inv.query("SELECT product_id, initial, available FROM stock")
-    }
-    held: Counter[str] = Counter()
-    for product_id, quantity in await inv.query(
-        "SELECT product_id, quantity FROM reservations WHERE status = 'RESERVED'"
-    ):
-        held[product_id] += quantity
-    broken = [
-        f"{p}: {initial} != {available} + {held[p]}"
-        for p, (initial, available) in stock.items()
-        if initial != available + held[p] or available < 0
-    ]
-    reserved_for = await _ids(
-        services["inventory"],
-        "SELECT DISTINCT order_id FROM reservations WHERE status = 'RESERVED'",
-    )
-    checks.append(
-        Check("stock conserved (initial = available + reserved)", not broken, "; ".join(broken))
-    )
-    checks.append(
-        _same("stock stays reserved exactly for confirmed orders", confirmed, reserved_for)
-    )
-
-    charged = await _ids(
-        services["payment"], "SELECT order_id FROM charges WHERE status = 'CHARGED'"
-    )
-    checks.append(_same("each confirmed order charged exactly once", confirmed, charged))
-    wrongly = sorted(unsuccessful & set(charged))
-    checks.append(
-        Check("rejected/cancelled orders never charged", not wrongly, ", ".join(wrongly[:5]))
-    )
-    checks.append(
-        _same(
-            "each confirmed order emailed exactly once",
-            confirmed,
-            await _ids(services["email"], "SELECT order_id FROM emails"),
-        )
-    )
-    files = await asyncio.to_thread(_mailbox_orders, mailbox)
-    checks.append(_same("one mailbox file per confirmed order", confirmed, files))
-    checks.append(
-        _same(
-            "loyalty points exactly once per confirmed order",
-            confirmed,
-            await _ids(services["loyalty"], "SELECT order_id FROM points"),
-        )
-    )
-    checks.append(
-        _same(
-            "fulfillment started exactly once per confirmed order",
-            confirmed,
-            await _ids(services["fulfillment"], "SELECT order_id FROM shipments"),
-        )
-    )
-    in_log = await log.refresh()
-    counted = Counter(
-        {
-            (row[0], row[1]): int(row[2])
-            for row in await services["analytics"].store.query(
-                "SELECT topic, event_type, n FROM counters"
-            )
-        }
-    )
-    diff = sorted(set(in_log.items()) ^ set(counted.items()))
-    checks.append(
-        Check(
-            "analytics counts equal the events in the log", not diff, str(diff[:4]) if diff else ""
-        )
-    )
-    dead = await dead_letters(log.broker, services)
-    total_dead = sum(dead.values())
-    checks.append(Check("no dead letters", not total_dead, str(dict(dead)) if total_dead else ""))
-    return checks
-
-
-def _mailbox_orders(mailbox: Path) -> list[str]:
-    return [p.stem for p in mailbox.glob("*.eml")] if mailbox.is_dir() else []
-
-
-async def dead_letters(broker: Broker, services: dict[str, Service]) -> Counter[str]:
-    result: Counter[str] = Counter()
-    for service in services.values():
-        info = await broker.admin.describe_topic(service.dead_letter_topic)
-        result[service.dead_letter_topic] = info.records
-    return result
-
-
-async def start_all(services: dict[str, Service]) -> list[asyncio.Task[None]]:
-    tasks = []
-    for service in services.values():
-        task = asyncio.create_task(service.run(install_signal_handlers=False), name=service.name)
-        tasks.append(task)
-        while service.runner is None or not service.runner.ready.is_set():
-            if task.done():
-                task.result()
-                raise RuntimeError(f"service {service.name} stopped while starting")
-            await asyncio.sleep(0.01)
-    return tasks
-
-
-async def stop_all(services: dict[str, Service], tasks: list[asyncio.Task[None]]) -> None:
-    for service in services.values():
-        service.stop()
-    await asyncio.wait_for(asyncio.gather(*tasks), 60)
-
-
-async def place_all(service: Service, samples: list[SampleOrder], console: Console) -> None:
-    with Progress(console=console, transient=True) as progress:
-        bar = progress.add_task("placing orders", total=len(samples))
-        for start in range(0, len(samples), 16):
-            chunk = samples[start : start + 16]
-            await asyncio.gather(
-                *(
-                    orders.place_order(
-                        service,
-                        order_id=s.order_id,
-                        user_id=s.user_id,
-                        items=s.items,
-                        currency=s.currency,
-                        discount_code=s.discount_code,
-                        event_version=s.event_version,
-                        correlation_id=f"demo-{s.order_id}",
-                    )
-                    for s in chunk
-                )
-            )
-            progress.advance(bar, len(chunk))
-
-
-async def summary(
-    services: dict[str, Service], log: LogCounter, checks: list[Check], console: Console
-) -> None:
-    by_status = await services["orders"].store.query(
-        "SELECT status, count(*), round(sum(total), 2) FROM orders GROUP BY status ORDER BY status"
-    )
-    table = Table(title="orders by status")
-    for column in ("status", "orders", "total"):
-        table.add_column(column)
-    for status, count, total in by_status:
-        table.add_row(str(status), str(count), f"{total:.2f}")
-    console.print(table)
-
-    events = Table(title="events per topic")
-    for column in ("topic", "type", "events"):
-        events.add_column(column)
-    for (topic, event_type), count in sorted((await log.refresh()).items()):
-        events.add_row(topic, event_type, str(count))
-    console.print(events)
-
-    groups = Table(title="consumers")
-    for column in ("group", "lag (committed offsets)", "dead letters"):
-        groups.add_column(column)
-    dead = await dead_letters(log.broker, services)
-    for name, service in services.items():
-        info = await log.broker.admin.describe_group(name)
-        groups.add_row(name, str(info.lag), str(dead[service.dead_letter_topic]))
-    console.print(groups)
-
-    for check in checks:
-        mark = "[green]ok[/green]  " if check.ok else "[red]FAIL[/red]"
-        console.print(f"{mark} {check.name}" + (f": {check.detail}" if check.detail else ""))
+    def __str__(self) -> str:
+        total = sum(self.kills.values())
+        detail = ", ".join(f"{n} {k}" for n, k in sorted(self.kills.items()))
+        return f"SIGKILLed {total} time(s)" + (f" ({detail})" if detail else "")
 
 
 async def main_async(args: argparse.Namespace) -> int:
     console = Console()
-    data = Path(args.dir)
-    settings = Settings.in_directory(data, payment_failure_rate=args.failure_rate)
-    services = build_all(settings)
-    assert settings.broker is not None
-    started = time.monotonic()
-    tasks = await start_all(services)
+    directory: Path = args.dir
+    settings = Settings.in_directory(
+        directory, payment_failure_rate=args.failure_rate, payment_latency_s=args.payment_latency
+    )
+    token, token_file = api_token(directory)
+    cluster: Cluster
+    if args.processes:
+        cluster = ProcessCluster(
+            settings,
+            directory,
+            token,
+            args.host,
+            args.port,
+            failure_rate=args.failure_rate,
+            payment_latency=args.payment_latency,
+        )
+    else:
+        cluster = InProcessCluster(settings, token, args.host, args.port)
+    layout = "one process per service" if args.processes else "one process"
+    with console.status(f"starting 7 services ({layout})"):
+        await cluster.start()
+    chaos_task: asyncio.Task[None] | None = None
+    client = OrderClient(cluster.api_url, token, give_up_after=args.timeout)
     try:
+        assert settings.broker is not None
         async with connect(settings.broker) as broker:
+            services = cluster.services
             log = LogCounter(broker, TOPICS)
             await inventory.seed(
                 services["inventory"], {p: stock for p, (_, stock) in CATALOG.items()}
             )
             first = len(await services["orders"].store.query("SELECT id FROM orders"))
             samples = sample_orders(args.orders, first=first, seed=args.seed)
-            await place_all(services["orders"], samples, console)
-            placed = time.monotonic()
-            console.print(f"placed {len(samples)} orders in {placed - started:.2f} s")
-            deadline = time.monotonic() + args.timeout
-            with console.status("waiting for every order to settle"):
+            _print_access(console, cluster, token_file, keep_running=not args.exit)
+            chaos = (
+                Chaos(cluster, args.chaos, args.seed)
+                if isinstance(cluster, ProcessCluster) and args.chaos
+                else None
+            )
+            progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+            )
+            bar = progress.add_task("placing orders", total=len(samples))
+            checks: list[Check] = []
+            headline = ""
+
+            async def frame() -> Group:
+                return Group(progress, render(await take(services, log), headline))
+
+            with Live(await frame(), console=console, refresh_per_second=4) as live:
+
+                async def refresh() -> None:
+                    while True:
+                        await asyncio.sleep(0.5)
+                        live.update(await frame())
+
+                refresher = asyncio.create_task(refresh())
+                if chaos is not None:
+                    chaos_task = asyncio.create_task(chaos.run())
+                started = time.monotonic()
+                await client.place_all(samples, progress=lambda n: progress.advance(bar, n))
+                placed_s = time.monotonic() - started
+                headline = f"placed {len(samples)} orders in {placed_s:.2f} s"
+                if chaos_task is not None:
+                    chaos_task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await chaos_task
+                    await cluster.start()  # whatever chaos left down
+                    headline += f"; chaos: {chaos}"
+                deadline = time.monotonic() + args.timeout
                 while True:
                     checks = await check_invariants(services, log, settings.mailbox)
                     if all(c.ok for c in checks) or time.monotonic() > deadline:
                         break
                     await asyncio.sleep(0.2)
-            console.print(f"settled in {time.monotonic() - placed:.2f} s after the last order")
-            await summary(services, log, checks, console)
+                headline += f"; settled {time.monotonic() - started - placed_s:.2f} s later"
+                refresher.cancel()
+                live.update(Group(render(await take(services, log), headline, checks)))
+                if not args.exit:
+                    stop = _stop_on_signal()
+                    while not stop.is_set():
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(stop.wait(), 0.5)
+                        live.update(Group(render(await take(services, log), headline, checks)))
+            console.print()
             failed = [c for c in checks if not c.ok]
-            if args.exit:
-                if failed:
-                    console.print(f"[red]invariants failed: {', '.join(c.name for c in failed)}")
-                    return 1
-                console.print("[green]all invariants hold")
-                return 0
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop.set)
-            console.print("services running; Ctrl-C to stop")
-            await stop.wait()
-            return 1 if failed else 0
+            if failed:
+                console.print(f"[red]invariants failed: {', '.join(c.name for c in failed)}")
+                return 1
+            console.print("[green]all invariants hold")
+            return 0
     finally:
-        with contextlib.suppress(Exception):
-            await stop_all(services, tasks)
+        if chaos_task is not None:
+            chaos_task.cancel()
+        await client.close()
+        with console.status("stopping"):
+            await cluster.stop()
+
+
+def _print_access(
+    console: Console, cluster: Cluster, token_file: Path | None, *, keep_running: bool
+) -> None:
+    bearer = f"$(cat {token_file})" if token_file else f"${TOKEN_ENV}"
+    console.print(
+        f"order API  {cluster.api_url}/orders   analytics  {cluster.analytics_url}/analytics",
+        soft_wrap=True,
+    )
+    console.print(
+        f"  curl -X POST {cluster.api_url}/orders -H 'Authorization: Bearer '{bearer} "
+        "-H 'Content-Type: application/json' "
+        """-d '{"userId": "ada", "items": [{"productId": "mouse", "quantity": 1, "price": 19.5}],"""
+        """ "currency": "EUR"}'""",
+        soft_wrap=True,
+    )
+    if keep_running:
+        console.print("the API and services keep running after the sample orders; Ctrl-C stops")
+
+
+def _stop_on_signal() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -359,13 +219,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--orders", type=int, default=200, help="sample orders to place")
     parser.add_argument("--exit", action="store_true", help="check invariants and exit")
     parser.add_argument("--dir", default=".tidings", help="data directory (default .tidings)")
+    parser.add_argument("--processes", action="store_true", help="one OS process per service")
+    parser.add_argument(
+        "--chaos", type=float, default=0.0, metavar="S", help="SIGKILL a service every ~S s"
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="HTTP host (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="order API port; 0 picks one")
     parser.add_argument("--failure-rate", type=float, default=0.1, help="payment declines")
+    parser.add_argument("--payment-latency", type=float, default=0.0, help="gateway seconds")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to settle")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.orders < 0:
+        parser.error("--orders must be >= 0")
+    if not 0.0 <= args.failure_rate <= 1.0:
+        parser.error("--failure-rate must be between 0 and 1")
+    if args.chaos < 0 or (args.chaos and not args.processes):
+        parser.error("--chaos needs --processes and a positive number of seconds")
+    if not 0 <= args.port <= 65535:
+        parser.error("--port must be 0..65535")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    Path(args.dir).mkdir(parents=True, exist_ok=True)
-    return asyncio.run(main_async(args))
+    args.dir = Path(args.dir).resolve()
+    args.dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return asyncio.run(main_async(args))
+    except OSError as exc:
+        print(f"orders demo: {exc}", file=sys.stderr)
+        return 2

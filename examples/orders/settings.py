@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,11 +24,12 @@ class Settings:
 
     @classmethod
     def in_directory(cls, path: Path, **overrides: object) -> Settings:
-        """Everything under `path`: the bus, one database per service, the mailbox."""
+        """Everything under `path`: the mailbox and, unless `TIDINGS_BROKER` / `TIDINGS_STORE`
+        name other backends, the bus and one database per service."""
         path = path.resolve()
         return cls(
-            broker=f"sqlite:///{path}/bus.db",
-            store=f"sqlite:///{path}/{{service}}.db",
+            broker=os.environ.get("TIDINGS_BROKER") or f"sqlite:///{path}/bus.db",
+            store=os.environ.get("TIDINGS_STORE") or f"sqlite:///{path}/{{service}}.db",
             mailbox=path / "mailbox",
             **overrides,  # type: ignore[arg-type]
         )

@@ -1,16 +1,21 @@
 """Order service: saves orders as PENDING and publishes ORDER_PLACED through its outbox, then
 follows the choreography: PAYMENT_CHARGED -> CONFIRMED, INVENTORY_RESERVATION_FAILED ->
-REJECTED, PAYMENT_FAILED -> CANCELLED (inventory releases the stock on its own)."""
+REJECTED, PAYMENT_FAILED -> CANCELLED (inventory releases the stock on its own).
+
+It also keeps each order's event history (every event of the three topics that names the
+order), which `GET /orders/{id}` shows; its HTTP API is in `examples/orders/api.py`."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from examples.orders.events import (
     ORDER_EVENTS,
     PARTITIONS,
+    TOPICS,
     InventoryReservationFailed,
     Item,
     OrderCancelled,
@@ -22,7 +27,7 @@ from examples.orders.events import (
     PaymentFailed,
 )
 from examples.orders.settings import Settings
-from tidings import Context, EventModel, Service
+from tidings import Context, Event, EventModel, Service
 
 NAME = "orders"
 FINAL = ("CONFIRMED", "REJECTED", "CANCELLED")
@@ -42,7 +47,33 @@ MIGRATIONS = [
         created_at TEXT NOT NULL,
         updated_at TEXT NOT NULL
     )""",
+    """CREATE TABLE idempotency_keys (
+        key TEXT PRIMARY KEY,
+        order_id TEXT NOT NULL,
+        request_hash TEXT NOT NULL
+    );
+    CREATE TABLE order_events (
+        event_id TEXT PRIMARY KEY,
+        order_id TEXT NOT NULL,
+        topic TEXT NOT NULL,
+        type TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        time TEXT NOT NULL,
+        correlation_id TEXT,
+        causation_id TEXT
+    );
+    CREATE INDEX order_events_by_order ON order_events(order_id, time)""",
 ]
+
+
+class IdempotencyConflict(Exception):
+    """An Idempotency-Key was sent again with a different request."""
+
+
+@dataclass(frozen=True, slots=True)
+class Placed:
+    order_id: str
+    created: bool  # False: the Idempotency-Key was seen before; nothing new was placed
 
 
 def _now() -> str:
@@ -64,11 +95,17 @@ async def place_order(
     order_id: str | None = None,
     event_version: int = 2,
     correlation_id: str | None = None,
-) -> str:
+    idempotency_key: str | None = None,
+    request_hash: str = "",
+) -> Placed:
     """Save the order as PENDING and publish ORDER_PLACED (v1 or v2) in one transaction.
 
     Returns at once: everything else happens in the other services, by events. A v1 event
-    carries neither currency nor discount code (old clients), so the order is in USD."""
+    carries neither currency nor discount code (old clients), so the order is in USD.
+
+    With `idempotency_key`, a key seen before places nothing and returns the first order
+    (`created=False`), also when two requests with the key race; the same key with another
+    `request_hash` raises IdempotencyConflict."""
     order_id = order_id or f"ord-{uuid.uuid4().hex[:12]}"
     if event_version == 1:
         currency, discount_code = "USD", None
@@ -86,6 +123,25 @@ async def place_order(
             discount_code=discount_code,
         )
     async with service.transaction(correlation_id=correlation_id) as ctx:
+        if idempotency_key is not None:
+            # ON CONFLICT DO NOTHING waits for a racing transaction with the same key and then
+            # inserts nothing; that portable form needs no error handling on either store.
+            claimed = await ctx.execute(
+                "INSERT INTO idempotency_keys(key, order_id, request_hash) VALUES (?, ?, ?)"
+                " ON CONFLICT(key) DO NOTHING",
+                (idempotency_key, order_id, request_hash),
+            )
+            if not claimed:
+                row = await ctx.fetchone(
+                    "SELECT order_id, request_hash FROM idempotency_keys WHERE key = ?",
+                    (idempotency_key,),
+                )
+                assert row is not None
+                if row[1] != request_hash:
+                    raise IdempotencyConflict(
+                        f"Idempotency-Key {idempotency_key!r} was used for a different request"
+                    )
+                return Placed(str(row[0]), created=False)
         now = _now()
         await ctx.execute(
             "INSERT INTO orders(id, status, user_id, total, currency, discount_code, version,"
@@ -93,7 +149,7 @@ async def place_order(
             (order_id, user_id, total, currency or "USD", discount_code, now, now),
         )
         ctx.publish(ORDER_EVENTS, event, key=order_id)
-    return order_id
+    return Placed(order_id, created=True)
 
 
 async def _finish(ctx: Context, order_id: str, status: str, reason: str | None) -> bool:
@@ -138,5 +194,26 @@ def create(settings: Settings) -> Service:
     async def cancel(event: PaymentFailed, ctx: Context) -> None:
         if await _finish(ctx, event.order_id, "CANCELLED", event.reason):
             ctx.publish(ORDER_EVENTS, OrderCancelled(order_id=event.order_id, reason=event.reason))
+
+    @service.handler(*TOPICS)
+    async def record_history(event: Event, ctx: Context) -> None:
+        order_id = event.data.get("orderId") if isinstance(event.data, dict) else None
+        if not isinstance(order_id, str):
+            return
+        await ctx.execute(
+            "INSERT INTO order_events(event_id, order_id, topic, type, version, time,"
+            " correlation_id, causation_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT(event_id) DO NOTHING",
+            (
+                event.id,
+                order_id,
+                ctx.position[0] if ctx.position else "",
+                event.type,
+                event.version,
+                event.time.isoformat(),
+                event.correlation_id,
+                event.causation_id,
+            ),
+        )
 
     return service

@@ -1,0 +1,183 @@
+"""Running the seven services: all in this process, or one OS process each.
+
+Both give the demo the same things: the order API's URL, the analytics URL, and `services`,
+Service objects on the same databases for the invariant checks and the summary. Only the
+process layout can kill and restart a service (`kill`, `start`): the chaos mode and the fault
+tests use it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import IO
+
+from examples.orders.api import HttpServer, create_app, serving
+from examples.orders.serve import NAMES, TOKEN_ENV, WITH_HTTP, ready_file
+from examples.orders.services import build_all
+from examples.orders.settings import Settings
+from tidings import Service
+
+
+class InProcessCluster:
+    """Every service as asyncio tasks in this process; one HTTP server for both APIs."""
+
+    def __init__(self, settings: Settings, token: str, host: str, port: int) -> None:
+        self.settings = settings
+        self.services = build_all(settings)
+        self.token, self.host, self.port = token, host, port
+        self._tasks: list[asyncio.Task[None]] = []
+        self._http: contextlib.AbstractAsyncContextManager[HttpServer] | None = None
+        self.api_url = self.analytics_url = ""
+
+    async def start(self) -> None:
+        for service in self.services.values():
+            task = asyncio.create_task(service.run(install_signal_handlers=False))
+            self._tasks.append(task)
+            while service.runner is None or not service.runner.ready.is_set():
+                if task.done():
+                    task.result()
+                    raise RuntimeError(f"service {service.name} stopped while starting")
+                await asyncio.sleep(0.01)
+        app = create_app(
+            orders_service=self.services["orders"],
+            analytics=self.services["analytics"],
+            token=self.token,
+        )
+        self._http = serving(app, self.host, self.port)
+        server = await self._http.__aenter__()
+        self.api_url = self.analytics_url = f"http://{self.host}:{server.port}"
+
+    async def stop(self) -> None:
+        if self._http is not None:
+            await self._http.__aexit__(None, None, None)
+            self._http = None
+        for service in self.services.values():
+            service.stop()
+        await asyncio.wait_for(asyncio.gather(*self._tasks, return_exceptions=True), 60)
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+class ProcessCluster:
+    """One `python -m examples.orders.serve NAME` process per service, logs in
+    `<dir>/logs/<name>.log`. `services` are this process's own handles on their databases
+    (started, never run): reading them is safe while the processes write."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        directory: Path,
+        token: str,
+        host: str,
+        port: int,
+        *,
+        failure_rate: float = 0.1,
+        payment_latency: float = 0.0,
+    ) -> None:
+        self.settings = settings
+        self.directory = directory.resolve()
+        self.token, self.host = token, host
+        self.ports = {"orders": port or free_port(host), "analytics": free_port(host)}
+        self.api_url = f"http://{host}:{self.ports['orders']}"
+        self.analytics_url = f"http://{host}:{self.ports['analytics']}"
+        self.extra_args = ["--failure-rate", str(failure_rate)]
+        self.extra_args += ["--payment-latency", str(payment_latency)]
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self._logs: dict[str, IO[bytes]] = {}
+        self.services: dict[str, Service] = {}
+        self.restarts = 0
+
+    async def start(self, names: tuple[str, ...] = NAMES) -> None:
+        """Start the named services (those not running) and wait until each is ready."""
+        wanted = [n for n in names if not self.running(n)]
+        for name in wanted:
+            self._spawn(name)
+        for name in wanted:
+            await self._wait_ready(name)
+        if not self.services:
+            self.services = build_all(self.settings)
+            for service in self.services.values():
+                await service.start()
+
+    def running(self, name: str) -> bool:
+        process = self.processes.get(name)
+        return process is not None and process.poll() is None
+
+    def _spawn(self, name: str) -> None:
+        (self.directory / "logs").mkdir(parents=True, exist_ok=True)
+        ready_file(self.directory, name).unlink(missing_ok=True)
+        if name not in self._logs:
+            self._logs[name] = open(self.directory / "logs" / f"{name}.log", "ab")  # noqa: SIM115
+        command = [sys.executable, "-m", "examples.orders.serve", name]
+        command += ["--dir", str(self.directory), "--host", self.host, *self.extra_args]
+        if name in WITH_HTTP:
+            command += ["--port", str(self.ports[name])]
+        self.processes[name] = subprocess.Popen(
+            command,
+            env={**os.environ, TOKEN_ENV: self.token},
+            stdout=self._logs[name],
+            stderr=subprocess.STDOUT,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+
+    async def _wait_ready(self, name: str, timeout: float = 60.0) -> None:
+        process = self.processes[name]
+        path = ready_file(self.directory, name)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"service {name} exited with {process.returncode} while starting; "
+                    f"see {self.directory / 'logs' / f'{name}.log'}"
+                )
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                if json.loads(path.read_text())["pid"] == process.pid:
+                    return
+            if loop.time() > deadline:
+                raise TimeoutError(f"service {name} not ready after {timeout:.0f} s")
+            await asyncio.sleep(0.05)
+
+    def kill(self, name: str) -> None:
+        """SIGKILL: no drain, no goodbye; what it had open rolls back."""
+        process = self.processes.get(name)
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+
+    async def restart(self, name: str) -> None:
+        self.kill(name)
+        self.restarts += 1
+        await self.start((name,))
+
+    async def terminate(self, names: tuple[str, ...] | None = None, grace: float = 30.0) -> None:
+        """SIGTERM (drain and exit), then SIGKILL whatever is left after `grace` seconds."""
+        chosen = [n for n in (names or tuple(self.processes)) if self.running(n)]
+        for name in chosen:
+            self.processes[name].send_signal(signal.SIGTERM)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        for name in chosen:
+            remaining = max(deadline - loop.time(), 0.0)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                await asyncio.to_thread(self.processes[name].wait, remaining)
+            self.kill(name)
+
+    async def stop(self) -> None:
+        await self.terminate()
+        for service in self.services.values():
+            await service.close()
+        for log in self._logs.values():
+            log.close()

@@ -1,0 +1,123 @@
+"""One service of the order system as its own OS process (the realistic layout):
+
+    ORDERS_API_TOKEN=... python -m examples.orders.serve orders --dir .tidings --port 8000
+
+Runs the service's consumers and outbox relay, plus its HTTP API for `orders` and `analytics`.
+When it is ready it writes `<dir>/run/<name>.json` (`{"pid", "port"}`). SIGTERM/SIGINT stop the
+HTTP server, then drain in-flight events and exit 0; a second signal exits at once (nothing
+committed is lost, nothing is applied twice). Broker and store come from `TIDINGS_BROKER` /
+`TIDINGS_STORE`, else SQLite files under `--dir`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from examples.orders.api import create_app, serving
+from examples.orders.services import MODULES
+from examples.orders.settings import Settings
+
+TOKEN_ENV = "ORDERS_API_TOKEN"  # noqa: S105 (a variable name)
+NAMES = tuple(module.NAME for module in MODULES)
+WITH_HTTP = ("orders", "analytics")
+
+
+def ready_file(directory: Path, name: str) -> Path:
+    return directory / "run" / f"{name}.json"
+
+
+async def serve(args: argparse.Namespace) -> int:
+    directory = args.dir
+    settings = Settings.in_directory(
+        directory,
+        payment_failure_rate=args.failure_rate,
+        payment_latency_s=args.payment_latency,
+    )
+    module = next(m for m in MODULES if args.name == m.NAME)
+    service = module.create(settings)
+    token = os.environ.get(TOKEN_ENV, "")
+    if args.name == "orders" and not token:
+        print(f"serve: set {TOKEN_ENV} (the order API's bearer token)", file=sys.stderr)
+        return 2
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            os._exit(130)  # second signal: the databases roll back what was open
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    running = asyncio.create_task(service.run(install_signal_handlers=False))
+    while service.runner is None or not service.runner.ready.is_set():
+        if running.done():
+            running.result()
+            return 1
+        await asyncio.sleep(0.01)
+    port = 0
+    if args.name in WITH_HTTP:
+        app = (
+            create_app(orders_service=service, token=token)
+            if args.name == "orders"
+            else create_app(analytics=service)
+        )
+        async with serving(app, args.host, args.port) as http:
+            port = http.port
+            _announce(directory, args.name, port)
+            await _until(stop, running)
+    else:
+        _announce(directory, args.name, port)
+        await _until(stop, running)
+    service.stop()
+    await running
+    return 0
+
+
+def _announce(directory: Path, name: str, port: int) -> None:
+    path = ready_file(directory, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"pid": os.getpid(), "port": port}))
+    os.replace(tmp, path)
+
+
+async def _until(stop: asyncio.Event, running: asyncio.Task[None]) -> None:
+    """Wait for a signal, or for the service to stop on its own (its error is raised)."""
+    waiter = asyncio.create_task(stop.wait())
+    await asyncio.wait({waiter, running}, return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    if running.done():
+        running.result()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m examples.orders.serve", description=__doc__)
+    parser.add_argument("name", choices=NAMES)
+    parser.add_argument("--dir", default=".tidings")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="HTTP port (orders, analytics)")
+    parser.add_argument("--failure-rate", type=float, default=0.1, help="payment declines")
+    parser.add_argument("--payment-latency", type=float, default=0.0, help="gateway seconds")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.dir = Path(args.dir).resolve()
+    logging.basicConfig(
+        level=logging.INFO, format=f"%(asctime)s {args.name} %(levelname)s %(name)s: %(message)s"
+    )
+    return asyncio.run(serve(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
