@@ -32,7 +32,10 @@ ORDER = {
 }
 
 
-def run_demo(directory: Path, *args: str, timeout: float = 170) -> str:
+def run_demo(
+    directory: Path, *args: str, timeout: float = 170, env: dict[str, str] | None = None
+) -> str:
+    """Run `python -m examples.orders --exit` with `args`; its output, once it passed."""
     demo = [sys.executable, "-m", "examples.orders", "--exit", "--port", "0"]
     result = subprocess.run(
         [*demo, "--dir", str(directory), *args],
@@ -40,7 +43,7 @@ def run_demo(directory: Path, *args: str, timeout: float = 170) -> str:
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "COLUMNS": "200"},
+        env={**os.environ, **(env or {}), "COLUMNS": "200"},
     )
     out = result.stdout + result.stderr
     assert result.returncode == 0, out
