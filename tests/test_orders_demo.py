@@ -262,3 +262,45 @@ async def test_poison_order_placed_is_dead_lettered_and_the_rest_flows(
         # analytics saw the poison record too, like every record of its topics
         log = LogCounter(broker, TOPICS)
         assert (await log.refresh())[("order-events", "ORDER_PLACED")] == 21
+
+
+def test_tidings_demo_command_runs_the_example_from_a_checkout(tmp_path: Path) -> None:
+    tidings = [sys.executable, "-m", "tidings.cli", "demo"]
+    args = ["--orders", "20", "--exit", "--port", "0", "--dir", str(tmp_path)]
+    result = subprocess.run(
+        [*tidings, *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "all invariants hold" in result.stdout
+    elsewhere = subprocess.run(
+        [*tidings, *args], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert elsewhere.returncode == 2
+    assert "run `tidings demo` from the repository root" in elsewhere.stderr
+
+
+def test_demo_rejects_bad_arguments_and_a_busy_port(tmp_path: Path) -> None:
+    import socket
+
+    demo = [sys.executable, "-m", "examples.orders", "--dir", str(tmp_path)]
+    for bad, message in [
+        (["--orders", "-1"], "--orders must be >= 0"),
+        (["--failure-rate", "2"], "--failure-rate must be between 0 and 1"),
+        (["--chaos", "1"], "--chaos needs --processes"),
+        (["--port", "70000"], "--port must be 0..65535"),
+    ]:
+        result = subprocess.run([*demo, *bad], cwd=ROOT, capture_output=True, text=True)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        result = subprocess.run(
+            [*demo, "--orders", "1", "--exit", "--port", port],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"cannot serve HTTP on 127.0.0.1:{port}" in result.stderr

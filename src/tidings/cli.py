@@ -1100,5 +1100,32 @@ def run(
         _fail(str(exc))
 
 
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def demo(ctx: typer.Context) -> None:
+    """Run the article's order system (examples/orders in a tidings checkout); options as
+    `python -m examples.orders` (see `tidings demo --help`), e.g. `--orders 500 --exit`.
+
+    It runs on the embedded default under ./.tidings; `tidings --broker kafka://... demo` or
+    TIDINGS_BROKER / TIDINGS_STORE put it on Kafka and PostgreSQL."""
+    import os
+    import sys
+
+    if ctx.obj != DEFAULT_BROKER:
+        os.environ["TIDINGS_BROKER"] = str(ctx.obj)
+    sys.path.insert(0, os.getcwd())
+    try:
+        from examples.orders.run import main as run_demo  # type: ignore[import-not-found,unused-ignore]
+    except ImportError as exc:
+        _fail(
+            f"the demo is the examples/orders package of a tidings source checkout ({exc}); "
+            "run `tidings demo` from the repository root, with the demo extra installed "
+            "(pip install -e '.[demo]')"
+        )
+    raise typer.Exit(run_demo(list(ctx.args)))
+
+
 if __name__ == "__main__":
     main()
