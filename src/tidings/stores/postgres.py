@@ -152,9 +152,18 @@ _READ_WITH_LEASE = """
     ) o ON true
     WHERE l.name = 'outbox' AND l.holder = %(relay)s AND l.expires > clock_timestamp()
 """
+# One statement for all of a flush's rows; seqs are assigned in the rows' order. Arrays go in
+# binary (%b): several times cheaper to build than text arrays of bytea.
+_OUTBOX_ADD_ALL = """
+    INSERT INTO tidings_outbox (topic, event_id, key, value, headers)
+    SELECT topic, event_id, key, value, headers
+    FROM unnest(%b::text[], %b::text[], %b::bytea[], %b::bytea[], %b::bytea[])
+        WITH ORDINALITY AS r(topic, event_id, key, value, headers, n)
+    ORDER BY n
+"""
 _INBOX_FIND = """
     SELECT i.consumer, i.event_id
-    FROM unnest(%s::text[], %s::text[]) AS k(consumer, event_id)
+    FROM unnest(%b::text[], %b::text[]) AS k(consumer, event_id)
     JOIN tidings_inbox i
     ON i.consumer = k.consumer COLLATE "C" AND i.event_id = k.event_id COLLATE "C"
 """
@@ -163,7 +172,7 @@ _INBOX_FIND = """
 _INBOX_ADD_ALL = """
     INSERT INTO tidings_inbox (consumer, event_id, status, topic, partition, "offset")
     SELECT consumer, event_id, 'done', topic, part, off
-    FROM unnest(%s::text[], %s::text[], %s::text[], %s::integer[], %s::bigint[])
+    FROM unnest(%b::text[], %b::text[], %b::text[], %b::integer[], %b::bigint[])
         AS e(consumer, event_id, topic, part, off)
 """
 # Take or renew the lease atomically (judged on the server's clock), then read in one statement.
@@ -452,12 +461,15 @@ class PostgresTransaction(Transaction):
     def __init__(self, conn: Conn, store: PostgresStore) -> None:
         self._conn = conn
         self._store = store
+        self._cursor = conn.cursor()
+        """One cursor for every statement (its adapters are looked up once per transaction);
+        each caller reads a statement's results before the next statement runs."""
         self.outbox: list[tuple[str, str, Message]] = []
         self._flushed = 0
 
     async def _exec(self, query: Any, params: Sequence[Any]) -> psycopg.AsyncCursor[TupleRow]:
         try:
-            return await self._conn.execute(query, params)
+            return await self._cursor.execute(query, params)
         except psycopg.OperationalError as exc:
             error = self._store._translate(exc, "in a transaction; it was rolled back")
             if error is exc:
@@ -488,15 +500,16 @@ class PostgresTransaction(Transaction):
         if not pending:
             return
         try:
-            async with self._conn.cursor() as cursor:
-                await cursor.executemany(
-                    "INSERT INTO tidings_outbox (topic, event_id, key, value, headers)"
-                    " VALUES (%s, %s, %s, %s, %s)",
-                    [
-                        (topic, event_id, m.key, m.value, _encoded_headers(m.headers))
-                        for topic, event_id, m in pending
-                    ],
-                )
+            await self._cursor.execute(
+                _OUTBOX_ADD_ALL,
+                (
+                    [topic for topic, _, _ in pending],
+                    [event_id for _, event_id, _ in pending],
+                    [m.key for _, _, m in pending],
+                    [m.value for _, _, m in pending],
+                    [_encoded_headers(m.headers) for _, _, m in pending],
+                ),
+            )
         except psycopg.errors.UniqueViolation as exc:
             if exc.diag.constraint_name != OUTBOX_UNIQUE:
                 raise
