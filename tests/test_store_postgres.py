@@ -8,6 +8,7 @@ Under CI=true a missing server fails the tests instead of skipping them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import random
@@ -347,6 +348,65 @@ async def test_batched_inbox_insert_after_a_concurrent_commit_fails_and_falls_ba
     assert await store.query("SELECT id FROM orders") == [("first",)]
     async with store.transaction() as tx:
         assert [await tx.inbox_add(c, e, p) for c, e, p in events] == [False, False, False]
+
+
+async def test_concurrent_redelivery_to_two_dispatchers_applies_each_effect_once(
+    schema_url: Callable[..., str],
+) -> None:
+    """The same batch handled by two consumers at once (a rebalance race): both look the inbox
+    up before either commits and both run the handlers; the second to insert its inbox rows
+    fails, rolls back and re-applies the batch per record, where every event is a duplicate."""
+    from tidings.brokers.base import Batch
+    from tidings.event import event_to_message
+    from tidings.runtime.dispatch import Dispatcher
+
+    service = Service(
+        "race",
+        broker="memory://",
+        store=schema_url(),
+        migrations=["CREATE TABLE effects (event_id TEXT NOT NULL)"],
+    )
+    both_ran = asyncio.Barrier(2)
+
+    @service.handler("orders")
+    async def apply(event: Event, ctx: Context) -> None:
+        await ctx.execute("INSERT INTO effects(event_id) VALUES (?)", (event.id,))
+        if event.data["n"] == 4:
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.BrokenBarrierError):
+                await asyncio.wait_for(both_ran.wait(), 2)
+
+    await service.start()
+    events = [Event(type="T", key="k", data={"n": n}) for n in range(5)]
+    records = [
+        Record("orders", 0, offset, 0, m.value, m.key, m.headers)
+        for offset, m in enumerate(event_to_message(e) for e in events)
+    ]
+
+    class Acks:
+        acked = 0
+
+        def ack(self, batch: Batch) -> None:
+            self.acked += 1
+
+        def nack(self, batch: Batch, offset: int | None = None) -> None:
+            raise AssertionError(f"nacked at {offset}")
+
+    acks = Acks()
+    try:
+        await asyncio.gather(
+            *(
+                Dispatcher(service).process(acks, Batch("orders", 0, records))  # type: ignore[arg-type]
+                for _ in range(2)
+            )
+        )
+        rows = await service.store.query(
+            "SELECT event_id, count(*) FROM effects GROUP BY event_id ORDER BY event_id"
+        )
+    finally:
+        await service.close()
+    assert rows == sorted((e.id, 1) for e in events)
+    assert acks.acked == 2
+    assert (service.stats.processed, service.stats.duplicates) == (5, 5)
 
 
 async def test_a_commit_between_claim_and_remove_is_not_lost(store: Store) -> None:
