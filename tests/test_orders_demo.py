@@ -4,6 +4,7 @@ poison event. Fault tests (SIGKILL, email down) are in test_orders_faults.py."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -159,6 +160,10 @@ async def test_the_same_idempotency_key_places_one_order(cluster: InProcessClust
         assert {a.status_code for a in answers} == {202}
         assert len({a.json()["orderId"] for a in answers}) == 1
         assert sum(a.headers.get("Idempotent-Replayed") == "true" for a in answers) == 4
+        reformatted = json.dumps(dict(reversed(ORDER.items())), indent=2)
+        again = await http.post("/orders", content=reformatted, headers=headers)
+        assert again.status_code == 202, again.text
+        assert again.json()["orderId"] == answers[0].json()["orderId"]
         other = {**ORDER, "userId": "someone-else"}
         conflict = await http.post("/orders", json=other, headers=headers)
         assert conflict.status_code == 422

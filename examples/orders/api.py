@@ -78,7 +78,7 @@ class _BadRequest(Exception):
     pass
 
 
-def _storage_errors(
+def _guarded(
     endpoint: Callable[[Request], Awaitable[Response]],
 ) -> Callable[[Request], Awaitable[Response]]:
     """A database that is away answers 503 (retry later) instead of a stack trace; a bad
@@ -141,7 +141,7 @@ def orders_routes(service: Service, token: str) -> list[Route]:
                 event_version=1 if old_client else 2,
                 correlation_id=correlation_id,
                 idempotency_key=idempotency_key,
-                request_hash=hashlib.sha256(body).hexdigest(),
+                request_hash=hashlib.sha256(order.model_dump_json().encode()).hexdigest(),
             )
         except orders.IdempotencyConflict as exc:
             return _error(422, str(exc))
@@ -212,9 +212,9 @@ def orders_routes(service: Service, token: str) -> list[Route]:
         return JSONResponse({"orders": [_order_json(r) for r in rows]})
 
     return [
-        Route("/orders", _storage_errors(place), methods=["POST"]),
-        Route("/orders", _storage_errors(listing), methods=["GET"]),
-        Route("/orders/{order_id}", _storage_errors(show), methods=["GET"]),
+        Route("/orders", _guarded(place), methods=["POST"]),
+        Route("/orders", _guarded(listing), methods=["GET"]),
+        Route("/orders/{order_id}", _guarded(show), methods=["GET"]),
     ]
 
 
@@ -245,7 +245,7 @@ def analytics_routes(service: Service) -> list[Route]:
             }
         )
 
-    return [Route("/analytics", _storage_errors(summary), methods=["GET"])]
+    return [Route("/analytics", _guarded(summary), methods=["GET"])]
 
 
 def create_app(
