@@ -72,7 +72,16 @@ def test_sigkill_during_2000_orders_on_kafka_and_postgresql(tmp_path: Path) -> N
     }
     try:
         out = run_demo(
-            tmp_path, "--processes", "--orders", "2000", "--chaos", "3", timeout=550, env=env
+            tmp_path,
+            "--processes",
+            "--orders",
+            "2000",
+            "--chaos",
+            "3",
+            "--timeout",
+            "240",
+            timeout=550,
+            env=env,
         )
     finally:
         _drop_schemas(dsn, schema)
