@@ -125,11 +125,17 @@ class Database:
     """One SQLite file in WAL mode; one connection per thread, created on first use.
 
     `write(fn)` runs `fn(conn)` in a BEGIN IMMEDIATE transaction (retried while busy) and
-    commits; `read(fn)` runs it outside a transaction. Safe to use from any thread."""
+    commits; `read(fn)` runs it outside a transaction. Safe to use from any thread. With
+    `autocheckpoint=False` its connections never checkpoint the WAL when they commit (SQLite's
+    default is to, in whichever connection's commit finds the WAL over 1000 pages); the owner
+    must then call `checkpoint()` from time to time."""
 
-    def __init__(self, path: str, *, synchronous: str = "full") -> None:
+    def __init__(
+        self, path: str, *, synchronous: str = "full", autocheckpoint: bool = True
+    ) -> None:
         self.path = path
         self.synchronous = synchronous
+        self.autocheckpoint = autocheckpoint
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -169,6 +175,8 @@ class Database:
                 raise StorageError(f"{self.path}: cannot switch to WAL mode (got {mode!r})")
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
             conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+            if not self.autocheckpoint:
+                conn.execute("PRAGMA wal_autocheckpoint=0")
         except BaseException:
             conn.close()
             raise
@@ -194,6 +202,11 @@ class Database:
     def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn = self.connection()
         return retry_busy(lambda: fn(conn), self.path)
+
+    def checkpoint(self) -> None:
+        """Copy committed WAL frames into the database file, as far as readers allow, without
+        waiting for any lock (a PASSIVE checkpoint), on this thread's connection."""
+        self.read(lambda conn: conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall())
 
     def close(self) -> None:
         self.closed = True

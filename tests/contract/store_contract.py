@@ -131,6 +131,29 @@ class StoreContract:
         assert sorted(relayed) == ["e-0", "e-1", "e-2"]
         assert len(relayed) == len(set(relayed))
 
+    async def test_claim_excludes_rows_whose_removal_is_pending(self, store: Store) -> None:
+        """A relay claims the next rows while the previous ones are still being removed; a
+        removal that never happens leaves them for a claim without `exclude`."""
+        for n in range(5):
+            async with store.transaction() as tx:
+                tx.add_outbox("t", f"e-{n}", message(n))
+        first = await store.outbox_claim("relay-a", 2, 30.0)
+        assert first is not None and [r.event_id for r in first] == ["e-0", "e-1"]
+        pending = [r.seq for r in first]
+        second = await store.outbox_claim("relay-a", 2, 30.0, exclude=pending)
+        assert second is not None and [r.event_id for r in second] == ["e-2", "e-3"]
+        pending += [r.seq for r in second]
+        third = await store.outbox_claim("relay-a", 10, 30.0, exclude=pending)
+        assert third is not None and [r.event_id for r in third] == ["e-4"]
+        again = await store.outbox_claim("relay-a", 10, 30.0)
+        assert again is not None and [r.event_id for r in again] == [f"e-{n}" for n in range(5)]
+        await store.outbox_remove("relay-a", [r.seq for r in first])
+        rest = await store.outbox_claim("relay-a", 10, 30.0, exclude=[r.seq for r in second])
+        assert rest is not None and [r.event_id for r in rest] == ["e-4"]
+        await store.outbox_remove("relay-a", pending + [r.seq for r in rest])
+        assert await store.outbox_claim("relay-a", 10, 30.0, exclude=pending) == []
+        assert await store.outbox_size() == 0
+
     async def test_only_one_relay_holds_the_lease(self, store: Store) -> None:
         async with store.transaction() as tx:
             tx.add_outbox("t", "e-1", message(1))

@@ -5,6 +5,14 @@ store), with a poll as a fallback. Only the holder of the store's relay lease pu
 several relays (processes) never reorder a key. A relay killed at any point loses nothing: rows
 are removed only after the broker acknowledged them; rows published but not yet removed are
 published again by the next relay (consumers' inboxes drop the duplicates).
+
+Removing published rows is pipelined with relaying the next ones: the removal runs as a
+background task (one at a time, covering every row published since the previous one started)
+while the relay claims the next rows, excluding those still being removed; so a new event never
+waits behind the removal of the previous ones. At most `MAX_UNREMOVED_BATCHES` claims' worth of
+rows await removal before the relay waits for it. A failed removal's error surfaces in the
+relay loop (with its backoff) and its rows are claimed and published again. The relay waits for
+removals to finish before it stops or gives up the lease.
 """
 
 from __future__ import annotations
@@ -18,6 +26,8 @@ from tidings.stores.base import OutboxRow, Store
 from tidings.stores.sqlite import new_relay_id
 
 log = logging.getLogger("tidings.relay")
+
+MAX_UNREMOVED_BATCHES = 4
 
 
 class Relay:
@@ -38,6 +48,8 @@ class Relay:
         self.relay_id = new_relay_id()
         self.published = 0
         self._wakeup = asyncio.Event()
+        self._unremoved: set[int] = set()
+        self._removing: asyncio.Task[None] | None = None
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Relay until `stopping` is set and the outbox is drained of what was committed."""
@@ -72,26 +84,75 @@ class Relay:
                     await self._sleep(stopping, self.poll_s)
         finally:
             with contextlib.suppress(Exception):
-                await asyncio.shield(self.store.outbox_release(self.relay_id))
+                await asyncio.shield(self._finish())
+
+    async def _finish(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.settle()
+        await self.store.outbox_release(self.relay_id)
 
     async def relay_once(self) -> int | None:
-        """Move one batch; returns how many rows, or None if another relay holds the lease."""
-        rows = await self.store.outbox_claim(self.relay_id, self.batch, self.lease_s)
+        """Move one batch; returns how many rows, or None if another relay holds the lease.
+        The rows' removal is started, not awaited (see the module docstring); `settle()`
+        waits for it. Raises the error of a failed earlier removal."""
+        removing = self._removing
+        if removing is not None and (
+            removing.done() or len(self._unremoved) >= MAX_UNREMOVED_BATCHES * self.batch
+        ):
+            await self.settle()
+        rows = await self.store.outbox_claim(
+            self.relay_id, self.batch, self.lease_s, exclude=tuple(self._unremoved)
+        )
         if rows is None:
+            await self.settle()
             return None
         if not rows:
             return 0
         for topic, messages in _by_topic(rows):
             await self.broker.publish(topic, messages)
-        await self.store.outbox_remove(self.relay_id, [r.seq for r in rows])
+        self._unremoved.update(row.seq for row in rows)
+        self._remove_later()
         self.published += len(rows)
         return len(rows)
+
+    async def settle(self) -> None:
+        """Wait until every published row is removed. Raises if a removal failed; its rows
+        are then returned by the next claim again."""
+        while (removing := self._removing) is not None:
+            self._removing = None
+            await asyncio.shield(removing)
+            if self._unremoved:
+                self._removing = asyncio.create_task(self._remove(), name="relay-remove")
+
+    def _remove_later(self) -> None:
+        """Make sure a removal task removes what `_unremoved` holds now. A running one does
+        (it loops until nothing is left); a failed one is left for `settle()` to report."""
+        removing = self._removing
+        if removing is not None and (not removing.done() or _failed(removing)):
+            return
+        self._removing = asyncio.create_task(self._remove(), name="relay-remove")
+
+    async def _remove(self) -> None:
+        """Remove published rows until none is left; on failure, stop excluding them from
+        claims (they are published again, which consumers' inboxes absorb) and raise."""
+        while self._unremoved:
+            seqs = list(self._unremoved)
+            try:
+                await self.store.outbox_remove(self.relay_id, seqs)
+            except BaseException:
+                self._unremoved.difference_update(seqs)
+                raise
+            self._unremoved.difference_update(seqs)
 
     async def _sleep(self, stopping: asyncio.Event, seconds: float) -> None:
         if stopping.is_set():
             seconds = min(seconds, 0.05)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wakeup.wait(), seconds)
+
+
+def _failed(task: asyncio.Task[None]) -> bool:
+    return task.cancelled() or task.exception() is not None
 
 
 def _by_topic(rows: list[OutboxRow]) -> list[tuple[str, list[Message]]]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -155,9 +155,17 @@ class Store(abc.ABC):
         """A read outside any transaction (sees committed data)."""
 
     @abc.abstractmethod
-    async def outbox_claim(self, relay: str, limit: int, lease_s: float) -> list[OutboxRow] | None:
+    async def outbox_claim(
+        self, relay: str, limit: int, lease_s: float, *, exclude: Collection[int] = ()
+    ) -> list[OutboxRow] | None:
         """Up to `limit` oldest outbox rows if `relay` holds (or now takes) the relay lease for
-        `lease_s` seconds; None while another live relay holds it."""
+        `lease_s` seconds; None while another live relay holds it.
+
+        `exclude` lets a relay claim the next rows while the removal of rows it has already
+        dispatched is still under way: the seqs of rows this relay received from earlier
+        claims and published, whose `outbox_remove` has not completed. Those rows are not
+        returned again (a backend whose seqs follow commit order may skip every row up to the
+        highest excluded seq, since all of them came from those earlier claims)."""
 
     @abc.abstractmethod
     async def outbox_remove(self, relay: str, seqs: Sequence[int]) -> None:

@@ -64,7 +64,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -148,6 +148,7 @@ _READ_WITH_LEASE = """
     FROM tidings_relay_lease l
     LEFT JOIN LATERAL (
         SELECT seq, topic, event_id, key, value, headers FROM tidings_outbox
+        WHERE seq <> ALL(%(exclude)s::bigint[])
         ORDER BY seq LIMIT %(limit)s
     ) o ON true
     WHERE l.name = 'outbox' AND l.holder = %(relay)s AND l.expires > clock_timestamp()
@@ -188,6 +189,7 @@ _CLAIM = """
     FROM lease
     LEFT JOIN LATERAL (
         SELECT seq, topic, event_id, key, value, headers FROM tidings_outbox
+        WHERE seq <> ALL(%(exclude)s::bigint[])
         ORDER BY seq LIMIT %(limit)s
     ) o ON true
 """
@@ -928,9 +930,17 @@ class PostgresStore(Store):
 
     # relay side -------------------------------------------------------------------------------
 
-    async def outbox_claim(self, relay: str, limit: int, lease_s: float) -> list[OutboxRow] | None:
-        """Rows only while `relay` holds the lease; renewed once half of it has passed."""
-        params = {"relay": relay, "limit": limit, "lease_s": float(lease_s)}
+    async def outbox_claim(
+        self, relay: str, limit: int, lease_s: float, *, exclude: Collection[int] = ()
+    ) -> list[OutboxRow] | None:
+        """Rows only while `relay` holds the lease; renewed once half of it has passed.
+        Excluded seqs are left out exactly (seqs do not follow commit order here)."""
+        params = {
+            "relay": relay,
+            "limit": limit,
+            "lease_s": float(lease_s),
+            "exclude": list(exclude),
+        }
 
         async def read(conn: Conn, statement: str) -> list[tuple[Any, ...]]:
             async with conn.cursor(binary=True) as cursor:

@@ -7,8 +7,13 @@ SQLite has one writer at a time, so transactions are serialized: within a proces
 asyncio lock, across processes by `BEGIN IMMEDIATE` (which waits; never "database is locked").
 Because writers are serialized, outbox sequence numbers are assigned in commit order and the
 relay can never skip a row that commits late. Statements inside a transaction run inline on the
-calling thread: the write lock is already held, so they take microseconds; BEGIN (which may
-wait for another process) and COMMIT (fsync) run on the store's worker thread.
+calling thread: the write lock is already held, so they take microseconds. BEGIN runs inline
+too unless another process holds the lock (then it waits on the store's worker thread). COMMIT
+(an fsync with `synchronous=full`) runs inline while commits are fast - their recent average
+below `INLINE_COMMIT_MAX_S` - since a hop to a thread and back costs more than a fast fsync and
+the write lock is held meanwhile; on a slow disk it runs on the worker thread, so the event
+loop is never blocked long. The store's connections do not checkpoint the WAL when they commit;
+a background thread does it (`CHECKPOINT_INTERVAL_S`), so no commit pays for a checkpoint.
 """
 
 from __future__ import annotations
@@ -16,10 +21,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
@@ -44,9 +50,14 @@ from tidings.stores.base import (
 )
 
 T = TypeVar("T")
+log = logging.getLogger("tidings.store")
 
 SCHEMA_VERSION = 1
 OUTBOX_COMMITTED = b"o"
+INLINE_COMMIT_MAX_S = 0.002
+"""COMMIT runs on the event loop's thread while the recent average commit is faster."""
+CHECKPOINT_INTERVAL_S = 0.25
+"""Least time between two background WAL checkpoints (one is started after a commit)."""
 
 SCHEMA = [
     "CREATE TABLE IF NOT EXISTS tidings_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -267,9 +278,13 @@ class SQLiteStore(Store):
         self.url = url
         self.path = parsed.path
         level = _sqlite.synchronous_option(synchronous or parsed.options.get("synchronous"))
-        self._db = _sqlite.Database(self.path, synchronous=level)
-        self._relay_db = _sqlite.Database(self.path, synchronous="normal")
+        self._db = _sqlite.Database(self.path, synchronous=level, autocheckpoint=False)
+        self._relay_db = _sqlite.Database(self.path, synchronous="normal", autocheckpoint=False)
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="tidings-store")
+        self._checkpointer = ThreadPoolExecutor(1, thread_name_prefix="tidings-checkpoint")
+        self._checkpointing = False
+        self._next_checkpoint = 0.0
+        self._commit_s = 0.0
         self._lock: asyncio.Lock | None = None
         self._conn: sqlite3.Connection | None = None
         self.notifier = Notifier(self.path)
@@ -287,7 +302,9 @@ class SQLiteStore(Store):
         await self.start()
         assert self._lock is not None
         async with self._lock:
-            return await self._io(self._relay_db.write, fn)
+            result: T = await self._io(self._relay_db.write, fn)
+        self._maybe_checkpoint()
+        return result
 
     async def start(self) -> None:
         if self._started:
@@ -359,23 +376,46 @@ class SQLiteStore(Store):
             tx = SQLiteTransaction(conn, self.path)
             try:
                 yield tx
-                peers = await self._io(self._commit, tx)
+                if self._commit_s < INLINE_COMMIT_MAX_S:
+                    peers = self._commit(tx)
+                else:
+                    peers = await self._io(self._commit, tx)
             except BaseException:
                 if conn.in_transaction:
                     await asyncio.shield(self._io(self._rollback, conn))
                 raise
         if tx.outbox:
             self.notifier.send(OUTBOX_COMMITTED, peers)
+        self._maybe_checkpoint()
 
     def transaction(self) -> AbstractAsyncContextManager[Transaction]:
         return self._transaction()
 
     def _commit(self, tx: SQLiteTransaction) -> list[str]:
+        """Flush the outbox and COMMIT (on either thread); keeps the average commit time."""
         with _sqlite.storage_errors(self.path):
             tx.flush_outbox()
             peers = Notifier.peers(tx._conn) if tx.outbox else []
+            started = time.perf_counter()
             tx._conn.execute("COMMIT")
+            self._commit_s = 0.8 * self._commit_s + 0.2 * (time.perf_counter() - started)
         return peers
+
+    def _maybe_checkpoint(self) -> None:
+        """Start a background WAL checkpoint unless one ran recently or is running."""
+        if self._checkpointing or time.monotonic() < self._next_checkpoint or self._closed:
+            return
+        self._checkpointing = True
+        self._next_checkpoint = time.monotonic() + CHECKPOINT_INTERVAL_S
+        self._checkpointer.submit(self._checkpoint)
+
+    def _checkpoint(self) -> None:
+        try:
+            self._db.checkpoint()
+        except Exception:
+            log.exception("%s: WAL checkpoint failed; will retry", self.path)
+        finally:
+            self._checkpointing = False
 
     @staticmethod
     def _rollback(conn: sqlite3.Connection) -> None:
@@ -388,9 +428,15 @@ class SQLiteStore(Store):
 
     # relay side -------------------------------------------------------------------------
 
-    async def outbox_claim(self, relay: str, limit: int, lease_s: float) -> list[OutboxRow] | None:
+    async def outbox_claim(
+        self, relay: str, limit: int, lease_s: float, *, exclude: Collection[int] = ()
+    ) -> list[OutboxRow] | None:
+        """Writers are serialized, so seqs follow commit order and a claim's rows are the
+        oldest ones: every row up to the highest excluded seq came from earlier claims, and
+        the rows returned are those above it."""
         await self.start()
         lease_ms = int(lease_s * 1000)
+        after = max(exclude, default=0)
 
         def read(conn: sqlite3.Connection) -> list[OutboxRow] | None:
             """The rows, if `relay` holds a lease with more than half of it left."""
@@ -399,7 +445,7 @@ class SQLiteStore(Store):
             ).fetchone()
             if row is None or row[0] != relay or row[1] - _now_ms() < lease_ms // 2:
                 return None
-            return _outbox_rows(conn, limit)
+            return _outbox_rows(conn, limit, after)
 
         def claim(conn: sqlite3.Connection) -> list[OutboxRow] | None:
             now = _now_ms()
@@ -414,7 +460,7 @@ class SQLiteStore(Store):
                 " expires_ms = excluded.expires_ms",
                 (relay, now + lease_ms),
             )
-            return _outbox_rows(conn, limit)
+            return _outbox_rows(conn, limit, after)
 
         rows = await asyncio.to_thread(self._relay_db.read, read)
         if rows is not None:
@@ -478,6 +524,7 @@ class SQLiteStore(Store):
         if self._lock is not None:
             async with self._lock:
                 pass
+        await asyncio.to_thread(self._checkpointer.shutdown, wait=True)
         await self._io(self._close)
         self._worker.shutdown(wait=True)
 
@@ -490,7 +537,7 @@ class SQLiteStore(Store):
         self._relay_db.close()
 
 
-def _outbox_rows(conn: sqlite3.Connection, limit: int) -> list[OutboxRow]:
+def _outbox_rows(conn: sqlite3.Connection, limit: int, after: int) -> list[OutboxRow]:
     return [
         OutboxRow(
             seq,
@@ -500,8 +547,8 @@ def _outbox_rows(conn: sqlite3.Connection, limit: int) -> list[OutboxRow]:
         )
         for seq, topic, event_id, key, value, headers in conn.execute(
             "SELECT seq, topic, event_id, key, value, headers FROM tidings_outbox"
-            " ORDER BY seq LIMIT ?",
-            (limit,),
+            " WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after, limit),
         )
     ]
 
