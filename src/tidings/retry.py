@@ -1,6 +1,11 @@
 """Retry policies for handlers: immediate retries, then exponential backoff with jitter,
 capped by attempts and total time. Permanent failures (decode and schema errors, and the
-exception types a policy names as not retryable) are never retried."""
+exception types a policy names as not retryable) are never retried.
+
+A transaction the database aborted because of a concurrent one (a deadlock or serialization
+failure: SQLSTATE 40P01 / 40001, e.g. two partitions' batches updating the same rows in
+different orders) is not the handler's failure: it is retried after a short random delay
+without using up `max_attempts` (also under NO_RETRY), bounded only by `max_elapsed`."""
 
 from __future__ import annotations
 
@@ -8,6 +13,23 @@ import random
 from dataclasses import dataclass
 
 from tidings.errors import ConfigError, DecodeError, DuplicateEventError
+
+TRANSACTION_CONFLICT_SQLSTATES = frozenset({"40001", "40P01"})
+CONFLICT_MAX_DELAY = 0.5
+
+
+def is_transaction_conflict(exc: BaseException) -> bool:
+    """Whether `exc` (or an exception it was raised from) is a database's deadlock or
+    serialization failure, recognised by its SQLSTATE (psycopg and other drivers expose
+    `sqlstate`)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if getattr(current, "sqlstate", None) in TRANSACTION_CONFLICT_SQLSTATES:
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
 
 
 class PermanentError(Exception):
@@ -64,6 +86,12 @@ class Retry:
 
     def next_delay(self, attempt: int, elapsed: float, exc: BaseException) -> float | None:
         """Seconds to wait before attempt `attempt + 1`, or None to give up."""
+        if is_transaction_conflict(exc):
+            # full jitter, so the transactions that collided do not collide again in step
+            delay = random.uniform(0, min(CONFLICT_MAX_DELAY, 0.005 * 2 ** min(attempt, 10)))
+            if self.max_elapsed is not None and elapsed + delay > self.max_elapsed:
+                return None
+            return delay
         if not self.retryable(exc) or attempt >= self.max_attempts:
             return None
         if attempt <= self.immediate:
