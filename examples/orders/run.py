@@ -57,13 +57,15 @@ def api_token(directory: Path) -> tuple[str, Path | None]:
 
 class Chaos:
     """SIGKILLs a service about every `every` seconds and restarts it after a moment: every
-    service once, in a random order, then again (so the order API and each relay get hit)."""
+    service once, in a random order, then again (so the order API and each relay get hit).
+    `everyone_hit` is set once every service was killed at least once."""
 
     def __init__(self, cluster: ProcessCluster, every: float, seed: int) -> None:
         self.cluster = cluster
         self.every = every
         self.rng = random.Random(seed)
         self.kills: Counter[str] = Counter()
+        self.everyone_hit = asyncio.Event()
 
     async def run(self) -> None:
         victims: list[str] = []
@@ -76,6 +78,8 @@ class Chaos:
             self.kills[name] += 1
             await asyncio.sleep(self.rng.uniform(0.05, 1.0))
             await self.cluster.start((name,))
+            if len(self.kills) == len(NAMES):
+                self.everyone_hit.set()
 
     def __str__(self) -> str:
         total = sum(self.kills.values())
@@ -151,7 +155,15 @@ async def main_async(args: argparse.Namespace) -> int:
                 await client.place_all(samples, progress=lambda n: progress.advance(bar, n))
                 placed_s = time.monotonic() - started
                 headline = f"placed {len(samples)} orders in {placed_s:.2f} s"
-                if chaos_task is not None:
+                if chaos is not None and chaos_task is not None:
+                    placed = headline
+                    headline += "; chaos goes on until every service was killed once"
+                    hit = asyncio.create_task(chaos.everyone_hit.wait())
+                    await asyncio.wait({hit, chaos_task}, return_when=asyncio.FIRST_COMPLETED)
+                    hit.cancel()
+                    if chaos_task.done():
+                        chaos_task.result()  # chaos itself failed (a service did not restart)
+                    headline = placed
                     chaos_task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await chaos_task
