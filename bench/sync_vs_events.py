@@ -36,6 +36,7 @@ import asyncio
 import contextlib
 import json
 import multiprocessing
+import os
 import socket
 import time
 import zlib
@@ -561,6 +562,7 @@ async def run(settings: Settings, directory: str) -> None:
 def main(argv: Sequence[str]) -> int:
     settings = parse(argv)
     started = time.perf_counter()
+    load_before = os.getloadavg()[0]
     with workdir(settings.dir, "tidings-bench-sync-vs-events-") as directory:
         machine(BENCH, directory)
         asyncio.run(run(settings, directory))
@@ -571,5 +573,8 @@ def main(argv: Sequence[str]) -> int:
         "s",
         requests=settings.requests,
         concurrency=settings.concurrency,
+        loadavg_1min_before=load_before,
+        loadavg_1min_after=os.getloadavg()[0],
+        note="other work on the machine shares its cores with both sides",
     )
     return 0
