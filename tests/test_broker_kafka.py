@@ -38,7 +38,15 @@ from tests.contract.broker_contract import (
 )
 from tidings.brokers import connect
 from tidings.brokers.base import Batch, Message, TopicPartition
-from tidings.brokers.kafka import PASSWORD_ENV, KafkaAdmin, KafkaBroker, parse_settings
+from tidings.brokers.kafka import (
+    CONSUMER_DEFAULTS,
+    PASSWORD_ENV,
+    KafkaAdmin,
+    KafkaBroker,
+    KafkaConsumer,
+    _records,
+    parse_settings,
+)
 from tidings.cli import app
 from tidings.errors import (
     CommitFailedError,
@@ -354,6 +362,82 @@ def test_url_settings(monkeypatch: pytest.MonkeyPatch) -> None:
             parse_settings(bad, {})
     with pytest.raises(ConfigError, match=r"no\.such\.setting"):
         connect("kafka://a:1?no.such.setting=1")
+
+
+def test_consumer_fetch_settings_default_and_override() -> None:
+    assert CONSUMER_DEFAULTS == {"fetch.queue.backoff.ms": 10}
+    plain = KafkaBroker("kafka://a:1")
+    tuned = KafkaBroker("kafka://a:1?consumer.fetch.queue.backoff.ms=500")
+    try:
+        consumer = plain.subscribe("g", ["t"])
+        assert isinstance(consumer, KafkaConsumer)
+        assert consumer._config(6000)["fetch.queue.backoff.ms"] == 10
+        consumer = tuned.subscribe("g", ["t"])
+        assert isinstance(consumer, KafkaConsumer)
+        assert consumer._config(6000)["fetch.queue.backoff.ms"] == "500"
+    finally:
+        asyncio.run(plain.close())
+        asyncio.run(tuned.close())
+
+
+def test_records_are_built_per_partition_run_with_headers_tombstones_and_errors() -> None:
+    def msg(partition: int, offset: int, **kwargs: Any) -> ck.Message:
+        return ck.Message(
+            topic="t", partition=partition, offset=offset, timestamp=(1, 1000 + offset), **kwargs
+        )
+
+    error = ck.KafkaError(ck.KafkaError._TRANSPORT, "down")
+    messages = [
+        msg(0, 5, value=b"a", key=b"k", headers=[("ct", b"json")]),
+        msg(0, 6, value=b"b", headers=[("ct", b"json")]),
+        msg(1, 9, value=None, headers=[("null", None), ("s", b"x")]),
+        ck.Message(error=error),
+        msg(1, 10, value=b"c"),
+        msg(0, 7, value=b"d", headers=[("ct", b"xml")]),
+    ]
+    runs, errors = _records(messages)
+    assert [e.code() for e in errors] == [ck.KafkaError._TRANSPORT]
+    assert [(t, p, [r.offset for r in rs]) for t, p, rs in runs] == [
+        ("t", 0, [5, 6]),
+        ("t", 1, [9, 10]),
+        ("t", 0, [7]),
+    ]
+    first, second = runs[0][2]
+    assert (first.value, first.key, first.timestamp, first.headers) == (
+        b"a",
+        b"k",
+        1005,
+        (("ct", b"json"),),
+    )
+    assert second.headers == (("ct", b"json"),) and second.key is None
+    tombstone, plain = runs[1][2]
+    assert tombstone.value == b"" and tombstone.headers == (("null", b""), ("s", b"x"))
+    assert plain.headers == ()
+    assert runs[2][2][0].headers == (("ct", b"xml"),)
+
+
+async def test_null_header_values_and_tombstones_from_other_producers(url: str) -> None:
+    async with connect(url) as broker:
+        topic = topic_name()
+        await broker.admin.create_topic(topic, 1)
+        producer = ck.Producer({"bootstrap.servers": BOOTSTRAP})
+        producer.produce(topic, value=None, key=b"k", headers=[("a", None), ("b", b"1")])
+        producer.produce(topic, value=b"v", headers=[("a", None), ("b", b"1")])
+        producer.produce(topic, value=b"w")
+        assert producer.flush(10) == 0
+        consumer = broker.subscribe("foreign", [topic])
+        try:
+            batches = await drain(consumer, 3)
+        finally:
+            await consumer.close()
+        records = [r for b in batches for r in b.records]
+        read = await broker.read(TopicPartition(topic, 0), 0, 10)
+        for got in (records, read):
+            assert [(r.value, r.key, r.headers) for r in got] == [
+                (b"", b"k", (("a", b""), ("b", b"1"))),
+                (b"v", None, (("a", b""), ("b", b"1"))),
+                (b"w", None, ()),
+            ]
 
 
 # broker restart ------------------------------------------------------------------------------
