@@ -1,7 +1,9 @@
 """FastStream (confluent backend) no-op consumer, run by `bench/kafka.py` in its own venv.
 
 Not a benchmark module (leading `_`): it imports only FastStream, never tidings, and is run as
-`<faststream-venv>/bin/python bench/_faststream_consumer.py BOOTSTRAP TOPIC GROUP TOTAL`.
+`<faststream-venv>/bin/python bench/_faststream_consumer.py BOOTSTRAP TOPIC GROUP TOTAL
+MAX_RECORDS [SETTINGS]` (SETTINGS: a JSON object of librdkafka settings, the same fetch settings
+the other consumers of the benchmark use).
 It consumes TOTAL events with a batch subscriber (`max_records=1000`), a decoder that hands the
 raw bodies over (no JSON decoding, like the tidings and raw loops), a no-op handler, and
 `AckPolicy.ACK` (auto-commit off; FastStream commits after the handler returns). FastStream's
@@ -20,12 +22,12 @@ from typing import Any
 
 
 async def main(
-    bootstrap: str, topic: str, group: str, total: int, max_records: int
+    bootstrap: str, topic: str, group: str, total: int, max_records: int, settings: dict[str, Any]
 ) -> dict[str, Any]:
     from faststream import AckPolicy  # type: ignore[import-not-found]
     from faststream.confluent import KafkaBroker  # type: ignore[import-not-found]
 
-    broker = KafkaBroker(bootstrap, logger=None)
+    broker = KafkaBroker(bootstrap, logger=None, config=settings or None)
     state: dict[str, Any] = {"received": 0, "first": None, "first_n": 0, "last": None}
     done = asyncio.Event()
 
@@ -71,5 +73,6 @@ async def main(
 
 if __name__ == "__main__":
     bootstrap, topic, group, total, max_records = sys.argv[1:6]
-    result = asyncio.run(main(bootstrap, topic, group, int(total), int(max_records)))
+    settings = json.loads(sys.argv[6]) if len(sys.argv) > 6 else {}
+    result = asyncio.run(main(bootstrap, topic, group, int(total), int(max_records), settings))
     print(json.dumps(result), flush=True)
