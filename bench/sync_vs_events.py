@@ -521,6 +521,7 @@ async def run_events(settings: Settings, directory: str) -> tuple[Result, Result
                 email_running=cluster.running(DOWN),
                 confirmed_while_down=confirmed,
                 final_while_down=sum(1 for r in rows if r[0] != "PENDING"),
+                statuses_while_down=dict(Counter(r[0] for r in rows)),
                 emails_sent_while_down=len(list(mailbox.glob("*.eml"))) - emails_before,
             )
         return normal, sequential
