@@ -461,7 +461,7 @@ async def run_events(settings: Settings, directory: str) -> tuple[Result, Result
 
     path = Path(directory)
     order_settings = OrderSettings.in_directory(path, payment_failure_rate=0.0)
-    cluster = ProcessCluster(order_settings, path, TOKEN, HOST, 0, failure_rate=0.0)
+    cluster = ProcessCluster(order_settings, path, TOKEN, HOST, 0)
     started = time.perf_counter()
     try:
         await cluster.start()

@@ -82,9 +82,6 @@ class ProcessCluster:
         token: str,
         host: str,
         port: int,
-        *,
-        failure_rate: float = 0.1,
-        payment_latency: float = 0.0,
     ) -> None:
         self.settings = settings
         self.directory = directory.resolve()
@@ -92,8 +89,8 @@ class ProcessCluster:
         self.ports = {"orders": port or free_port(host), "analytics": free_port(host)}
         self.api_url = f"http://{host}:{self.ports['orders']}"
         self.analytics_url = f"http://{host}:{self.ports['analytics']}"
-        self.extra_args = ["--failure-rate", str(failure_rate)]
-        self.extra_args += ["--payment-latency", str(payment_latency)]
+        self.extra_args = ["--failure-rate", str(settings.payment_failure_rate)]
+        self.extra_args += ["--payment-latency", str(settings.payment_latency_s)]
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self._logs: dict[str, IO[bytes]] = {}
         self.services: dict[str, Service] = {}

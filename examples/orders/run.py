@@ -96,15 +96,7 @@ async def main_async(args: argparse.Namespace) -> int:
     token, token_file = api_token(directory)
     cluster: Cluster
     if args.processes:
-        cluster = ProcessCluster(
-            settings,
-            directory,
-            token,
-            args.host,
-            args.port,
-            failure_rate=args.failure_rate,
-            payment_latency=args.payment_latency,
-        )
+        cluster = ProcessCluster(settings, directory, token, args.host, args.port)
     else:
         cluster = InProcessCluster(settings, token, args.host, args.port)
     layout = "one process per service" if args.processes else "one process"
