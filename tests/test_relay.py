@@ -105,15 +105,30 @@ async def test_a_failed_removal_surfaces_and_its_rows_are_relayed_again(
     relay = Relay(store, broker)
     await commit(store, 0)
     store.failing = True
-    assert await relay.relay_once() == 1
+    with pytest.raises(OSError, match="disk on fire"):
+        await relay.relay_once()  # published; its removal failed at once
+    store.gate.clear()
+    await commit(store, 1)
+    assert await relay.relay_once() == 2  # row 0 again (at least once), and row 1
+    store.gate.set()
     await asyncio.sleep(0.01)
     with pytest.raises(OSError, match="disk on fire"):
-        await relay.relay_once()
+        await relay.relay_once()  # a removal that failed in the background surfaces
     store.failing = False
-    assert await relay.relay_once() == 1  # published again: at least once
+    assert await relay.relay_once() == 2
     await relay.settle()
     assert await store.outbox_size() == 0
-    assert await topic_values(broker) == [b"0", b"0"]
+    assert await topic_values(broker) == [b"0", b"0", b"1", b"0", b"1"]
+
+
+async def test_removal_finishes_within_the_cycle_when_the_store_is_idle(
+    store: GatedStore, broker: Broker
+) -> None:
+    relay = Relay(store, broker)
+    await commit(store, 0, 1)
+    assert await relay.relay_once() == 2
+    assert await store.outbox_size() == 0
+    assert store.removals == [[1, 2]]
 
 
 async def test_run_removes_everything_before_it_stops(store: GatedStore, broker: Broker) -> None:

@@ -30,6 +30,7 @@ async def test_commit_runs_inline_while_fast_and_on_the_worker_thread_when_slow(
 
     monkeypatch.setattr(store, "_commit", recording_commit)
     try:
+        store._commit_s = 0.0  # as after fast fsyncs
         async with store.transaction() as tx:
             await tx.execute("INSERT INTO t VALUES (1)")
         store._commit_s = 1.0  # as after slow fsyncs

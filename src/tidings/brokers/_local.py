@@ -5,8 +5,9 @@ turns it into the `Consumer` contract: per-partition positions, one batch in fli
 partition, acks committed with each heartbeat, cooperative revocation and lease checks.
 
 Threads: the consumer's asyncio task calls fetch/ack/nack/commit/seek; one heartbeat thread per
-consumer coordinates with the group and commits; blocking reads run on one worker thread per
-consumer. Shared state is guarded by `_lock`.
+consumer coordinates with the group and commits; blocking calls run on one worker thread per
+consumer (reads too, unless the log says they are quick: `LocalLog`). Shared state is guarded
+by `_lock`.
 """
 
 from __future__ import annotations
@@ -46,7 +47,12 @@ GROUP_CHANGED = b"g"
 
 
 class LocalLog(Protocol):
-    """What LocalConsumer needs from a backend. All methods block and are thread-safe."""
+    """What LocalConsumer needs from a backend. All methods block and are thread-safe.
+
+    A log whose `read` and `watermarks` are quick and never wait for a lock (in memory; SQLite
+    in WAL mode, where readers do not wait for writers) may set `inline_reads = True`: the
+    consumer then calls them on the event loop's thread instead of handing each fetch to its
+    worker thread and back."""
 
     def partition_counts(self, topics: Collection[str]) -> dict[str, int]:
         """Partition count per topic; raises UnknownTopicError for a missing topic."""
@@ -129,6 +135,7 @@ class LocalConsumer(Consumer):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._worker = ThreadPoolExecutor(1, thread_name_prefix=f"tidings-read-{group}")
+        self._inline_reads = bool(getattr(log_, "inline_reads", False))
         self._start_lock: asyncio.Lock | None = None
 
     # lifecycle ---------------------------------------------------------------------------
@@ -193,11 +200,15 @@ class LocalConsumer(Consumer):
             self._wakeup.clear()
             candidates = self._ready()
             if candidates:
-                found = await self._io(self._read_next, candidates)
+                if self._inline_reads:
+                    found = self._read_next(candidates)
+                else:
+                    found = await self._io(self._read_next, candidates)
                 if found is not None:
                     batch, position = found
                     if self._take(batch, position):
                         return batch
+                    await asyncio.sleep(0)
                     continue
             wait = self._poll_interval
             if deadline is not None:

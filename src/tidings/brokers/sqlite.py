@@ -143,7 +143,12 @@ def _now_ms() -> int:
 
 
 class SQLiteLog:
-    """Records and group state in one SQLite file; implements LocalLog. Thread-safe."""
+    """Records and group state in one SQLite file; implements LocalLog. Thread-safe.
+
+    `inline_reads`: reads run on the caller's thread, on its own connection; in WAL mode they
+    never wait for a writer (only, briefly, while another connection recovers the WAL)."""
+
+    inline_reads = True
 
     def __init__(self, path: str, *, synchronous: str) -> None:
         self.path = path

@@ -6,13 +6,15 @@ several relays (processes) never reorder a key. A relay killed at any point lose
 are removed only after the broker acknowledged them; rows published but not yet removed are
 published again by the next relay (consumers' inboxes drop the duplicates).
 
-Removing published rows is pipelined with relaying the next ones: the removal runs as a
-background task (one at a time, covering every row published since the previous one started)
-while the relay claims the next rows, excluding those still being removed; so a new event never
-waits behind the removal of the previous ones. At most `MAX_UNREMOVED_BATCHES` claims' worth of
-rows await removal before the relay waits for it. A failed removal's error surfaces in the
-relay loop (with its backoff) and its rows are claimed and published again. The relay waits for
-removals to finish before it stops or gives up the lease.
+Removing published rows does not hold up relaying the next ones: the removal starts as a task
+and, if it cannot finish at once (the store is busy with transactions), goes on in the
+background - one at a time, covering every row published since the previous one started -
+while the relay claims the next rows, excluding those still being removed. When the store is
+idle it finishes at once, and the next claim then sees the rows that accumulated meanwhile. At
+most `MAX_UNREMOVED_BATCHES` claims' worth of rows await removal before the relay waits for it.
+A failed removal's error surfaces in the relay loop (with its backoff) and its rows are claimed
+and published again. The relay waits for removals to finish before it stops or gives up the
+lease.
 """
 
 from __future__ import annotations
@@ -78,7 +80,10 @@ class Relay:
                     if stopping.is_set():
                         return
                     await self._sleep(stopping, min(self.lease_s / 3, 1.0))
-                elif moved == 0:
+                elif moved == 0 or (moved < self.batch and not self._wakeup.is_set()):
+                    # A claim of less than a batch took every committed row, unless a commit
+                    # has woken the relay since it began: no need to claim again to find that
+                    # the outbox is empty.
                     if stopping.is_set():
                         return
                     await self._sleep(stopping, self.poll_s)
@@ -93,8 +98,8 @@ class Relay:
 
     async def relay_once(self) -> int | None:
         """Move one batch; returns how many rows, or None if another relay holds the lease.
-        The rows' removal is started, not awaited (see the module docstring); `settle()`
-        waits for it. Raises the error of a failed earlier removal."""
+        The rows' removal is started and awaited only if it finishes at once (see the module
+        docstring); `settle()` waits for it. Raises the error of a failed removal."""
         removing = self._removing
         if removing is not None and (
             removing.done() or len(self._unremoved) >= MAX_UNREMOVED_BATCHES * self.batch
@@ -111,8 +116,12 @@ class Relay:
         for topic, messages in _by_topic(rows):
             await self.broker.publish(topic, messages)
         self._unremoved.update(row.seq for row in rows)
-        self._remove_later()
         self.published += len(rows)
+        self._remove_later()
+        await asyncio.sleep(0)
+        removing = self._removing
+        if removing is not None and removing.done():
+            await self.settle()
         return len(rows)
 
     async def settle(self) -> None:

@@ -12,8 +12,10 @@ too unless another process holds the lock (then it waits on the store's worker t
 (an fsync with `synchronous=full`) runs inline while commits are fast - their recent average
 below `INLINE_COMMIT_MAX_S` - since a hop to a thread and back costs more than a fast fsync and
 the write lock is held meanwhile; on a slow disk it runs on the worker thread, so the event
-loop is never blocked long. The store's connections do not checkpoint the WAL when they commit;
-a background thread does it (`CHECKPOINT_INTERVAL_S`), so no commit pays for a checkpoint.
+loop is never blocked long. The relay's reads and its short writes (lease, removals; they
+commit without fsync) run inline as well, falling back to the worker thread when SQLite reports
+the database busy. The store's connections do not checkpoint the WAL when they commit; a
+background thread does it (`CHECKPOINT_INTERVAL_S`), so no commit pays for a checkpoint.
 """
 
 from __future__ import annotations
@@ -287,6 +289,7 @@ class SQLiteStore(Store):
         self._commit_s = 0.0
         self._lock: asyncio.Lock | None = None
         self._conn: sqlite3.Connection | None = None
+        self._relay_conn: sqlite3.Connection | None = None
         self.notifier = Notifier(self.path)
         self._started = False
         self._closed = False
@@ -294,17 +297,53 @@ class SQLiteStore(Store):
     async def _io(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
 
-    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """A short relay/maintenance write outside `transaction()`, serialized with it.
+    async def _write(self, fn: Callable[[sqlite3.Connection], T], *, inline: bool = True) -> T:
+        """A short relay/maintenance write outside `transaction()`, serialized with it: inline
+        on the relay connection unless another process holds the write lock (or `inline` is
+        false: long maintenance), then on the worker thread, waiting for the lock.
 
-        Uses synchronous=normal: losing one to a power cut only means a row is published again
-        or a lease taken again, which at-least-once delivery already allows."""
+        Uses synchronous=normal, so its COMMIT does not fsync: losing one to a power cut only
+        means a row is published again or a lease taken again, which at-least-once delivery
+        already allows."""
         await self.start()
-        assert self._lock is not None
+        assert self._lock is not None and self._relay_conn is not None
+        conn = self._relay_conn
         async with self._lock:
-            result: T = await self._io(self._relay_db.write, fn)
+            began = False
+            if inline:
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    began = True
+                except sqlite3.OperationalError as exc:
+                    if not _sqlite.is_busy(exc):
+                        raise _sqlite.translate(exc, self.path) from exc
+            if began:
+                try:
+                    with _sqlite.storage_errors(self.path):
+                        result = fn(conn)
+                        conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        self._rollback(conn)
+                    raise
+            else:
+                result = await self._io(self._relay_db.write, fn)
         self._maybe_checkpoint()
         return result
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """`fn(conn)` outside any transaction: inline on the relay connection (a WAL reader
+        does not wait for writers), or on a thread, retried, in the rare case SQLite reports
+        the database busy (another connection recovering the WAL)."""
+        await self.start()
+        assert self._relay_conn is not None
+        try:
+            with _sqlite.storage_errors(self.path):
+                return fn(self._relay_conn)
+        except sqlite3.OperationalError as exc:
+            if not _sqlite.is_busy(exc):
+                raise
+        return await asyncio.to_thread(self._relay_db.read, fn)
 
     async def start(self) -> None:
         if self._started:
@@ -314,6 +353,7 @@ class SQLiteStore(Store):
         self._lock = asyncio.Lock()
         await self._io(self._db.write, self._create_schema)
         self._conn = await self._io(lambda: self._db.open_connection(busy_timeout_s=0))
+        self._relay_conn = await self._io(lambda: self._relay_db.open_connection(busy_timeout_s=0))
         self._started = True
 
     def _create_schema(self, conn: sqlite3.Connection) -> None:
@@ -462,7 +502,7 @@ class SQLiteStore(Store):
             )
             return _outbox_rows(conn, limit, after)
 
-        rows = await asyncio.to_thread(self._relay_db.read, read)
+        rows = await self._read(read)
         if rows is not None:
             return rows
         return await self._write(claim)
@@ -507,7 +547,7 @@ class SQLiteStore(Store):
                 ).rowcount
             return removed
 
-        return await self._write(cleanup)
+        return await self._write(cleanup, inline=False)
 
     def on_outbox(self, callback: Callable[[], None]) -> None:
         def on_signal(kind: bytes) -> None:
