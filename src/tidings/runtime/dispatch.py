@@ -122,20 +122,28 @@ class Dispatcher:
         conflict) - and then nothing of `records[start:]` was committed."""
         tally = Tally()
         pending = records[start:]
-        events = [_decode(record) for record in pending]
+        planned: list[tuple[Record, Event | DecodeError, list[Handler]]] = []
+        keys: list[InboxKey] = []
+        for record in pending:
+            event = _decode(record)
+            if isinstance(event, Event):
+                handlers = self._due_handlers(record, event, frozenset())
+                keys.extend((handler.consumer, event.id) for handler in handlers)
+            else:
+                handlers = []
+            planned.append((record, event, handlers))
         try:
             async with self.store.transaction() as tx:
-                keys = [
-                    (handler.consumer, event.id)
-                    for record, event in zip(pending, events, strict=True)
-                    if isinstance(event, Event)
-                    for handler in self._due_handlers(record, event, frozenset())
-                ]
                 inbox = InboxBatch(await tx.inbox_find(keys))
-                for offset, (record, event) in enumerate(zip(pending, events, strict=True)):
-                    failure = await self._apply(
-                        tx, record, tally, guarded=False, decoded=event, inbox=inbox
-                    )
+                for offset, (record, event, handlers) in enumerate(planned):
+                    if isinstance(event, Event) and handlers:
+                        failure = await self._apply_planned(
+                            tx, record, event, handlers, tally, inbox
+                        )
+                    else:
+                        failure = await self._apply(
+                            tx, record, tally, guarded=False, decoded=event, inbox=inbox
+                        )
                     if failure is not None:
                         raise _RolledBack(start + offset)
                 await inbox.write(tx)
@@ -145,6 +153,47 @@ class Dispatcher:
             return start
         tally.add_to(self.service.stats)
         return len(records)
+
+    async def _apply_planned(
+        self,
+        tx: Transaction,
+        record: Record,
+        event: Event,
+        handlers: list[Handler],
+        tally: Tally,
+        inbox: InboxBatch,
+    ) -> Failure | None:
+        """`_apply(guarded=False)` for a decoded event and its due handlers, with the common
+        case inline: the handler's inbox row is new, its argument parses, it returns. Anything
+        else (duplicate, invalid data) takes `_apply_handler` for that handler."""
+        position = (record.topic, record.partition, record.offset)
+        event_id = event.id
+        for handler in handlers:
+            model = handler.model
+            try:
+                argument = event if model is None else model.from_event(event)
+            except SchemaError:
+                argument = None
+            if argument is None or not inbox.claim(handler.consumer, event_id, position):
+                failure = await self._apply_handler(
+                    tx, tally, record, event, handler, position, 1, False, False, inbox
+                )
+                if failure is not None:
+                    return failure
+                continue
+            context = Context(self.service, tx, event=event, position=position)
+            try:
+                if handler.is_async:
+                    await handler.function(argument, context)
+                else:
+                    loop = asyncio.get_running_loop()
+                    await asyncio.to_thread(handler.function, argument, SyncContext(context, loop))
+            except Exception as exc:
+                return Failure(handler, exc)
+            tally.processed += 1
+            by_type = tally.by_type
+            by_type[event.type] = by_type.get(event.type, 0) + 1
+        return None
 
     async def _careful(self, records: Sequence[Record], start: int) -> int:
         """Apply records from `start` with a savepoint per handler until one fails, commit

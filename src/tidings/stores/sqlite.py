@@ -577,13 +577,19 @@ class SQLiteStore(Store):
         self._relay_db.close()
 
 
+@functools.lru_cache(maxsize=256)
+def _decoded_headers(stored: bytes) -> Headers:
+    """Stored headers decoded; cached, since most events carry the same few headers."""
+    return _headers_decoder.decode(stored)
+
+
 def _outbox_rows(conn: sqlite3.Connection, limit: int, after: int) -> list[OutboxRow]:
     return [
         OutboxRow(
             seq,
             topic,
             event_id,
-            Message(value, key, _headers_decoder.decode(headers) if headers else ()),
+            Message(value, key, _decoded_headers(headers) if headers else ()),
         )
         for seq, topic, event_id, key, value, headers in conn.execute(
             "SELECT seq, topic, event_id, key, value, headers FROM tidings_outbox"
