@@ -42,7 +42,7 @@ def test_sigkill_during_2000_orders_on_the_embedded_default(tmp_path: Path) -> N
 
 
 def fresh_kafka_topics(bootstrap: str) -> None:
-    """Delete the demo's topics and consumer groups left by earlier runs on this broker."""
+    """Delete the demo's topics and consumer groups from this broker."""
     from confluent_kafka.admin import AdminClient
 
     admin = AdminClient({"bootstrap.servers": bootstrap})
@@ -85,6 +85,7 @@ def test_sigkill_during_2000_orders_on_kafka_and_postgresql(tmp_path: Path) -> N
         )
     finally:
         _drop_schemas(dsn, schema)
+        fresh_kafka_topics(bootstrap)  # other tests use topics of the same names
     victims = killed(out)
     assert set(victims) == set(NAMES), victims
     assert "placed 2000 orders" in out
