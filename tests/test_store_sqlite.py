@@ -62,3 +62,19 @@ async def test_wal_is_checkpointed_in_the_background(tmp_path: Path) -> None:
         assert path.stat().st_size > before + 200_000
     finally:
         await store.close()
+
+
+async def test_wal_starts_over_after_checkpoints(tmp_path: Path) -> None:
+    """Checkpoints let the WAL restart from its beginning: its file stays bounded by what is
+    written between two checkpoints, not by everything ever written."""
+    path = tmp_path / "service.db"
+    store = SQLiteStore(f"sqlite:///{path}")
+    await store.migrate(["CREATE TABLE blobs (b BLOB)"])
+    try:
+        for _ in range(40):
+            async with store.transaction() as tx:
+                await tx.execute("INSERT INTO blobs VALUES (?)", (b"x" * 200_000,))
+            await asyncio.sleep(CHECKPOINT_INTERVAL_S / 8)
+        assert (tmp_path / "service.db-wal").stat().st_size < 5_000_000  # 8 MB written
+    finally:
+        await store.close()

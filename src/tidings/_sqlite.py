@@ -204,9 +204,10 @@ class Database:
         return retry_busy(lambda: fn(conn), self.path)
 
     def checkpoint(self) -> None:
-        """Copy committed WAL frames into the database file, as far as readers allow, without
-        waiting for any lock (a PASSIVE checkpoint), on this thread's connection."""
-        self.read(lambda conn: conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall())
+        """Copy every committed WAL frame into the database file and make the next writer
+        start the WAL over (a RESTART checkpoint: it waits, like a writer, for other writers
+        and for readers of older snapshots), on this thread's connection."""
+        self.read(lambda conn: conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall())
 
     def close(self) -> None:
         self.closed = True

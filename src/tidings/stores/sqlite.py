@@ -14,8 +14,9 @@ below `INLINE_COMMIT_MAX_S` - since a hop to a thread and back costs more than a
 the write lock is held meanwhile; on a slow disk it runs on the worker thread, so the event
 loop is never blocked long. The relay's reads and its short writes (lease, removals; they
 commit without fsync) run inline as well, falling back to the worker thread when SQLite reports
-the database busy. The store's connections do not checkpoint the WAL when they commit; a
-background thread does it (`CHECKPOINT_INTERVAL_S`), so no commit pays for a checkpoint.
+the database busy. The store's connections do not checkpoint the WAL when they commit (that
+would block the event loop for the copy); a checkpoint runs on the worker thread instead, at
+most every `CHECKPOINT_INTERVAL_S`, between transactions.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ OUTBOX_COMMITTED = b"o"
 INLINE_COMMIT_MAX_S = 0.002
 """COMMIT runs on the event loop's thread while the recent average commit is faster."""
 CHECKPOINT_INTERVAL_S = 0.25
-"""Least time between two background WAL checkpoints (one is started after a commit)."""
+"""Least time between two WAL checkpoints (one is started after a commit)."""
 
 SCHEMA = [
     "CREATE TABLE IF NOT EXISTS tidings_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -283,8 +284,7 @@ class SQLiteStore(Store):
         self._db = _sqlite.Database(self.path, synchronous=level, autocheckpoint=False)
         self._relay_db = _sqlite.Database(self.path, synchronous="normal", autocheckpoint=False)
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="tidings-store")
-        self._checkpointer = ThreadPoolExecutor(1, thread_name_prefix="tidings-checkpoint")
-        self._checkpointing = False
+        self._checkpointing: asyncio.Task[None] | None = None
         self._next_checkpoint = 0.0
         self._commit_s = 0.0
         self._lock: asyncio.Lock | None = None
@@ -442,20 +442,26 @@ class SQLiteStore(Store):
         return peers
 
     def _maybe_checkpoint(self) -> None:
-        """Start a background WAL checkpoint unless one ran recently or is running."""
-        if self._checkpointing or time.monotonic() < self._next_checkpoint or self._closed:
+        """Start a WAL checkpoint unless one ran recently or is running."""
+        if self._checkpointing is not None or self._closed:
             return
-        self._checkpointing = True
+        if time.monotonic() < self._next_checkpoint:
+            return
         self._next_checkpoint = time.monotonic() + CHECKPOINT_INTERVAL_S
-        self._checkpointer.submit(self._checkpoint)
+        self._checkpointing = asyncio.get_running_loop().create_task(self._checkpoint())
 
-    def _checkpoint(self) -> None:
+    async def _checkpoint(self) -> None:
+        """A checkpoint on the worker thread, holding the write lock so that no transaction
+        of this process appends meanwhile; the next transaction starts the WAL over (it would
+        grow without bound otherwise)."""
+        assert self._lock is not None
         try:
-            self._db.checkpoint()
+            async with self._lock:
+                await self._io(self._db.checkpoint)
         except Exception:
             log.exception("%s: WAL checkpoint failed; will retry", self.path)
         finally:
-            self._checkpointing = False
+            self._checkpointing = None
 
     @staticmethod
     def _rollback(conn: sqlite3.Connection) -> None:
@@ -564,7 +570,9 @@ class SQLiteStore(Store):
         if self._lock is not None:
             async with self._lock:
                 pass
-        await asyncio.to_thread(self._checkpointer.shutdown, wait=True)
+        if self._checkpointing is not None:
+            with contextlib.suppress(Exception):
+                await self._checkpointing
         await self._io(self._close)
         self._worker.shutdown(wait=True)
 
