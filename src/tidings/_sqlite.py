@@ -20,6 +20,7 @@ T = TypeVar("T")
 
 SYNCHRONOUS = ("off", "normal", "full", "extra")
 BUSY_DEADLINE_S = 120.0
+CLOSE_WAIT_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +126,10 @@ class Database:
     """One SQLite file in WAL mode; one connection per thread, created on first use.
 
     `write(fn)` runs `fn(conn)` in a BEGIN IMMEDIATE transaction (retried while busy) and
-    commits; `read(fn)` runs it outside a transaction. Safe to use from any thread. With
+    commits; `read(fn)` runs it outside a transaction. Safe to use from any thread, also while
+    another thread closes it: `close()` waits for reads and writes in progress (closing a
+    connection under a running statement would crash the interpreter), and later ones raise
+    StorageError. With
     `autocheckpoint=False` its connections never checkpoint the WAL when they commit (SQLite's
     default is to, in whichever connection's commit finds the WAL over 1000 pages); the owner
     must then call `checkpoint()` from time to time."""
@@ -139,6 +143,8 @@ class Database:
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._in_use = 0
         self.closed = False
         directory = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(directory):
@@ -182,7 +188,26 @@ class Database:
             raise
         return conn
 
+    @contextlib.contextmanager
+    def _using(self) -> Iterator[None]:
+        """Count an operation in progress, so `close()` waits for it."""
+        with self._lock:
+            if self.closed:
+                raise StorageError(f"{self.path}: database is closed")
+            self._in_use += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_use -= 1
+                if not self._in_use:
+                    self._idle.notify_all()
+
     def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        with self._using():
+            return self._write(fn)
+
+    def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn = self.connection()
 
         def attempt() -> T:
@@ -200,8 +225,9 @@ class Database:
         return retry_busy(attempt, self.path)
 
     def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        conn = self.connection()
-        return retry_busy(lambda: fn(conn), self.path)
+        with self._using():
+            conn = self.connection()
+            return retry_busy(lambda: fn(conn), self.path)
 
     def checkpoint(self) -> None:
         """Copy every committed WAL frame into the database file and make the next writer
@@ -210,8 +236,14 @@ class Database:
         self.read(lambda conn: conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall())
 
     def close(self) -> None:
-        self.closed = True
+        """Close every connection once the operations in progress finished (waiting at most
+        CLOSE_WAIT_S; connections still in use then are left open rather than pulled
+        from under a running statement). Idempotent."""
         with self._lock:
+            self.closed = True
+            self._idle.wait_for(lambda: not self._in_use, timeout=CLOSE_WAIT_S)
+            if self._in_use:
+                return
             conns, self._all = self._all, []
         for conn in conns:
             with contextlib.suppress(sqlite3.Error):
