@@ -38,21 +38,27 @@ class InProcessCluster:
         self.api_url = self.analytics_url = ""
 
     async def start(self) -> None:
-        for service in self.services.values():
-            task = asyncio.create_task(service.run(install_signal_handlers=False))
-            self._tasks.append(task)
-            while service.runner is None or not service.runner.ready.is_set():
-                if task.done():
-                    task.result()
-                    raise RuntimeError(f"service {service.name} stopped while starting")
-                await asyncio.sleep(0.01)
-        app = create_app(
-            orders_service=self.services["orders"],
-            analytics=self.services["analytics"],
-            token=self.token,
-        )
-        self._http = serving(app, self.host, self.port)
-        server = await self._http.__aenter__()
+        """Start every service and the HTTP server; if any of it fails, stop what started."""
+        try:
+            for service in self.services.values():
+                task = asyncio.create_task(service.run(install_signal_handlers=False))
+                self._tasks.append(task)
+                while service.runner is None or not service.runner.ready.is_set():
+                    if task.done():
+                        task.result()
+                        raise RuntimeError(f"service {service.name} stopped while starting")
+                    await asyncio.sleep(0.01)
+            app = create_app(
+                orders_service=self.services["orders"],
+                analytics=self.services["analytics"],
+                token=self.token,
+            )
+            http = serving(app, self.host, self.port)
+            server = await http.__aenter__()
+            self._http = http
+        except BaseException:
+            await self.stop()
+            raise
         self.api_url = self.analytics_url = f"http://{self.host}:{server.port}"
 
     async def stop(self) -> None:
@@ -97,12 +103,17 @@ class ProcessCluster:
         self.restarts = 0
 
     async def start(self, names: tuple[str, ...] = NAMES) -> None:
-        """Start the named services (those not running) and wait until each is ready."""
+        """Start the named services (those not running) and wait until each is ready. If one
+        cannot start, the ones this call started are stopped again."""
         wanted = [n for n in names if not self.running(n)]
-        for name in wanted:
-            self._spawn(name)
-        for name in wanted:
-            await self._wait_ready(name)
+        try:
+            for name in wanted:
+                self._spawn(name)
+            for name in wanted:
+                await self._wait_ready(name)
+        except BaseException:
+            await self.terminate(tuple(wanted), grace=10.0)
+            raise
         if not self.services:
             self.services = build_all(self.settings)
             for service in self.services.values():

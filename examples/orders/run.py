@@ -101,7 +101,7 @@ async def main_async(args: argparse.Namespace) -> int:
         cluster = InProcessCluster(settings, token, args.host, args.port)
     layout = "one process per service" if args.processes else "one process"
     with console.status(f"starting 7 services ({layout})"):
-        await cluster.start()
+        await cluster.start()  # stops what it started if it fails
     chaos_task: asyncio.Task[None] | None = None
     client = OrderClient(cluster.api_url, token, give_up_after=args.timeout)
     try:
