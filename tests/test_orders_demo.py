@@ -68,7 +68,8 @@ def test_demo_runs_200_orders_and_every_invariant_holds(tmp_path: Path) -> None:
 
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[InProcessCluster]:
-    running = InProcessCluster(Settings.in_directory(tmp_path), TOKEN, "127.0.0.1", 0)
+    settings = Settings.in_directory(tmp_path, payment_failure_rate=0.0)  # every card works
+    running = InProcessCluster(settings, TOKEN, "127.0.0.1", 0)
     await running.start()
     await inventory.seed(running.services["inventory"], {"keyboard": 100, "mouse": 5})
     try:
