@@ -347,16 +347,10 @@ class Pipeline:
 
 
 async def start_service(service: Service) -> asyncio.Task[None]:
-    task = asyncio.create_task(service.run(install_signal_handlers=False))
-    deadline = time.monotonic() + 30
-    while service.runner is None or not service.runner.ready.is_set():
-        if task.done():
-            task.result()
-            raise RuntimeError(f"service {service.name} stopped while starting")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"service {service.name} did not start within 30 s")
-        await asyncio.sleep(0.01)
-    return task
+    try:
+        return await asyncio.wait_for(service.run_in_background(), 30)
+    except TimeoutError:
+        raise RuntimeError(f"service {service.name} did not start within 30 s") from None
 
 
 async def stop_services(services: Sequence[Service], tasks: Sequence[asyncio.Task[None]]) -> None:

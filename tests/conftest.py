@@ -14,11 +14,7 @@ async def running() -> AsyncIterator[Callable[[Service], Awaitable[None]]]:
     services: list[tuple[Service, asyncio.Task[None]]] = []
 
     async def start(service: Service) -> None:
-        task = asyncio.create_task(service.run(install_signal_handlers=False))
-        services.append((service, task))
-        while service.runner is None or not service.runner.ready.is_set():
-            assert not task.done(), task.exception()
-            await asyncio.sleep(0.01)
+        services.append((service, await service.run_in_background()))
 
     yield start
     for service, _ in services:

@@ -702,12 +702,8 @@ async def test_services_run_on_postgres_by_configuration_alone(
     def confirm(event: Event, ctx: SyncContext) -> None:
         ctx.execute("UPDATE orders SET status = 'CONFIRMED' WHERE id = ?", (event.data["id"],))
 
-    tasks = [asyncio.create_task(s.run(install_signal_handlers=False)) for s in (orders, inventory)]
+    tasks = [await s.run_in_background() for s in (orders, inventory)]
     try:
-        for service, task in zip((orders, inventory), tasks, strict=True):
-            while service.runner is None or not service.runner.ready.is_set():
-                assert not task.done(), task.exception()
-                await asyncio.sleep(0.01)
         ids = [f"o{n}" for n in range(10)] + ["twice"]
         for order_id in ids:
             async with orders.transaction() as ctx:

@@ -41,13 +41,7 @@ class InProcessCluster:
         """Start every service and the HTTP server; if any of it fails, stop what started."""
         try:
             for service in self.services.values():
-                task = asyncio.create_task(service.run(install_signal_handlers=False))
-                self._tasks.append(task)
-                while service.runner is None or not service.runner.ready.is_set():
-                    if task.done():
-                        task.result()
-                        raise RuntimeError(f"service {service.name} stopped while starting")
-                    await asyncio.sleep(0.01)
+                self._tasks.append(await service.run_in_background())
             app = create_app(
                 orders_service=self.services["orders"],
                 analytics=self.services["analytics"],

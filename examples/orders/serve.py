@@ -57,12 +57,7 @@ async def serve(args: argparse.Namespace) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
-    running = asyncio.create_task(service.run(install_signal_handlers=False))
-    while service.runner is None or not service.runner.ready.is_set():
-        if running.done():
-            running.result()
-            return 1
-        await asyncio.sleep(0.01)
+    running = await service.run_in_background()
     port = 0
     if args.name in WITH_HTTP:
         app = (

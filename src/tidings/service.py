@@ -392,6 +392,20 @@ class Service:
             self, grace_period=grace_period, install_signal_handlers=install_signal_handlers
         )
 
+    async def run_in_background(self, *, grace_period: float = 30.0) -> asyncio.Task[None]:
+        """Start `run()` as a task of this event loop (no signal handlers: the caller owns
+        them) and return it once the service consumes and relays. If it stops while starting,
+        its error is raised here. Stop it with `stop()`, then await the task."""
+        task = asyncio.create_task(
+            self.run(grace_period=grace_period, install_signal_handlers=False), name=self.name
+        )
+        while self.runner is None or not self.runner.ready.is_set():
+            if task.done():
+                task.result()
+                raise ConfigError(f"service {self.name} stopped while starting")
+            await asyncio.sleep(0.01)
+        return task
+
     def stop(self) -> None:
         """Ask a running `run()` to finish in-flight work and return."""
         if self.runner is not None:
