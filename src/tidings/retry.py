@@ -70,7 +70,8 @@ class Retry:
             raise ConfigError(f"Retry.jitter must be in [0, 1), got {self.jitter}")
 
     def retryable(self, exc: BaseException) -> bool:
-        """False for permanent failures: never worth another attempt."""
+        """False for permanent failures: never worth another attempt. A transaction conflict
+        is retryable whatever `retry_on` names."""
         from tidings.schema import SchemaError
 
         permanent: tuple[type[BaseException], ...] = (
@@ -82,19 +83,18 @@ class Retry:
         )
         if isinstance(exc, permanent):
             return False
-        return isinstance(exc, self.retry_on)
+        return isinstance(exc, self.retry_on) or is_transaction_conflict(exc)
 
     def next_delay(self, attempt: int, elapsed: float, exc: BaseException) -> float | None:
         """Seconds to wait before attempt `attempt + 1`, or None to give up."""
+        if not self.retryable(exc):
+            return None
         if is_transaction_conflict(exc):
             # full jitter, so the transactions that collided do not collide again in step
             delay = random.uniform(0, min(CONFLICT_MAX_DELAY, 0.005 * 2 ** min(attempt, 10)))
-            if self.max_elapsed is not None and elapsed + delay > self.max_elapsed:
-                return None
-            return delay
-        if not self.retryable(exc) or attempt >= self.max_attempts:
+        elif attempt >= self.max_attempts:
             return None
-        if attempt <= self.immediate:
+        elif attempt <= self.immediate:
             delay = 0.0
         else:
             step = attempt - self.immediate - 1
