@@ -51,8 +51,9 @@ H = TypeVar("H", bound=Callable[..., Any])
 class Context:
     """What a handler or request code works with: the current transaction and publishing.
 
-    `execute`/`fetchone`/`fetchall` run SQL in the transaction; `publish` queues an event into
-    the outbox of the same transaction (it reaches the broker only if the transaction commits).
+    `execute`/`fetchone`/`fetchall` run SQL in the transaction, `defer` queues a statement whose
+    result is not needed; `publish` queues an event into the outbox of the same transaction (it
+    reaches the broker only if the transaction commits).
     """
 
     def __init__(
@@ -76,6 +77,15 @@ class Context:
     async def execute(self, sql: str, params: Params = ()) -> int:
         """Run a statement; returns the affected row count."""
         return await self.tx.execute(sql, params)
+
+    def defer(self, sql: str, params: Params = ()) -> None:
+        """Queue a statement whose result you do not need (an INSERT of an effect, say). It
+        runs in this transaction before its next statement, before its outbox is written and
+        before it commits, in order with everything else; an error it raises surfaces there
+        and fails the handler (or the transaction) as if `execute` had raised it. On
+        PostgreSQL queued statements share one round trip - a handler that defers its writes
+        lets a batch of events cost one round trip instead of one per write."""
+        self.tx.defer(sql, params)
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
         return await self.tx.fetchall(sql, params)
@@ -148,6 +158,9 @@ class SyncContext:
     def execute(self, sql: str, params: Params = ()) -> int:
         result: int = self._wait(self._context.execute(sql, params))
         return result
+
+    def defer(self, sql: str, params: Params = ()) -> None:
+        self._context.defer(sql, params)
 
     def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
         result: list[Row] = self._wait(self._context.fetchall(sql, params))

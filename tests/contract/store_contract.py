@@ -17,6 +17,7 @@ from tidings.stores import connect_store
 from tidings.stores.base import InboxConflictError, InboxStatus, Store, Transaction
 
 BUSINESS = "CREATE TABLE orders (id TEXT PRIMARY KEY, total REAL NOT NULL)"
+UNIQUE_VIOLATION = r"(?i)unique|duplicate"  # SQLite: "UNIQUE constraint", PG: "duplicate key"
 
 
 def message(n: int) -> Message:
@@ -291,6 +292,68 @@ class StoreContract:
             assert await tx.inbox_get("c", "undone") is None
         assert await store.query("SELECT id FROM orders ORDER BY id") == [("kept",), ("nested",)]
         assert await relay_all(store) == ["kept"]
+
+    async def test_deferred_statements_run_in_order_before_the_next_statement(
+        self, store: Store
+    ) -> None:
+        async with store.transaction() as tx:
+            tx.defer("INSERT INTO orders(id, total) VALUES (?, ?)", ("a", 1.0))
+            tx.defer("INSERT INTO orders(id, total) VALUES (?, ?)", ("b", 2.0))
+            tx.defer("UPDATE orders SET total = total * 10 WHERE id = ?", ("a",))
+            tx.defer("INSERT INTO orders(id, total) VALUES (?, ?)", ("c", 3.0))
+            assert await tx.fetchall("SELECT id, total FROM orders ORDER BY id") == [
+                ("a", 10.0),
+                ("b", 2.0),
+                ("c", 3.0),
+            ]
+            tx.defer("DELETE FROM orders WHERE id = ?", ("b",))
+            tx.add_outbox("t", "e-1", message(1))
+        assert await store.query("SELECT id FROM orders ORDER BY id") == [("a",), ("c",)]
+        assert await relay_all(store) == ["e-1"]
+
+    async def test_deferred_statements_run_before_commit(self, store: Store) -> None:
+        async with store.transaction() as tx:
+            for n in range(300):
+                tx.defer("INSERT INTO orders(id, total) VALUES (?, ?)", (f"o-{n}", n))
+        assert await store.query("SELECT count(*), sum(total) FROM orders") == [(300, 44850)]
+
+    async def test_a_failing_deferred_statement_fails_the_transaction(self, store: Store) -> None:
+        async with store.transaction() as tx:
+            await tx.execute("INSERT INTO orders(id, total) VALUES ('taken', 1)")
+        with pytest.raises(Exception, match=UNIQUE_VIOLATION):
+            async with store.transaction() as tx:
+                tx.defer("INSERT INTO orders(id, total) VALUES ('new', 2)")
+                tx.defer("INSERT INTO orders(id, total) VALUES ('taken', 3)")
+                tx.add_outbox("t", "e-1", message(1))
+        assert await store.query("SELECT id, total FROM orders") == [("taken", 1)]
+        assert await store.outbox_size() == 0
+        with pytest.raises(Exception, match=UNIQUE_VIOLATION):
+            async with store.transaction() as tx:
+                tx.defer("INSERT INTO orders(id, total) VALUES ('taken', 3)")
+                await tx.execute("INSERT INTO orders(id, total) VALUES ('after', 4)")
+        assert await store.query("SELECT id FROM orders") == [("taken",)]
+
+    async def test_savepoint_owns_the_statements_deferred_inside_it(self, store: Store) -> None:
+        async with store.transaction() as tx:
+            await tx.execute("INSERT INTO orders(id, total) VALUES ('taken', 1)")
+            tx.defer("INSERT INTO orders(id, total) VALUES ('before', 2)")
+            with pytest.raises(Exception, match=UNIQUE_VIOLATION):
+                async with tx.savepoint():
+                    tx.defer("INSERT INTO orders(id, total) VALUES ('inside', 3)")
+                    tx.defer("INSERT INTO orders(id, total) VALUES ('taken', 4)")
+            with pytest.raises(ValueError):
+                async with tx.savepoint():
+                    tx.defer("INSERT INTO orders(id, total) VALUES ('never', 5)")
+                    raise ValueError
+            async with tx.savepoint():
+                tx.defer("INSERT INTO orders(id, total) VALUES ('nested', 6)")
+            tx.defer("INSERT INTO orders(id, total) VALUES ('last', 7)")
+        assert await store.query("SELECT id FROM orders ORDER BY total") == [
+            ("taken",),
+            ("before",),
+            ("nested",),
+            ("last",),
+        ]
 
     async def test_inbox_dead_status_and_delete(self, store: Store) -> None:
         async with store.transaction() as tx:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from tidings import dlq
 from tidings.brokers.base import Batch, Consumer, Message, Record
-from tidings.errors import DecodeError, DuplicateEventError
+from tidings.errors import DecodeError, DuplicateEventError, StorageError
 from tidings.event import Event, event_from_record
 from tidings.schema import SchemaError
 from tidings.service import Context, Handler, Service, Stats, SyncContext
@@ -146,6 +146,13 @@ class Dispatcher:
                         )
                     if failure is not None:
                         raise _RolledBack(start + offset)
+                try:
+                    await tx.run_deferred()
+                except StorageError:
+                    raise
+                except Exception:
+                    # A statement a handler deferred failed: which one, the careful path finds.
+                    raise _RolledBack(start) from None
                 await inbox.write(tx)
         except _RolledBack as rolled_back:
             return rolled_back.index

@@ -70,11 +70,31 @@ class InboxEntry:
 
 
 class Transaction(abc.ABC):
-    """One store transaction. Use from one task; not thread-safe."""
+    """One store transaction. Use from one task; not thread-safe.
+
+    Statements queued with `defer` run before any other statement of the transaction (every
+    method here that touches the database runs them first), when a savepoint block ends, and
+    before COMMIT; so they always run in the order they were queued relative to everything
+    else, and their errors surface at that point."""
+
+    def __init__(self) -> None:
+        self.deferred: list[tuple[str, Params]] = []
 
     @abc.abstractmethod
     async def execute(self, sql: str, params: Params = ()) -> int:
         """Run a statement with parameters; returns the affected row count."""
+
+    def defer(self, sql: str, params: Params = ()) -> None:
+        """Queue a statement whose result (row count, rows) nobody reads; see the class
+        docstring for when it runs. Backends with network round trips send the queued
+        statements together (PostgreSQL: one pipeline) instead of waiting for each."""
+        self.deferred.append((sql, params))
+
+    @abc.abstractmethod
+    async def run_deferred(self) -> None:
+        """Run the queued statements now, in order (nothing if none are queued). If one
+        fails, its error is raised and the rest are dropped; the transaction (or the enclosing
+        savepoint) must then be rolled back."""
 
     @abc.abstractmethod
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]: ...
@@ -90,7 +110,8 @@ class Transaction(abc.ABC):
 
     @abc.abstractmethod
     async def flush(self) -> None:
-        """Write queued outbox rows now, so a DuplicateEventError surfaces here."""
+        """Run deferred statements and write queued outbox rows now, so their errors (such as
+        DuplicateEventError) surface here."""
 
     @abc.abstractmethod
     async def inbox_add(
@@ -127,7 +148,9 @@ class Transaction(abc.ABC):
     @abc.abstractmethod
     def savepoint(self) -> AbstractAsyncContextManager[None]:
         """A nested unit: an exception inside rolls back only what the block did (SQL, outbox
-        rows and inbox rows) and propagates."""
+        rows, inbox rows, and deferred statements not run yet) and propagates. Statements
+        deferred before the block run when it starts; those deferred inside run before it
+        ends, so their errors are the block's."""
 
 
 class Store(abc.ABC):

@@ -60,7 +60,9 @@ import contextlib
 import functools
 import getpass
 import hashlib
+import itertools
 import logging
+import operator
 import os
 import re
 import time
@@ -461,6 +463,7 @@ class PostgresTransaction(Transaction):
     """A transaction on one pooled connection."""
 
     def __init__(self, conn: Conn, store: PostgresStore) -> None:
+        super().__init__()
         self._conn = conn
         self._store = store
         self._cursor = conn.cursor()
@@ -470,10 +473,34 @@ class PostgresTransaction(Transaction):
         self._flushed = 0
 
     async def _exec(self, query: Any, params: Sequence[Any]) -> psycopg.AsyncCursor[TupleRow]:
+        if self.deferred:
+            await self.run_deferred()
         try:
             return await self._cursor.execute(query, params)
         except psycopg.OperationalError as exc:
-            error = self._store._translate(exc, "in a transaction; it was rolled back")
+            error = self._translated(exc)
+            if error is exc:
+                raise
+            raise error from exc
+
+    def _translated(self, exc: psycopg.OperationalError) -> Exception:
+        error = self._store._translate(exc, "in a transaction; it was rolled back")
+        return exc if error is exc else error
+
+    async def run_deferred(self) -> None:
+        """One pipeline: consecutive runs of the same statement as one `executemany`, one
+        round trip for the lot (instead of one per statement)."""
+        pending, self.deferred = self.deferred, []
+        if not pending:
+            return
+        try:
+            async with self._conn.pipeline():
+                for statement, run in itertools.groupby(pending, key=operator.itemgetter(0)):
+                    await self._cursor.executemany(
+                        translate_placeholders(statement), [_arguments(p) for _, p in run]
+                    )
+        except psycopg.OperationalError as exc:
+            error = self._translated(exc)
             if error is exc:
                 raise
             raise error from exc
@@ -498,6 +525,8 @@ class PostgresTransaction(Transaction):
 
         After a DuplicateEventError the transaction (or the enclosing savepoint) is aborted,
         as after any failed statement in PostgreSQL: it must be rolled back."""
+        if self.deferred:
+            await self.run_deferred()
         pending = self.outbox[self._flushed :]
         if not pending:
             return
@@ -520,7 +549,7 @@ class PostgresTransaction(Transaction):
                 f"still in the outbox ({exc.diag.message_detail or exc})"
             ) from exc
         except psycopg.OperationalError as exc:
-            error = self._store._translate(exc, "in a transaction; it was rolled back")
+            error = self._translated(exc)
             if error is exc:
                 raise
             raise error from exc
@@ -586,13 +615,18 @@ class PostgresTransaction(Transaction):
 
     @contextlib.asynccontextmanager
     async def _savepoint(self) -> AsyncIterator[None]:
+        if self.deferred:
+            await self.run_deferred()
         mark = len(self.outbox)
         try:
             async with self._conn.transaction():
                 yield
+                if self.deferred:
+                    await self.run_deferred()
         except BaseException:
             del self.outbox[mark:]
             self._flushed = min(self._flushed, mark)
+            self.deferred.clear()
             raise
 
     def savepoint(self) -> AbstractAsyncContextManager[None]:

@@ -24,7 +24,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import logging
+import operator
 import sqlite3
 import time
 import uuid
@@ -122,6 +124,12 @@ def _inbox_find_sql(size: int) -> str:
     return f"SELECT event_id FROM tidings_inbox WHERE consumer = ? AND event_id IN ({placeholders})"  # noqa: S608
 
 
+@functools.lru_cache(maxsize=256)
+def _changes_data(statement: str) -> bool:
+    """Whether `executemany` takes `statement` (INSERT, UPDATE, DELETE, REPLACE)."""
+    return statement.lstrip().split(None, 1)[0].upper() in {"INSERT", "UPDATE", "DELETE", "REPLACE"}
+
+
 def _padded_size(count: int) -> int:
     return 1 << (count - 1).bit_length()
 
@@ -130,6 +138,7 @@ class SQLiteTransaction(Transaction):
     """A transaction on the store's writer connection; statements run inline."""
 
     def __init__(self, conn: sqlite3.Connection, path: str) -> None:
+        super().__init__()
         self._conn = conn
         self._path = path
         self.outbox: list[tuple[str, str, Message]] = []
@@ -138,12 +147,30 @@ class SQLiteTransaction(Transaction):
 
     def _run(self, sql: str, params: Params) -> sqlite3.Cursor:
         try:
+            if self.deferred:
+                self.run_deferred_now()
             return self._conn.execute(sql, params)
         except sqlite3.Error as exc:
             translated = _sqlite.translate(exc, self._path)
             if translated is exc:
                 raise
             raise translated from exc
+
+    async def run_deferred(self) -> None:
+        with _sqlite.storage_errors(self._path):
+            self.run_deferred_now()
+
+    def run_deferred_now(self) -> None:
+        """`run_deferred` on the calling thread: consecutive runs of one data-changing
+        statement as one `executemany`."""
+        pending, self.deferred = self.deferred, []
+        for statement, run in itertools.groupby(pending, key=operator.itemgetter(0)):
+            params = [p for _, p in run]
+            if len(params) > 1 and _changes_data(statement):
+                self._conn.executemany(statement, params)
+            else:
+                for item in params:
+                    self._conn.execute(statement, item)
 
     async def execute(self, sql: str, params: Params = ()) -> int:
         return self._run(sql, params).rowcount
@@ -186,6 +213,8 @@ class SQLiteTransaction(Transaction):
     async def inbox_add_all(self, entries: Sequence[tuple[str, str, Position]]) -> None:
         if not entries:
             return
+        if self.deferred:
+            await self.run_deferred()
         now = _now_ms()
         try:
             self._conn.executemany(
@@ -227,7 +256,10 @@ class SQLiteTransaction(Transaction):
         self._run(f"SAVEPOINT {name}", ())
         try:
             yield
+            if self.deferred:
+                await self.run_deferred()
         except BaseException:
+            self.deferred.clear()
             self._run(f"ROLLBACK TO {name}", ())
             self._run(f"RELEASE {name}", ())
             del self.outbox[mark:]
@@ -239,10 +271,15 @@ class SQLiteTransaction(Transaction):
         return self._savepoint()
 
     async def flush(self) -> None:
+        if self.deferred:
+            await self.run_deferred()
         self.flush_outbox()
 
     def flush_outbox(self) -> None:
-        """Write the outbox rows queued since the last flush (and always before COMMIT)."""
+        """Run deferred statements, then write the outbox rows queued since the last flush
+        (and always before COMMIT)."""
+        if self.deferred:
+            self.run_deferred_now()
         pending = self.outbox[self._flushed :]
         if not pending:
             return
