@@ -37,12 +37,14 @@ PostgreSQL:
   `Relay(store, broker).relay_once()` (batches of 1000) in a loop until the outbox is empty,
   then `relay.settle()` (the removal of published rows runs in the background) (target
   >= 20,000/s);
-* `pg_kafka_e2e_events_per_s` - a producer `Service` (PostgreSQL store) publishes through its
-  outbox in transactions of 100 `ctx.publish`, its relay moves them to Kafka, a consumer
-  `Service` (PostgreSQL store, handler: one INSERT) applies them, all in this process. From the
-  first publish until the effects table holds every event (max(id) polled every 10 ms,
-  confirmed by count(*)), after a warm-up
-  that joins the group (target >= 10,000/s).
+* `pg_kafka_e2e_events_per_s` - a producer `Service` (PostgreSQL store) in its own process
+  (`bench/_pg_producer.py`; in production a producer and its consumers are separate services)
+  publishes through its outbox in transactions of 100 `ctx.publish`, its relay moves them to
+  Kafka, and one consumer `Service` in this process (PostgreSQL store, handler: one INSERT,
+  queued with `ctx.defer`; `--e2e-write execute` awaits `ctx.execute` instead) applies them.
+  From the first publish until the effects table holds every event (max(id) polled every
+  10 ms, confirmed by count(*)), after a warm-up that joins the group (target >= 10,000/s
+  with one consumer process).
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ DEFAULT_FASTSTREAM_VENV = "/tmp/bench-faststream-venv"
 FASTSTREAM_HELPER = Path(__file__).resolve().parent / "_faststream_consumer.py"
 
 PHASES = ("consume", "pg_relay", "pg_e2e")
+EFFECT_INSERT = "INSERT INTO effects(event_id, order_id, total_cents) VALUES (?, ?, ?)"
 
 TARGETS = {
     "overhead_vs_raw_pct": "<= 20",
@@ -100,6 +103,7 @@ class Settings:
     dsn: str
     faststream_venv: str
     faststream: bool
+    e2e_write: str = "defer"
     phases: tuple[str, ...] = PHASES
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:10])
 
@@ -137,6 +141,13 @@ def parse(argv: Sequence[str]) -> Settings:
         default=None,
         help="consume rounds (raw, tidings, FastStream each), medians reported (default 5,"
         " quick 1)",
+    )
+    parser.add_argument(
+        "--e2e-write",
+        choices=("defer", "execute"),
+        default="defer",
+        help="how the end-to-end handler writes its effect: ctx.defer (default; one pipeline"
+        " per batch on PostgreSQL) or await ctx.execute (one round trip per event)",
     )
     parser.add_argument("--dir", default=None, help="scratch directory (default: a temp dir)")
     parser.add_argument(
@@ -184,6 +195,7 @@ def parse(argv: Sequence[str]) -> Settings:
         dsn=args.dsn,
         faststream_venv=args.faststream_venv,
         faststream=not args.no_faststream,
+        e2e_write=args.e2e_write,
         phases=phases,
     )
 
@@ -590,6 +602,55 @@ async def pg_relay(broker: Any, payloads: Any, s: Settings, cleanup: Cleanup) ->
 # PostgreSQL -> Kafka -> PostgreSQL -------------------------------------------------------
 
 
+class ProducerProcess:
+    """`bench/_pg_producer.py` in a subprocess: the producer Service and its relay."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+
+    @classmethod
+    async def start(cls, *args: str) -> ProducerProcess:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bench._pg_producer",
+            *args,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+        producer = cls(process)
+        await producer.expect("ready", 60)
+        return producer
+
+    async def expect(self, word: str, timeout: float) -> str:
+        assert self.process.stdout is not None
+        line = (await asyncio.wait_for(self.process.stdout.readline(), timeout)).decode()
+        if not line.startswith(word):
+            raise RuntimeError(f"producer process: expected {word!r}, got {line.strip()!r}")
+        return line[len(word) :].strip()
+
+    async def send(self, line: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(f"{line}\n".encode())
+        await self.process.stdin.drain()
+
+    async def publish(self, count: int) -> float:
+        await self.send(f"publish {count}")
+        return float(await self.expect("published", 600))
+
+    async def stop(self) -> int:
+        """Stops the producer; returns how many events its relay published."""
+        try:
+            await self.send("stop")
+            return int(await self.expect("relayed", 90))
+        finally:
+            if self.process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    self.process.kill()
+            await self.process.wait()
+
+
 async def pg_e2e(s: Settings, cleanup: Cleanup) -> None:
     topic = f"bench-{s.run_id}-orders"
     producer_name = f"bench-{s.run_id}-producer"
@@ -597,15 +658,12 @@ async def pg_e2e(s: Settings, cleanup: Cleanup) -> None:
     p_schema, c_schema = f"bench_{s.run_id}_producer", f"bench_{s.run_id}_consumer"
     cleanup.schemas += [p_schema, c_schema]
     cleanup.groups.append(consumer_name)
-    topics = {topic: PARTITIONS}
-    producer = Service(
-        producer_name, broker=s.kafka_url, store=_pg_url(s.dsn, p_schema), topics=topics
-    )
+    deferred = s.e2e_write == "defer"
     consumer = Service(
         consumer_name,
         broker=s.kafka_url,
         store=_pg_url(s.dsn, c_schema),
-        topics=topics,
+        topics={topic: PARTITIONS},
         migrations=[
             "CREATE TABLE effects (id BIGSERIAL PRIMARY KEY, event_id TEXT NOT NULL,"
             " order_id TEXT NOT NULL, total_cents BIGINT NOT NULL)"
@@ -614,21 +672,11 @@ async def pg_e2e(s: Settings, cleanup: Cleanup) -> None:
 
     @consumer.handler(topic)
     async def on_order_placed(event: BenchOrderPlaced, ctx: Context) -> None:
-        await ctx.execute(
-            "INSERT INTO effects(event_id, order_id, total_cents) VALUES (?, ?, ?)",
-            (ctx.event.id if ctx.event else "", event.order_id, event.total_cents),
-        )
-
-    async def publish(models: list[Any], total: int) -> None:
-        # bench.pipeline.publish_many publishes to "orders"; same loop, this run's topic.
-        index = 0
-        for _ in range(total // TX_EVENTS):
-            if index + TX_EVENTS > len(models):
-                index = 0
-            async with producer.transaction() as ctx:
-                for model in models[index : index + TX_EVENTS]:
-                    ctx.publish(topic, model, key=model.order_id)
-            index += TX_EVENTS
+        params = (ctx.event.id if ctx.event else "", event.order_id, event.total_cents)
+        if deferred:
+            ctx.defer(EFFECT_INSERT, params)
+        else:
+            await ctx.execute(EFFECT_INSERT, params)
 
     async def effects() -> int:
         rows = await consumer.store.query("SELECT count(*) FROM effects")
@@ -648,27 +696,30 @@ async def pg_e2e(s: Settings, cleanup: Cleanup) -> None:
                 return None
             await asyncio.sleep(0.01)
 
-    pool, event_bytes = build_pool(producer_name)
-    tasks: list[asyncio.Task[None]] = []
+    _, event_bytes = build_pool(producer_name)
+    task: asyncio.Task[None] | None = None
+    producer: ProducerProcess | None = None
+    relayed = 0
     try:
-        tasks.append(await start_service(consumer))
-        tasks.append(await start_service(producer))
+        task = await start_service(consumer)
+        producer = await ProducerProcess.start(
+            producer_name, s.kafka_url, _pg_url(s.dsn, p_schema), topic, str(PARTITIONS)
+        )
         warm = 5 * TX_EVENTS
-        await publish(pool, warm)
+        await producer.publish(warm)
         if await wait_effects(warm, 60) is None:
             raise RuntimeError("warm-up events did not reach the consumer within 60 s")
-        base_relayed = producer.runner.relay.published if producer.runner else 0
         total = s.e2e_events
         start = time.perf_counter()
         done_task = asyncio.create_task(wait_effects(warm + total, 120))
-        await publish(pool, total)
-        published_s = time.perf_counter() - start
+        published_s = await producer.publish(total)
         done = await done_task
         applied = await effects() - warm
-        relayed = (producer.runner.relay.published if producer.runner else 0) - base_relayed
         duplicates = consumer.stats.duplicates
     finally:
-        await stop_services([producer, consumer], tasks)
+        if producer is not None:
+            relayed = await producer.stop() - 5 * TX_EVENTS
+        await stop_services([consumer], [task] if task else [])
     elapsed = (done if done is not None else time.perf_counter()) - start
     rate = applied / elapsed
     context: dict[str, Any] = {}
@@ -689,14 +740,16 @@ async def pg_e2e(s: Settings, cleanup: Cleanup) -> None:
         duplicates=duplicates,
         consumer_max_batch=consumer.max_batch,
         consumer_concurrency=consumer.concurrency,
-        processes=1,
+        consumer_processes=1,
+        effect_write=f"ctx.{s.e2e_write}",
         **context,
         target=TARGETS["pg_kafka_e2e_events_per_s"],
         meets_target=rate >= 10_000 and not context,
-        note="producer Service (PostgreSQL outbox, tx of 100 ctx.publish) -> its relay -> Kafka"
-        " -> consumer Service (PostgreSQL store: inbox row + one INSERT per event), one process;"
-        " first publish -> effects table holds every event (max(id) polled every 10 ms,"
-        " confirmed by count(*))",
+        note="producer Service (PostgreSQL outbox, tx of 100 ctx.publish, its relay; its own"
+        " process, bench/_pg_producer.py) -> Kafka -> consumer Service in this process"
+        " (PostgreSQL store: inbox row + one INSERT per event, see effect_write); first"
+        " publish -> effects table"
+        " holds every event (max(id) polled every 10 ms, confirmed by count(*))",
     )
 
 
