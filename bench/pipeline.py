@@ -14,13 +14,14 @@ so ~390, not 300). Everything runs on one event loop, as a single-process deploy
   no consumer; then the consumer draining that backlog.
 * `e2e_events_per_s` - a producer service publishes in transactions of 100 events
   (`async with producer.transaction() as ctx: ctx.publish(...)` x100); its outbox relay moves them
-  to the broker; a consumer service's handler (inbox row, automatic; one effect row via
-  `ctx.execute`) commits per batch, then acks (offsets are committed by the consumer's heartbeat,
-  at most 1 s later, off the critical path). Timed from the first publish until the consumer's
-  store holds every effect (polled every 5 ms). `publish_events_per_s` is the producer's rate in
-  the same run; `relay_events_per_s` when the relay had moved everything to the broker.
-  `vs_raw` = value / `sqlite_raw_insert_rows_per_s`. `loop_lag_*` = how late a 5 ms timer fired
-  on the shared event loop meanwhile (time it was held without yielding).
+  to the broker; a consumer service's handler (inbox row, automatic; one effect row queued with
+  `ctx.defer`, or `await ctx.execute` with `--write execute`) commits per batch, then acks
+  (offsets are committed by the consumer's heartbeat, at most 1 s later, off the critical path).
+  Timed from the first publish until the consumer's store holds every effect (polled every
+  5 ms). `publish_events_per_s` is the producer's rate in the same run; `relay_events_per_s`
+  when the relay had moved everything to the broker. `vs_raw` = value /
+  `sqlite_raw_insert_rows_per_s`. `loop_lag_*` = how late a 5 ms timer fired on the shared
+  event loop meanwhile (time it was held without yielding).
 * `e2e_latency_{p50,p90,p99,max}_ms` - open-loop load of 1,000 events/s, one event per
   transaction, each publish started on a timer (absolute schedule) in its own task. From the
   moment the producer's `async with` exits (commit done) to the moment the consumer's store
@@ -72,6 +73,9 @@ LOW_RATE = 100
 POLL_S = 0.005
 LAG_TICK_S = 0.005
 PHASES = ("raw", "e2e", "latency", "place_order")
+EFFECT_INSERT = (
+    "INSERT INTO effects(event_id, order_id, total_cents, handled_ns) VALUES (?, ?, ?, ?)"
+)
 
 TARGETS = {
     "e2e_events_per_s": ">= 20000",
@@ -101,6 +105,7 @@ class Settings:
     low_rate_seconds: float
     place_orders: int
     closed_loop_seconds: float
+    write: str = "defer"
 
 
 def parse(argv: Sequence[str]) -> Settings:
@@ -123,6 +128,13 @@ def parse(argv: Sequence[str]) -> Settings:
         default=",".join(PHASES),
         help=f"comma-separated subset of {','.join(PHASES)} (default: all)",
     )
+    parser.add_argument(
+        "--write",
+        choices=("defer", "execute"),
+        default="defer",
+        help="how the consumer's handler writes its effect row: ctx.defer (default) or await"
+        " ctx.execute",
+    )
     args = parser.parse_args(list(argv))
     quick = args.quick
     events = args.events if args.events is not None else (10_000 if quick else 100_000)
@@ -144,6 +156,7 @@ def parse(argv: Sequence[str]) -> Settings:
         low_rate_seconds=1.5 if quick else 3.0,
         place_orders=300 if quick else 1000,
         closed_loop_seconds=1.0 if quick else 2.0,
+        write=args.write,
     )
 
 
@@ -387,7 +400,7 @@ async def wait_outbox_empty(service: Service, timeout: float) -> float | None:
         await asyncio.sleep(POLL_S)
 
 
-async def start_pipeline(directory: str) -> Pipeline:
+async def start_pipeline(directory: str, *, deferred: bool) -> Pipeline:
     """Both services; the producer (and its relay) runs, the consumer is started later."""
     broker_url = f"sqlite:///{os.path.join(directory, 'bus.db')}"
     topics = {"orders": PARTITIONS}
@@ -412,10 +425,11 @@ async def start_pipeline(directory: str) -> Pipeline:
     @consumer.handler("orders")
     async def on_order_placed(event: BenchOrderPlaced, ctx: Context) -> None:
         event_id = ctx.event.id if ctx.event else ""
-        await ctx.execute(
-            "INSERT INTO effects(event_id, order_id, total_cents, handled_ns) VALUES (?, ?, ?, ?)",
-            (event_id, event.order_id, event.total_cents, time.time_ns()),
-        )
+        params = (event_id, event.order_id, event.total_cents, time.time_ns())
+        if deferred:
+            ctx.defer(EFFECT_INSERT, params)
+        else:
+            await ctx.execute(EFFECT_INSERT, params)
         if tracker.active:
             tracker.on_handled(ctx.position, event_id)
 
@@ -542,6 +556,7 @@ async def e2e(
         "partitions": PARTITIONS,
         "event_bytes": event_bytes,
         "seconds": elapsed,
+        "effect_write": f"ctx.{s.write}",
     }
     if done is None:
         context["incomplete"] = f"only {applied} of {total} effects after {elapsed:.0f} s"
@@ -848,7 +863,7 @@ async def run(settings: Settings, directory: str) -> None:
     if "raw" in settings.phases:
         raw = raw_sqlite(directory, event_bytes, settings)
     if "e2e" in settings.phases or "latency" in settings.phases:
-        pipeline = await start_pipeline(directory)
+        pipeline = await start_pipeline(directory, deferred=settings.write == "defer")
         try:
             if "e2e" in settings.phases:
                 await stages_alone(pipeline, pool, raw, event_bytes, settings)
