@@ -176,6 +176,9 @@ async def test_placeholder_edge_cases_run_on_the_server(store: Store) -> None:
         assert await tx.fetchall("UPDATE orders SET total = ? WHERE id = ?", (2, "50%?")) == []
     with pytest.raises(TypeError, match="named parameters"):
         await store.query("SELECT :x", {"x": 1})
+    async with store.transaction() as tx:
+        with pytest.raises(TypeError, match="named parameters"):
+            tx.defer("INSERT INTO orders(id, total) VALUES (:id, 1)", {"id": "x"})
 
 
 # URLs, credentials, unreachable servers -------------------------------------------------------

@@ -38,7 +38,7 @@ def create(settings: Settings) -> Service:
     @service.handler(*TOPICS)
     async def track(event: Event, ctx: Context) -> None:
         topic = ctx.position[0] if ctx.position else "?"
-        await ctx.execute(
+        ctx.defer(
             "INSERT INTO counters(topic, event_type, n) VALUES (?, ?, 1)"
             " ON CONFLICT(topic, event_type) DO UPDATE SET n = counters.n + 1",
             (topic, event.type),
@@ -46,7 +46,7 @@ def create(settings: Settings) -> Service:
         if event.type == "PAYMENT_CHARGED":
             amount = float(event.data.get("amount", 0.0))
             currency = str(event.data.get("currency", "?"))
-            await ctx.execute(
+            ctx.defer(
                 "INSERT INTO revenue(minute, currency, amount, orders) VALUES (?, ?, ?, 1)"
                 " ON CONFLICT(minute, currency) DO UPDATE SET"
                 " amount = revenue.amount + excluded.amount, orders = revenue.orders + 1",

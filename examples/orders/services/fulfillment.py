@@ -30,7 +30,7 @@ def create(settings: Settings) -> Service:
 
     @service.handler(PAYMENT_EVENTS)
     async def start_shipment(event: PaymentCharged, ctx: Context) -> None:
-        await ctx.execute(
+        ctx.defer(
             "INSERT INTO shipments(order_id, status, created_at) VALUES (?, 'PREPARING', ?)",
             (event.order_id, datetime.now(UTC).isoformat()),
         )

@@ -77,11 +77,11 @@ def create(settings: Settings) -> Service:
             )
             return
         for product_id, quantity in sorted(wanted.items()):
-            await ctx.execute(
+            ctx.defer(
                 "UPDATE stock SET available = available - ? WHERE product_id = ?",
                 (quantity, product_id),
             )
-            await ctx.execute(
+            ctx.defer(
                 "INSERT INTO reservations(order_id, product_id, quantity, status)"
                 " VALUES (?, ?, ?, 'RESERVED')",
                 (event.order_id, product_id, quantity),
@@ -105,11 +105,11 @@ def create(settings: Settings) -> Service:
             (event.order_id,),
         )
         for product_id, quantity in rows:
-            await ctx.execute(
+            ctx.defer(
                 "UPDATE stock SET available = available + ? WHERE product_id = ?",
                 (quantity, product_id),
             )
-        await ctx.execute(
+        ctx.defer(
             "UPDATE reservations SET status = 'RELEASED' WHERE order_id = ?", (event.order_id,)
         )
 

@@ -28,7 +28,7 @@ def create(settings: Settings) -> Service:
 
     @service.handler(ORDER_EVENTS)
     async def add_points(event: OrderConfirmed, ctx: Context) -> None:
-        await ctx.execute(
+        ctx.defer(
             "INSERT INTO points(order_id, user_id, points) VALUES (?, ?, ?)",
             (event.order_id, event.user_id, int(event.total)),
         )

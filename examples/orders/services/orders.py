@@ -200,7 +200,7 @@ def create(settings: Settings) -> Service:
         order_id = event.data.get("orderId") if isinstance(event.data, dict) else None
         if not isinstance(order_id, str):
             return
-        await ctx.execute(
+        ctx.defer(
             "INSERT INTO order_events(event_id, order_id, topic, type, version, time,"
             " correlation_id, causation_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT(event_id) DO NOTHING",

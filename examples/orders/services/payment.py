@@ -76,14 +76,14 @@ def create(settings: Settings) -> Service:
         try:
             charge_id = await gateway.charge(event.order_id, event.total, event.currency)
         except CardDeclined as exc:
-            await ctx.execute(
+            ctx.defer(
                 "INSERT INTO charges(order_id, amount, currency, status, reason)"
                 " VALUES (?, ?, ?, 'FAILED', ?)",
                 (event.order_id, event.total, event.currency, str(exc)),
             )
             ctx.publish(PAYMENT_EVENTS, PaymentFailed(order_id=event.order_id, reason=str(exc)))
             return
-        await ctx.execute(
+        ctx.defer(
             "INSERT INTO charges(order_id, amount, currency, status, charge_id)"
             " VALUES (?, ?, ?, 'CHARGED', ?)",
             (event.order_id, event.total, event.currency, charge_id),

@@ -487,6 +487,9 @@ class PostgresTransaction(Transaction):
         error = self._store._translate(exc, "in a transaction; it was rolled back")
         return exc if error is exc else error
 
+    def defer(self, sql: str, params: Params = ()) -> None:
+        self.deferred.append((sql, _arguments(params)))
+
     async def run_deferred(self) -> None:
         """One pipeline: consecutive runs of the same statement as one `executemany`, one
         round trip for the lot (instead of one per statement)."""
@@ -497,7 +500,7 @@ class PostgresTransaction(Transaction):
             async with self._conn.pipeline():
                 for statement, run in itertools.groupby(pending, key=operator.itemgetter(0)):
                     await self._cursor.executemany(
-                        translate_placeholders(statement), [_arguments(p) for _, p in run]
+                        translate_placeholders(statement), [p for _, p in run]
                     )
         except psycopg.OperationalError as exc:
             error = self._translated(exc)
