@@ -20,7 +20,9 @@ consumer slower than the fetcher for most of each second):
 * `faststream_consume_events_per_s` - FastStream's confluent backend in its own venv (a
   subprocess, `bench/_faststream_consumer.py`): batch subscriber, `max_records=1000`,
   `AckPolicy.ACK` (commit after the handler), raw bodies (no decoding), logging off;
-* `ratio_vs_faststream` = tidings / FastStream (target >= 3).
+* `ratio_vs_faststream` = tidings / FastStream (target >= 3);
+* `faststream_defaults_consume_events_per_s` - context, not a target: the same FastStream
+  consumer with librdkafka's own defaults, as FastStream ships (`ratio_vs_tidings` in the line).
 
 Rates are timed from the first batch received to the last one handled, counting the events
 after the first batch: the group join (seconds on Kafka) is excluded for every consumer alike.
@@ -348,7 +350,7 @@ def faststream_python(venv: str) -> tuple[str | None, str | None]:
 
 
 async def faststream_consume(
-    python: str, bootstrap: str, topic: str, group: str, total: int
+    python: str, bootstrap: str, topic: str, group: str, total: int, settings: dict[str, Any]
 ) -> dict[str, Any]:
     process = await asyncio.create_subprocess_exec(
         python,
@@ -358,7 +360,7 @@ async def faststream_consume(
         group,
         str(total),
         str(MAX_BATCH),
-        json.dumps(dict(CONSUMER_DEFAULTS)),
+        json.dumps(settings),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -416,6 +418,7 @@ async def consume_comparisons(broker: Any, payloads: Any, s: Settings, cleanup: 
     raw_rounds: list[float] = []
     tidings_rounds: list[float] = []
     fs_rounds: list[float] = []
+    fs_default_rounds: list[float] = []
     tidings_batches: list[int] = []
     fs_versions: dict[str, Any] = {}
     for n in range(s.rounds):
@@ -431,12 +434,20 @@ async def consume_comparisons(broker: Any, payloads: Any, s: Settings, cleanup: 
         if python is not None:
             group = f"bench-{s.run_id}-faststream-{n}"
             cleanup.groups.append(group)
+            default_group = f"bench-{s.run_id}-faststream-defaults-{n}"
+            cleanup.groups.append(default_group)
             try:
-                fs = await faststream_consume(python, s.bootstrap, topic, group, s.events)
+                fs = await faststream_consume(
+                    python, s.bootstrap, topic, group, s.events, dict(CONSUMER_DEFAULTS)
+                )
+                fs_default = await faststream_consume(
+                    python, s.bootstrap, topic, default_group, s.events, {}
+                )
             except Exception as exc:
                 python, fs_why = None, f"{type(exc).__name__}: {exc}"
             else:
                 fs_rounds.append(float(fs["events_per_s"] or 0.0))
+                fs_default_rounds.append(float(fs_default["events_per_s"] or 0.0))
                 fs_versions = {
                     "faststream": fs.get("faststream"),
                     "faststream_confluent_kafka": fs.get("confluent_kafka"),
@@ -535,6 +546,20 @@ async def consume_comparisons(broker: Any, payloads: Any, s: Settings, cleanup: 
         meets_target=ratio >= 3,
         note="median over the rounds of tidings / FastStream (FastStream in a separate process,"
         " right after tidings); of_best and of_medians from the best and the median rates",
+    )
+    defaults_ratios = [t / f for t, f in zip(tidings_paired, fs_default_rounds, strict=True) if f]
+    emit(
+        BENCH,
+        "faststream_defaults_consume_events_per_s",
+        statistics.median(fs_default_rounds),
+        "events/s",
+        **base,
+        **spread(fs_default_rounds),
+        settings={},
+        ratio_vs_tidings=round(statistics.median(defaults_ratios), 2),
+        note="context, not a target: the same FastStream consumer with librdkafka's own defaults"
+        " (what a FastStream user gets out of the box: fetch.queue.backoff.ms=1000 stalls a"
+        " consumer slower than the fetcher); ratio_vs_tidings = median of tidings / this",
     )
 
 

@@ -1,0 +1,82 @@
+"""`python -m bench pipeline` and `python -m bench kafka` run end to end with `--quick` and print
+every metric their issue names, with the work complete (no event lost, none applied twice).
+Whether a figure meets its target is for BENCHMARKS.md, measured on a quiet machine, not for a
+test on a shared one."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import server_setting
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_bench(*args: str, timeout: float) -> dict[str, dict[str, Any]]:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    return {line["metric"]: line for line in lines}
+
+
+@pytest.mark.timeout(200)
+def test_pipeline_benchmark_reports_every_target(tmp_path: Path) -> None:
+    metrics = run_bench("pipeline", "--quick", "--dir", str(tmp_path), timeout=180)
+    for name in (
+        "e2e_events_per_s",
+        "e2e_latency_p50_ms",
+        "e2e_latency_p99_ms",
+        "place_order_p50_ms",
+        "sqlite_raw_insert_rows_per_s",
+    ):
+        assert isinstance(metrics[name]["value"], int | float), metrics[name]
+        assert metrics[name]["value"] > 0
+    e2e = metrics["e2e_events_per_s"]
+    assert "incomplete" not in e2e, e2e
+    assert e2e["effect_write"] == "ctx.defer"
+    assert e2e["vs_raw"] > 0
+    assert metrics["e2e_duplicates"]["value"] == 0
+
+
+@pytest.mark.timeout(300)
+def test_kafka_benchmark_reports_every_target(tmp_path: Path) -> None:
+    bootstrap = server_setting("TIDINGS_KAFKA_BOOTSTRAP", "kafka")
+    dsn = server_setting("TIDINGS_POSTGRES_DSN", "postgres")
+    metrics = run_bench(
+        "kafka",
+        "--quick",
+        "--no-faststream",
+        "--bootstrap",
+        bootstrap,
+        "--dsn",
+        dsn,
+        "--dir",
+        str(tmp_path),
+        timeout=280,
+    )
+    for name in (
+        "overhead_vs_raw_pct",
+        "pg_relay_events_per_s",
+        "pg_kafka_e2e_events_per_s",
+    ):
+        assert isinstance(metrics[name]["value"], int | float), metrics[name]
+    assert metrics["ratio_vs_faststream"]["value"] is None  # --no-faststream says why
+    relay = metrics["pg_relay_events_per_s"]
+    assert relay["left_in_outbox"] == 0
+    e2e = metrics["pg_kafka_e2e_events_per_s"]
+    assert "incomplete" not in e2e, e2e
+    assert e2e["relayed"] == e2e["events"]
+    assert e2e["duplicates"] == 0
+    assert metrics["cleanup"]["value"] is True, metrics["cleanup"]
