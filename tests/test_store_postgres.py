@@ -181,6 +181,23 @@ async def test_placeholder_edge_cases_run_on_the_server(store: Store) -> None:
             tx.defer("INSERT INTO orders(id, total) VALUES (:id, 1)", {"id": "x"})
 
 
+async def test_deferred_statements_without_pipeline_mode(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a libpq older than 14 (no pipeline mode) deferred statements still run, in order."""
+    monkeypatch.setattr("tidings.stores.postgres._PIPELINES", False)
+    async with store.transaction() as tx:
+        tx.defer("INSERT INTO orders(id, total) VALUES (?, ?)", ("a", 1))
+        tx.defer("INSERT INTO orders(id, total) VALUES (?, ?)", ("b", 2))
+        tx.defer("UPDATE orders SET total = total + 10 WHERE id = ?", ("a",))
+    assert await store.query("SELECT id, total FROM orders ORDER BY id") == [("a", 11), ("b", 2)]
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        async with store.transaction() as tx:
+            tx.defer("INSERT INTO orders(id, total) VALUES (?, ?)", ("c", 3))
+            tx.defer("INSERT INTO orders(id, total) VALUES (?, ?)", ("a", 4))
+    assert await store.query("SELECT count(*) FROM orders") == [(2,)]
+
+
 # URLs, credentials, unreachable servers -------------------------------------------------------
 
 

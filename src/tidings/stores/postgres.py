@@ -437,6 +437,8 @@ _PERMANENT = (
     "invalid",
 )
 _LOST_STATES = frozenset({"57P01", "57P02", "57P03", "53300"})
+_PIPELINES = psycopg.AsyncPipeline.is_supported()
+"""Whether libpq has pipeline mode (version 14+; psycopg[binary] bundles a recent one)."""
 
 
 def is_connection_loss(exc: BaseException) -> bool:
@@ -492,21 +494,26 @@ class PostgresTransaction(Transaction):
 
     async def run_deferred(self) -> None:
         """One pipeline: consecutive runs of the same statement as one `executemany`, one
-        round trip for the lot (instead of one per statement)."""
+        round trip for the lot (instead of one per statement). Without pipeline support in
+        libpq (before version 14), one round trip per statement."""
         pending, self.deferred = self.deferred, []
         if not pending:
             return
         try:
-            async with self._conn.pipeline():
-                for statement, run in itertools.groupby(pending, key=operator.itemgetter(0)):
-                    await self._cursor.executemany(
-                        translate_placeholders(statement), [p for _, p in run]
-                    )
+            if _PIPELINES:
+                async with self._conn.pipeline():
+                    await self._execute_runs(pending)
+            else:
+                await self._execute_runs(pending)
         except psycopg.OperationalError as exc:
             error = self._translated(exc)
             if error is exc:
                 raise
             raise error from exc
+
+    async def _execute_runs(self, pending: Sequence[tuple[str, Params]]) -> None:
+        for statement, run in itertools.groupby(pending, key=operator.itemgetter(0)):
+            await self._cursor.executemany(translate_placeholders(statement), [p for _, p in run])
 
     async def _run(self, statement: str, params: Params) -> psycopg.AsyncCursor[TupleRow]:
         return await self._exec(translate_placeholders(statement), _arguments(params))
