@@ -1,13 +1,15 @@
 """`ctx.defer`: handlers' queued statements, on both stores, through the dispatcher.
 
-Deferred statements of a whole batch run together at its end (on PostgreSQL, one pipeline), so
-a failing one cannot name its handler by itself: the batch rolls back and is re-applied with a
-savepoint per handler, where it fails inside its own handler; that event alone is retried and
-dead-lettered, the others' effects commit once.
+In a batch applied without savepoints, a deferred statement runs when the next statement does -
+possibly another handler's, or the inbox write at the end - so its failure cannot name its
+handler there: the batch rolls back and is re-applied with a savepoint per handler, where it
+fails inside its own handler; that event alone is retried and dead-lettered, the others'
+effects commit once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -19,6 +21,7 @@ from tidings.brokers.base import Batch, Record
 from tidings.event import event_to_message
 from tidings.retry import Retry
 from tidings.runtime.dispatch import Dispatcher
+from tidings.schema import EventModel
 from tidings.service import Context, Service, SyncContext
 
 EFFECTS = "CREATE TABLE effects (event_id TEXT PRIMARY KEY, n INTEGER NOT NULL CHECK (n <> 6))"
@@ -122,3 +125,99 @@ async def test_a_failing_deferred_statement_dead_letters_its_event_only(
     assert headers[dlq.OFFSET] == "6"
     assert headers[dlq.REASON] == dlq.REASON_EXHAUSTED
     assert "check constraint" in headers[dlq.MESSAGE].lower()
+
+
+class Typed(EventModel, type="TEST_DEFERRED_TYPED", version=1):
+    n: int
+
+
+async def test_a_deferred_failure_surfacing_at_a_framework_statement_is_still_the_handlers(
+    service: Service,
+) -> None:
+    """The failure surfaces at the inbox row of an undecodable record / an invalid event that
+    follows it in the batch: outside any handler, yet only the deferring handler's event is
+    dead-lettered, and the batch moves on."""
+    service.retry = FAST
+
+    @service.handler("orders")
+    async def apply(event: Event, ctx: Context) -> None:
+        if event.type == "T":
+            ctx.defer("INSERT INTO effects(event_id, n) VALUES (?, ?)", (event.id, event.data["n"]))
+
+    @service.handler("orders")
+    async def typed(event: Typed, ctx: Context) -> None:
+        pass
+
+    await service.start()
+    events = [Event(type="T", key="k", data={"n": n}) for n in (5, 6)]
+    batch = records(events)
+    invalid = event_to_message(Event(type=Typed.event_type, key="k", data={"n": "not a number"}))
+    batch.append(Record("orders", 0, 2, 0, b"not an event", b"k", ()))
+    batch.append(Record("orders", 0, 3, 0, invalid.value, invalid.key, invalid.headers))
+    acks = Acks()
+    await Dispatcher(service).process(acks, Batch("orders", 0, batch))  # type: ignore[arg-type]
+    assert await service.store.query("SELECT n FROM effects") == [(5,)]
+    assert acks.acked == 1
+    assert service.stats.dead_lettered == 3  # n=6 (retries exhausted), undecodable, invalid
+
+
+async def test_a_handler_catching_its_own_errors_cannot_swallow_anothers_deferred_failure(
+    service: Service,
+) -> None:
+    """`audit` ignores duplicate-key errors of its own insert; the second shipment of o1, which
+    `ship` deferred, fails while `audit` awaits its statement - and is still `ship`'s failure."""
+    service.retry = FAST
+    await service.store.start()
+    await service.store.migrate(
+        [
+            EFFECTS,
+            "CREATE TABLE shipments (order_id TEXT PRIMARY KEY, event_id TEXT NOT NULL)",
+            "CREATE TABLE seen (event_id TEXT PRIMARY KEY)",
+        ]
+    )
+
+    @service.handler("orders")
+    async def ship(event: Event, ctx: Context) -> None:
+        ctx.defer(
+            "INSERT INTO shipments(order_id, event_id) VALUES (?, ?)",
+            (event.data["order"], event.id),
+        )
+
+    @service.handler("orders")
+    async def audit(event: Event, ctx: Context) -> None:
+        with contextlib.suppress(Exception):  # already seen
+            await ctx.execute("INSERT INTO seen(event_id) VALUES (?)", (event.id,))
+
+    await service.start()
+    events = [Event(type="T", key="k", data={"order": o}) for o in ("o1", "o2", "o1")]
+    acks = Acks()
+    await Dispatcher(service).process(acks, Batch("orders", 0, records(events)))  # type: ignore[arg-type]
+    shipped = await service.store.query("SELECT event_id FROM shipments ORDER BY order_id")
+    assert shipped == [(events[0].id,), (events[1].id,)]
+    assert await service.store.query("SELECT count(*) FROM seen") == [(3,)]
+    assert acks.acked == 1
+    assert service.stats.dead_lettered == 1
+    [letter] = await service.store.outbox_claim("test", 10, 30.0) or []
+    headers = {k: v.decode() for k, v in letter.message.headers}
+    assert (headers[dlq.HANDLER], headers[dlq.OFFSET]) == ("deferring.ship", "2")
+
+
+async def test_a_deferred_statement_naming_a_missing_column_is_dead_lettered(
+    service: Service,
+) -> None:
+    """A statement the schema cannot run (a column not migrated yet) is the handler's failure,
+    retried and dead-lettered - not a store failure that redelivers the batch forever."""
+    service.retry = FAST
+
+    @service.handler("orders")
+    async def apply(event: Event, ctx: Context) -> None:
+        ctx.defer(
+            "INSERT INTO effects(event_id, n, full_name) VALUES (?, ?, ?)", (event.id, 1, "x")
+        )
+
+    await service.start()
+    acks = Acks()
+    batch = records([Event(type="T", key="k", data={}) for _ in range(3)])
+    await Dispatcher(service).process(acks, Batch("orders", 0, batch))  # type: ignore[arg-type]
+    assert acks.acked == 1
+    assert service.stats.dead_lettered == 3

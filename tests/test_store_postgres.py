@@ -29,7 +29,7 @@ from psycopg import sql
 from tests.contract.store_contract import BUSINESS, StoreContract, message, relay_all
 from tidings import Event, connect, event_from_record
 from tidings.brokers.base import Message, Record, TopicPartition
-from tidings.errors import ConfigError, StorageError
+from tidings.errors import ConfigError, StorageError, TransactionAbortedError
 from tidings.retry import Retry
 from tidings.service import Context, Service, SyncContext
 from tidings.stores import connect_store
@@ -179,6 +179,19 @@ async def test_placeholder_edge_cases_run_on_the_server(store: Store) -> None:
     async with store.transaction() as tx:
         with pytest.raises(TypeError, match="named parameters"):
             tx.defer("INSERT INTO orders(id, total) VALUES (:id, 1)", {"id": "x"})
+
+
+async def test_a_transaction_whose_error_was_caught_does_not_pretend_to_commit(
+    store: Store,
+) -> None:
+    """PostgreSQL aborts a transaction at its first error; if the code catches the error and
+    carries on, COMMIT would silently roll back. The commit raises instead."""
+    with pytest.raises(TransactionAbortedError, match="rolled back"):
+        async with store.transaction() as tx:
+            await tx.execute("INSERT INTO orders(id, total) VALUES ('a', 1)")
+            with pytest.raises(psycopg.errors.UniqueViolation):
+                await tx.execute("INSERT INTO orders(id, total) VALUES ('a', 2)")
+    assert await store.query("SELECT count(*) FROM orders") == [(0,)]
 
 
 async def test_deferred_statements_without_pipeline_mode(

@@ -29,6 +29,7 @@ from tidings.errors import (
     TidingsError,
     TopicError,
     TopicExistsError,
+    TransactionAbortedError,
     UnknownTopicError,
 )
 from tidings.event import (
@@ -82,6 +83,7 @@ __all__ = [
     "TopicInfo",
     "TopicPartition",
     "Transaction",
+    "TransactionAbortedError",
     "UnknownTopicError",
     "WireModel",
     "connect",

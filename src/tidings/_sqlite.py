@@ -65,23 +65,27 @@ def synchronous_option(value: str | None, default: str = "full") -> str:
     return level
 
 
+_READONLY, _IOERR, _CORRUPT, _FULL, _CANTOPEN, _NOTADB = 8, 10, 11, 13, 14, 26
+"""SQLite's primary result codes that mean the file, not the statement, is the problem."""
+
+
 def translate(exc: sqlite3.Error, path: str) -> Exception:
-    """StorageError naming the file for corruption, permission and I/O errors; `exc` itself
-    for everything else (constraint violations, SQL errors, busy)."""
-    if isinstance(exc, sqlite3.OperationalError):
-        text = str(exc)
-        if "readonly" in text or "read-only" in text:
-            return StorageError(f"{path}: the database is read-only ({text})")
-        if "unable to open" in text:
-            return StorageError(f"{path}: cannot open the database file ({text})")
-        if "disk I/O" in text or "full" in text:
-            return StorageError(f"{path}: {text}")
+    """StorageError naming the file for corruption, permission, space and I/O errors; `exc`
+    itself for everything else (constraint violations, SQL errors, busy)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    text = str(exc)
+    if code is None:  # raised by the sqlite3 module itself, not by SQLite
         return exc
-    if isinstance(exc, sqlite3.DatabaseError) and not isinstance(
-        exc, sqlite3.IntegrityError | sqlite3.ProgrammingError
-    ):
+    primary = code & 0xFF
+    if primary == _READONLY:
+        return StorageError(f"{path}: the database is read-only ({text})")
+    if primary == _CANTOPEN:
+        return StorageError(f"{path}: cannot open the database file ({text})")
+    if primary in (_IOERR, _FULL):
+        return StorageError(f"{path}: {text}")
+    if primary in (_CORRUPT, _NOTADB):
         return StorageError(
-            f"{path}: not a usable SQLite database; it is corrupt or not a database ({exc})"
+            f"{path}: not a usable SQLite database; it is corrupt or not a database ({text})"
         )
     return exc
 

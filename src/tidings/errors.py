@@ -50,3 +50,9 @@ class DuplicateEventError(TidingsError):
 
 class MigrationError(TidingsError):
     """A schema migration failed or an applied migration was changed."""
+
+
+class TransactionAbortedError(TidingsError):
+    """An earlier statement of the transaction failed - a statement queued with `defer`, or
+    on PostgreSQL any statement whose error the code caught - so it can only be rolled back;
+    raised by every later statement and by the commit."""

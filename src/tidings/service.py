@@ -79,12 +79,15 @@ class Context:
         return await self.tx.execute(sql, params)
 
     def defer(self, sql: str, params: Params = ()) -> None:
-        """Queue a statement whose result you do not need (an INSERT of an effect, say). It
-        runs in this transaction before its next statement, before its outbox is written and
-        before it commits, in order with everything else; an error it raises surfaces there
-        and fails the handler (or the transaction) as if `execute` had raised it. On
-        PostgreSQL queued statements share one round trip - a handler that defers its writes
-        lets a batch of events cost one round trip instead of one per write."""
+        """Queue a statement whose result you do not need (an INSERT of an effect, say);
+        `params` are copied now. It runs in this transaction before its next statement, at
+        the end of a savepoint, before the outbox is written and before the commit, in order
+        with everything else. On PostgreSQL the statements queued until then share one round
+        trip, so a batch of events whose handlers only defer pays one round trip for all
+        their writes. If it fails, its error is raised where it ran, and the transaction can
+        then only roll back (later statements and the commit raise TransactionAbortedError).
+        In a handler the failure is always the deferring handler's own: the dispatcher
+        re-applies the batch with a savepoint per handler, whose end runs what it deferred."""
         self.tx.defer(sql, params)
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from tidings.brokers.base import Message
-from tidings.errors import DuplicateEventError, MigrationError
+from tidings.errors import DuplicateEventError, MigrationError, TransactionAbortedError
 from tidings.stores import connect_store
 from tidings.stores.base import InboxConflictError, InboxStatus, Store, Transaction
 
@@ -332,6 +332,37 @@ class StoreContract:
                 tx.defer("INSERT INTO orders(id, total) VALUES ('taken', 3)")
                 await tx.execute("INSERT INTO orders(id, total) VALUES ('after', 4)")
         assert await store.query("SELECT id FROM orders") == [("taken",)]
+
+    async def test_deferred_parameters_are_copied_at_the_call(self, store: Store) -> None:
+        async with store.transaction() as tx:
+            params = ["m1", 1.0]
+            tx.defer("INSERT INTO orders(id, total) VALUES (?, ?)", params)
+            params[:] = ["m2", 2.0]
+            tx.defer("INSERT INTO orders(id, total) VALUES (?, ?)", params)
+            params[:] = ["m3", 3.0]
+        assert await store.query("SELECT id FROM orders ORDER BY id") == [("m1",), ("m2",)]
+
+    async def test_a_caught_deferred_failure_leaves_only_a_rollback(self, store: Store) -> None:
+        async with store.transaction() as tx:
+            await tx.execute("INSERT INTO orders(id, total) VALUES ('taken', 1)")
+        with pytest.raises(TransactionAbortedError, match="deferred earlier"):
+            async with store.transaction() as tx:
+                tx.defer("INSERT INTO orders(id, total) VALUES ('a', 2)")
+                tx.defer("INSERT INTO orders(id, total) VALUES ('taken', 3)")
+                tx.defer("INSERT INTO orders(id, total) VALUES ('c', 4)")
+                with pytest.raises(Exception, match=UNIQUE_VIOLATION):
+                    await tx.execute("UPDATE orders SET total = 5 WHERE id = 'nothing'")
+                with pytest.raises(TransactionAbortedError):
+                    await tx.fetchall("SELECT id FROM orders")
+                tx.add_outbox("t", "e-1", message(1))
+        assert await store.query("SELECT id FROM orders") == [("taken",)]
+        assert await store.outbox_size() == 0
+
+    async def test_deferred_statements_with_returning(self, store: Store) -> None:
+        async with store.transaction() as tx:
+            for n in range(3):
+                tx.defer("INSERT INTO orders(id, total) VALUES (?, ?) RETURNING id", (f"r{n}", n))
+        assert await store.query("SELECT count(*) FROM orders") == [(3,)]
 
     async def test_savepoint_owns_the_statements_deferred_inside_it(self, store: Store) -> None:
         async with store.transaction() as tx:

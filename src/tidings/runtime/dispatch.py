@@ -22,11 +22,18 @@ from dataclasses import dataclass, field
 
 from tidings import dlq
 from tidings.brokers.base import Batch, Consumer, Message, Record
-from tidings.errors import DecodeError, DuplicateEventError, StorageError
+from tidings.errors import DecodeError, DuplicateEventError
 from tidings.event import Event, event_from_record
 from tidings.schema import SchemaError
 from tidings.service import Context, Handler, Service, Stats, SyncContext
-from tidings.stores.base import InboxConflictError, InboxKey, InboxStatus, Position, Transaction
+from tidings.stores.base import (
+    DeferredStatementFailed,
+    InboxConflictError,
+    InboxKey,
+    InboxStatus,
+    Position,
+    Transaction,
+)
 
 log = logging.getLogger("tidings.dispatch")
 
@@ -119,7 +126,8 @@ class Dispatcher:
         be recorded already (a concurrent redelivery committed first), the transaction rolls
         back and the caller applies the batch carefully. Returns len(records) once committed,
         or the index of the first record whose handler raised (or `start` after such a
-        conflict) - and then nothing of `records[start:]` was committed."""
+        conflict, or when a statement a handler deferred failed) - and then nothing of
+        `records[start:]` was committed."""
         tally = Tally()
         pending = records[start:]
         planned: list[tuple[Record, Event | DecodeError, list[Handler]]] = []
@@ -134,6 +142,7 @@ class Dispatcher:
             planned.append((record, event, handlers))
         try:
             async with self.store.transaction() as tx:
+                tx.deferred_errors_escape = True
                 inbox = InboxBatch(await tx.inbox_find(keys))
                 for offset, (record, event, handlers) in enumerate(planned):
                     if isinstance(event, Event) and handlers:
@@ -146,17 +155,13 @@ class Dispatcher:
                         )
                     if failure is not None:
                         raise _RolledBack(start + offset)
-                try:
-                    await tx.run_deferred()
-                except StorageError:
-                    raise
-                except Exception:
-                    # A statement a handler deferred failed: which one, the careful path finds.
-                    raise _RolledBack(start) from None
+                await tx.run_deferred()
                 await inbox.write(tx)
         except _RolledBack as rolled_back:
             return rolled_back.index
-        except (DuplicateEventError, InboxConflictError):
+        except (DuplicateEventError, InboxConflictError, DeferredStatementFailed):
+            # DeferredStatementFailed: a statement some handler deferred failed, wherever it
+            # surfaced (in another handler's await, say); savepoints will say whose it was.
             return start
         tally.add_to(self.service.stats)
         return len(records)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tidings.brokers.base import Message
-from tidings.errors import TidingsError
+from tidings.errors import StorageError, TidingsError, TransactionAbortedError
 
 Row = tuple[Any, ...]
 Params = Sequence[Any] | dict[str, Any]
@@ -69,16 +69,58 @@ class InboxEntry:
     status: InboxStatus
 
 
+class DeferredStatementFailed(BaseException):
+    """What a transaction with `deferred_errors_escape` set raises instead of the error of a
+    deferred statement (`error`): not an Exception, so code that catches the errors of its own
+    statement cannot swallow the failure of a statement someone else deferred. The dispatcher
+    sets it while it applies a batch without savepoints, then re-applies the batch with a
+    savepoint per handler, where the failure is the deferring handler's own."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(error)
+        self.error = error
+
+
 class Transaction(abc.ABC):
     """One store transaction. Use from one task; not thread-safe.
 
     Statements queued with `defer` run before any other statement of the transaction (every
     method here that touches the database runs them first), when a savepoint block ends, and
     before COMMIT; so they always run in the order they were queued relative to everything
-    else, and their errors surface at that point."""
+    else, and their errors surface at that point. Once a deferred statement failed, the
+    transaction can only roll back: every later statement and the commit raise
+    TransactionAbortedError (unless a savepoint holding the failure rolled it back)."""
 
     def __init__(self) -> None:
         self.deferred: list[tuple[str, Params]] = []
+        self.failure: Exception | None = None
+        """The error of the deferred statement that failed, if one did."""
+        self.deferred_errors_escape = False
+        """Raise DeferredStatementFailed instead of a deferred statement's error (StorageError
+        excepted: the store itself failing is nobody's statement)."""
+
+    def _raise_if_failed(self) -> None:
+        if self.failure is not None:
+            raise TransactionAbortedError(
+                "a statement deferred earlier in this transaction failed "
+                f"({type(self.failure).__name__}: {self.failure}); it can only be rolled back"
+            ) from self.failure
+
+    def _deferred_failed(
+        self, pending: list[tuple[str, Params]], error: Exception
+    ) -> BaseException:
+        """Record that running `pending` failed with `error` (translated): the queue is kept,
+        so every later statement and the commit raise. Returns what to raise."""
+        self.failure = error
+        self.deferred = pending
+        if self.deferred_errors_escape and not isinstance(error, StorageError):
+            return DeferredStatementFailed(error)
+        return error
+
+    def _forget_deferred(self) -> None:
+        """A savepoint rolled back: what it deferred, and its failure, are undone with it."""
+        self.deferred.clear()
+        self.failure = None
 
     @abc.abstractmethod
     async def execute(self, sql: str, params: Params = ()) -> int:
@@ -86,15 +128,17 @@ class Transaction(abc.ABC):
 
     def defer(self, sql: str, params: Params = ()) -> None:
         """Queue a statement whose result (row count, rows) nobody reads; see the class
-        docstring for when it runs. Backends with network round trips send the queued
-        statements together (PostgreSQL: one pipeline) instead of waiting for each."""
-        self.deferred.append((sql, params))
+        docstring for when it runs. `params` are copied now. Backends with network round
+        trips send the statements queued until then together (PostgreSQL: one pipeline)
+        instead of waiting for each."""
+        self.deferred.append((sql, dict(params) if isinstance(params, dict) else tuple(params)))
 
     @abc.abstractmethod
     async def run_deferred(self) -> None:
         """Run the queued statements now, in order (nothing if none are queued). If one
-        fails, its error is raised and the rest are dropped; the transaction (or the enclosing
-        savepoint) must then be rolled back."""
+        fails, its error is raised (see `deferred_errors_escape`) and the transaction (or the
+        enclosing savepoint) must be rolled back; TransactionAbortedError if one failed
+        earlier."""
 
     @abc.abstractmethod
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]: ...
@@ -149,8 +193,9 @@ class Transaction(abc.ABC):
     def savepoint(self) -> AbstractAsyncContextManager[None]:
         """A nested unit: an exception inside rolls back only what the block did (SQL, outbox
         rows, inbox rows, and deferred statements not run yet) and propagates. Statements
-        deferred before the block run when it starts; those deferred inside run before it
-        ends, so their errors are the block's."""
+        deferred before the block run when it starts - their errors are raised there, before
+        the block, and are not the block's; those deferred inside run before it ends, so their
+        errors are the block's (and rolled back with it)."""
 
 
 class Store(abc.ABC):

@@ -76,11 +76,18 @@ import msgspec
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.pq import TransactionStatus
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from tidings.brokers.base import Headers, Message
-from tidings.errors import ConfigError, DuplicateEventError, MigrationError, StorageError
+from tidings.errors import (
+    ConfigError,
+    DuplicateEventError,
+    MigrationError,
+    StorageError,
+    TransactionAbortedError,
+)
 from tidings.stores.base import (
     InboxConflictError,
     InboxKey,
@@ -490,26 +497,40 @@ class PostgresTransaction(Transaction):
         return exc if error is exc else error
 
     def defer(self, sql: str, params: Params = ()) -> None:
-        self.deferred.append((sql, _arguments(params)))
+        self.deferred.append((sql, tuple(_arguments(params))))
 
     async def run_deferred(self) -> None:
         """One pipeline: consecutive runs of the same statement as one `executemany`, one
         round trip for the lot (instead of one per statement). Without pipeline support in
         libpq (before version 14), one round trip per statement."""
+        self._raise_if_failed()
         pending, self.deferred = self.deferred, []
         if not pending:
             return
         try:
-            if _PIPELINES:
-                async with self._conn.pipeline():
-                    await self._execute_runs(pending)
-            else:
-                await self._execute_runs(pending)
-        except psycopg.OperationalError as exc:
-            error = self._translated(exc)
-            if error is exc:
+            await self._send(pending)
+        except Exception as exc:
+            error = self._translated(exc) if isinstance(exc, psycopg.OperationalError) else exc
+            signal = self._deferred_failed(pending, error)
+            if signal is exc:
                 raise
-            raise error from exc
+            raise signal from (exc if signal is error else error)
+
+    async def _send(self, pending: Sequence[tuple[str, Params]]) -> None:
+        if not _PIPELINES:
+            await self._execute_runs(pending)
+            return
+        failure: psycopg.Error | None = None
+        try:
+            async with self._conn.pipeline():
+                try:
+                    await self._execute_runs(pending)
+                except psycopg.Error as exc:
+                    failure = exc  # raised below: leaving the pipeline would log it otherwise
+        except psycopg.Error as exc:
+            failure = failure or exc
+        if failure is not None:
+            raise failure
 
     async def _execute_runs(self, pending: Sequence[tuple[str, Params]]) -> None:
         for statement, run in itertools.groupby(pending, key=operator.itemgetter(0)):
@@ -531,7 +552,8 @@ class PostgresTransaction(Transaction):
         self.outbox.append((topic, event_id, message))
 
     async def flush(self) -> None:
-        """Write the outbox rows queued since the last flush (and always before COMMIT).
+        """Run deferred statements, then write the outbox rows queued since the last flush
+        (and always before COMMIT).
 
         After a DuplicateEventError the transaction (or the enclosing savepoint) is aborted,
         as after any failed statement in PostgreSQL: it must be rolled back."""
@@ -636,7 +658,7 @@ class PostgresTransaction(Transaction):
         except BaseException:
             del self.outbox[mark:]
             self._flushed = min(self._flushed, mark)
-            self.deferred.clear()
+            self._forget_deferred()
             raise
 
     def savepoint(self) -> AbstractAsyncContextManager[None]:
@@ -896,6 +918,11 @@ class PostgresStore(Store):
             try:
                 yield tx
                 await tx.flush()
+                if conn.info.transaction_status == TransactionStatus.INERROR:
+                    raise TransactionAbortedError(
+                        "a statement of this transaction failed and its error was caught, but"
+                        " PostgreSQL had aborted the transaction: it was rolled back"
+                    )
                 if tx.outbox:
                     await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, self.schema))
             except BaseException as exc:

@@ -125,9 +125,15 @@ def _inbox_find_sql(size: int) -> str:
 
 
 @functools.lru_cache(maxsize=256)
-def _changes_data(statement: str) -> bool:
-    """Whether `executemany` takes `statement` (INSERT, UPDATE, DELETE, REPLACE)."""
-    return statement.lstrip().split(None, 1)[0].upper() in {"INSERT", "UPDATE", "DELETE", "REPLACE"}
+def _batchable(statement: str) -> bool:
+    """Whether a run of `statement` can go to `executemany`: an INSERT, UPDATE, DELETE or
+    REPLACE without RETURNING (which `executemany` rejects from Python 3.12 on)."""
+    words = statement.split(None, 1)
+    return (
+        bool(words)
+        and words[0].upper() in {"INSERT", "UPDATE", "DELETE", "REPLACE"}
+        and "RETURNING" not in statement.upper()
+    )
 
 
 def _padded_size(count: int) -> int:
@@ -157,20 +163,27 @@ class SQLiteTransaction(Transaction):
             raise translated from exc
 
     async def run_deferred(self) -> None:
-        with _sqlite.storage_errors(self._path):
-            self.run_deferred_now()
+        self.run_deferred_now()
 
     def run_deferred_now(self) -> None:
         """`run_deferred` on the calling thread: consecutive runs of one data-changing
         statement as one `executemany`."""
+        self._raise_if_failed()
         pending, self.deferred = self.deferred, []
-        for statement, run in itertools.groupby(pending, key=operator.itemgetter(0)):
-            params = [p for _, p in run]
-            if len(params) > 1 and _changes_data(statement):
-                self._conn.executemany(statement, params)
-            else:
-                for item in params:
-                    self._conn.execute(statement, item)
+        try:
+            for statement, run in itertools.groupby(pending, key=operator.itemgetter(0)):
+                params = [p for _, p in run]
+                if len(params) > 1 and _batchable(statement):
+                    self._conn.executemany(statement, params)
+                else:
+                    for item in params:
+                        self._conn.execute(statement, item)
+        except sqlite3.Error as exc:
+            error = _sqlite.translate(exc, self._path)
+            signal = self._deferred_failed(pending, error)
+            if signal is exc:
+                raise
+            raise signal from (exc if signal is error else error)
 
     async def execute(self, sql: str, params: Params = ()) -> int:
         return self._run(sql, params).rowcount
@@ -259,7 +272,7 @@ class SQLiteTransaction(Transaction):
             if self.deferred:
                 await self.run_deferred()
         except BaseException:
-            self.deferred.clear()
+            self._forget_deferred()
             self._run(f"ROLLBACK TO {name}", ())
             self._run(f"RELEASE {name}", ())
             del self.outbox[mark:]
