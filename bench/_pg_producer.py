@@ -4,7 +4,8 @@ Not a benchmark module (leading `_`). Run by `bench/kafka.py` as `python -m benc
 NAME KAFKA_URL STORE_URL TOPIC PARTITIONS`: it starts a producer `Service` (PostgreSQL store,
 Kafka broker; its relay runs here too) and prints `ready`. Then, per line on stdin:
 `publish N` publishes N pre-built events in transactions of 100 `ctx.publish` and prints
-`published SECONDS`; `stop` (or end of input) stops the service and prints `relayed COUNT`.
+`published SECONDS`; `stop` (or end of input) stops the service and prints `relayed COUNT`
+(events its relay published, counted once the service has stopped).
 In production a producer and its consumers are different services, so different processes:
 the benchmark's consumer process runs only the consumer.
 """
@@ -58,9 +59,9 @@ async def main(name: str, broker: str, store: str, topic: str, partitions: int) 
             else:
                 _say(f"error unknown command {' '.join(line)!r}")
     finally:
-        relayed = producer.runner.relay.published if producer.runner else 0
+        runner = producer.runner
         await stop_services([producer], [task])
-        _say(f"relayed {relayed}")
+        _say(f"relayed {runner.relay.published if runner else 0}")
 
 
 if __name__ == "__main__":

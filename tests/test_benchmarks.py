@@ -1,5 +1,6 @@
 """`python -m bench pipeline` and `python -m bench kafka` run end to end with `--quick` and print
-every metric their issue names, with the work complete (no event lost, none applied twice).
+every metric their issue names, with the work complete: every event's effect applied exactly
+once (the effects table holds one row per event; none lost, none twice).
 Whether a figure meets its target is for BENCHMARKS.md, measured on a quiet machine, not for a
 test on a shared one."""
 
@@ -19,13 +20,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_bench(*args: str, timeout: float) -> dict[str, dict[str, Any]]:
-    result = subprocess.run(
-        [sys.executable, "-m", "bench", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "bench", *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired as exc:
+        parts = (exc.stdout, exc.stderr)
+        output = "".join(p.decode() if isinstance(p, bytes) else p or "" for p in parts)
+        pytest.fail(f"bench {args[0]} ran past {timeout:.0f} s:\n{output}")
     assert result.returncode == 0, result.stdout + result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
     return {line["metric"]: line for line in lines}
@@ -45,9 +51,10 @@ def test_pipeline_benchmark_reports_every_target(tmp_path: Path) -> None:
         assert metrics[name]["value"] > 0
     e2e = metrics["e2e_events_per_s"]
     assert "incomplete" not in e2e, e2e
+    assert e2e["applied"] == e2e["events"]  # every event's effect once: none lost, none twice
     assert e2e["effect_write"] == "ctx.defer"
     assert e2e["vs_raw"] > 0
-    assert metrics["e2e_duplicates"]["value"] == 0
+    assert "missing" not in metrics["e2e_latency_p50_ms"]  # every paced event arrived
 
 
 @pytest.mark.timeout(300)
@@ -77,6 +84,6 @@ def test_kafka_benchmark_reports_every_target(tmp_path: Path) -> None:
     assert relay["left_in_outbox"] == 0
     e2e = metrics["pg_kafka_e2e_events_per_s"]
     assert "incomplete" not in e2e, e2e
-    assert e2e["relayed"] == e2e["events"]
-    assert e2e["duplicates"] == 0
+    assert e2e["applied"] == e2e["events"]  # every event's effect once: none lost, none twice
+    assert e2e["relayed"] >= e2e["events"]  # at least once (a relay may publish a row again)
     assert metrics["cleanup"]["value"] is True, metrics["cleanup"]
