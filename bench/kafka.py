@@ -47,7 +47,9 @@ PostgreSQL:
   queued with `ctx.defer`; `--e2e-write execute` awaits `ctx.execute` instead) applies them.
   From the first publish until the effects table holds every event (max(id) polled every
   10 ms, confirmed by count(*)), after a warm-up that joins the group (target >= 10,000/s
-  with one consumer process).
+  with one consumer process);
+* `pg_consume_events_per_s` - context, not a target: a second consumer (fresh group and
+  schema) then drains the events that run left in the topic, with no producer to wait for.
 """
 
 from __future__ import annotations
@@ -703,50 +705,62 @@ class ProducerProcess:
             await self.process.wait()
 
 
-async def pg_e2e(s: Settings, cleanup: Cleanup) -> None:
-    topic = f"bench-{s.run_id}-orders"
-    producer_name = f"bench-{s.run_id}-producer"
-    consumer_name = f"bench-{s.run_id}-consumer"
-    p_schema, c_schema = f"bench_{s.run_id}_producer", f"bench_{s.run_id}_consumer"
-    cleanup.schemas += [p_schema, c_schema]
-    cleanup.groups.append(consumer_name)
-    deferred = s.e2e_write == "defer"
-    consumer = Service(
-        consumer_name,
-        broker=s.kafka_url,
-        store=_pg_url(s.dsn, c_schema),
-        topics={topic: PARTITIONS},
-        migrations=[
-            "CREATE TABLE effects (id BIGSERIAL PRIMARY KEY, event_id TEXT NOT NULL,"
-            " order_id TEXT NOT NULL, total_cents BIGINT NOT NULL)"
-        ],
-    )
+class EffectsConsumer:
+    """A consumer Service (PostgreSQL store, fresh schema) whose handler writes one effect row
+    per event, with `ctx.defer` or `await ctx.execute` (`--e2e-write`)."""
 
-    @consumer.handler(topic)
-    async def on_order_placed(event: BenchOrderPlaced, ctx: Context) -> None:
-        params = (ctx.event.id if ctx.event else "", event.order_id, event.total_cents)
-        if deferred:
-            ctx.defer(EFFECT_INSERT, params)
-        else:
-            await ctx.execute(EFFECT_INSERT, params)
+    def __init__(self, s: Settings, cleanup: Cleanup, name: str, topic: str) -> None:
+        schema = name.replace("-", "_")
+        cleanup.schemas.append(schema)
+        cleanup.groups.append(name)
+        deferred = s.e2e_write == "defer"
+        self.service = Service(
+            name,
+            broker=s.kafka_url,
+            store=_pg_url(s.dsn, schema),
+            topics={topic: PARTITIONS},
+            migrations=[
+                "CREATE TABLE effects (id BIGSERIAL PRIMARY KEY, event_id TEXT NOT NULL,"
+                " order_id TEXT NOT NULL, total_cents BIGINT NOT NULL)"
+            ],
+        )
 
-    async def effects() -> int:
-        rows = await consumer.store.query("SELECT count(*) FROM effects")
+        @self.service.handler(topic)
+        async def on_order_placed(event: BenchOrderPlaced, ctx: Context) -> None:
+            params = (ctx.event.id if ctx.event else "", event.order_id, event.total_cents)
+            if deferred:
+                ctx.defer(EFFECT_INSERT, params)
+            else:
+                await ctx.execute(EFFECT_INSERT, params)
+
+    async def effects(self) -> int:
+        rows = await self.service.store.query("SELECT count(*) FROM effects")
         return int(rows[0][0])
 
-    async def max_id() -> int:
-        rows = await consumer.store.query("SELECT coalesce(max(id), 0) FROM effects")
+    async def max_id(self) -> int:
+        rows = await self.service.store.query("SELECT coalesce(max(id), 0) FROM effects")
         return int(rows[0][0])
 
-    async def wait_effects(count: int, timeout: float) -> float | None:
-        """max(id) (index, cheap) polled; count(*) only to confirm (ids may have gaps)."""
+    async def wait_effects(self, count: int, timeout: float) -> float | None:
+        """perf_counter() once `count` effects committed, None on timeout. max(id) (an index,
+        cheap) is polled; count(*) only confirms (ids may have gaps)."""
         deadline = time.perf_counter() + timeout
         while True:
-            if await max_id() >= count and await effects() >= count:
+            if await self.max_id() >= count and await self.effects() >= count:
                 return time.perf_counter()
             if time.perf_counter() > deadline:
                 return None
             await asyncio.sleep(0.01)
+
+
+async def pg_e2e(s: Settings, cleanup: Cleanup) -> None:
+    topic = f"bench-{s.run_id}-orders"
+    producer_name = f"bench-{s.run_id}-producer"
+    p_schema = f"bench_{s.run_id}_producer"
+    cleanup.schemas.append(p_schema)
+    effects_consumer = EffectsConsumer(s, cleanup, f"bench-{s.run_id}-consumer", topic)
+    consumer = effects_consumer.service
+    effects, wait_effects = effects_consumer.effects, effects_consumer.wait_effects
 
     _, event_bytes = build_pool(producer_name)
     warm = 5 * TX_EVENTS
@@ -810,6 +824,41 @@ async def pg_e2e(s: Settings, cleanup: Cleanup) -> None:
         " (PostgreSQL store: inbox row + one INSERT per event, see effect_write); first"
         " publish -> effects table"
         " holds every event (max(id) polled every 10 ms, confirmed by count(*))",
+    )
+    await pg_consume(s, cleanup, topic, warm + total)
+
+
+async def pg_consume(s: Settings, cleanup: Cleanup, topic: str, count: int) -> None:
+    """The consumer's own rate: a second consumer (fresh group and schema) drains the `count`
+    events the end-to-end run left in `topic`, with no producer to wait for."""
+    drain = EffectsConsumer(s, cleanup, f"bench-{s.run_id}-drain", topic)
+    task = await start_service(drain.service)
+    try:
+        first = await drain.wait_effects(1, 60)
+        first_count = await drain.effects()
+        done = await drain.wait_effects(count, 120)
+        drained = await drain.effects()
+    finally:
+        await stop_services([drain.service], [task])
+    context: dict[str, Any] = {}
+    if first is None or done is None:
+        context["incomplete"] = f"only {drained} of {count} effects"
+        rate = None
+    else:
+        rate = (drained - first_count) / (done - first) if done > first else None
+    emit(
+        BENCH,
+        "pg_consume_events_per_s",
+        rate,
+        "events/s",
+        events=count,
+        applied=drained,
+        effect_write=f"ctx.{s.e2e_write}",
+        consumer_max_batch=drain.service.max_batch,
+        **context,
+        note="context, not a target: one consumer Service (PostgreSQL store: inbox row + one"
+        " INSERT per event) in this process draining the topic the end-to-end run filled, from"
+        " its first effect to its last (group join excluded): the consumer's own ceiling",
     )
 
 
@@ -894,7 +943,11 @@ async def run(settings: Settings, cleanup: Cleanup) -> None:
     finally:
         await broker.close()
     if "pg_e2e" in settings.phases:
-        await _phase("pg_e2e", ["pg_kafka_e2e_events_per_s"], pg_e2e(settings, cleanup))
+        await _phase(
+            "pg_e2e",
+            ["pg_kafka_e2e_events_per_s", "pg_consume_events_per_s"],
+            pg_e2e(settings, cleanup),
+        )
 
 
 def _setup_line(settings: Settings) -> None:

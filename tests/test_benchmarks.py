@@ -86,4 +86,7 @@ def test_kafka_benchmark_reports_every_target(tmp_path: Path) -> None:
     assert "incomplete" not in e2e, e2e
     assert e2e["applied"] == e2e["events"]  # every event's effect once: none lost, none twice
     assert e2e["relayed"] >= e2e["events"]  # at least once (a relay may publish a row again)
+    drain = metrics["pg_consume_events_per_s"]
+    assert isinstance(drain["value"], int | float), drain
+    assert drain["applied"] == drain["events"] > e2e["events"]  # the whole topic, once
     assert metrics["cleanup"]["value"] is True, metrics["cleanup"]
