@@ -493,8 +493,7 @@ class PostgresTransaction(Transaction):
             raise error from exc
 
     def _translated(self, exc: psycopg.OperationalError) -> Exception:
-        error = self._store._translate(exc, "in a transaction; it was rolled back")
-        return exc if error is exc else error
+        return self._store._translate(exc, "in a transaction; it was rolled back")
 
     def defer(self, sql: str, params: Params = ()) -> None:
         self.deferred.append((sql, tuple(_arguments(params))))
