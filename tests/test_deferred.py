@@ -221,3 +221,24 @@ async def test_a_deferred_statement_naming_a_missing_column_is_dead_lettered(
     await Dispatcher(service).process(acks, Batch("orders", 0, batch))  # type: ignore[arg-type]
     assert acks.acked == 1
     assert service.stats.dead_lettered == 3
+
+
+async def test_a_sync_handlers_deferred_failure_crosses_its_thread_and_stays_its_own(
+    service: Service,
+) -> None:
+    """A `def` handler runs on a worker thread; its own later statement runs what it deferred,
+    and the failure comes back through that thread - still only its event is dead-lettered."""
+    service.retry = FAST
+
+    @service.handler("orders")
+    def apply(event: Event, ctx: SyncContext) -> None:
+        ctx.defer("INSERT INTO effects(event_id, n) VALUES (?, ?)", (event.id, event.data["n"]))
+        ctx.fetchone("SELECT count(*) FROM effects")
+
+    await service.start()
+    events = [Event(type="T", key="k", data={"n": n}) for n in (4, 5, 6, 7)]
+    acks = Acks()
+    await Dispatcher(service).process(acks, Batch("orders", 0, records(events)))  # type: ignore[arg-type]
+    assert await service.store.query("SELECT n FROM effects ORDER BY n") == [(4,), (5,), (7,)]
+    assert acks.acked == 1
+    assert service.stats.dead_lettered == 1
