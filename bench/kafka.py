@@ -50,6 +50,8 @@ PostgreSQL:
   with one consumer process);
 * `pg_consume_events_per_s` - context, not a target: a second consumer (fresh group and
   schema) then drains the events that run left in the topic, with no producer to wait for.
+* `pg_place_order_{p50,p99}_ms` - context, not a target: request code on PostgreSQL, one
+  business row and one `ctx.publish` per transaction, one at a time (after a 20% warm-up).
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench._common import emit, machine, workdir
+from bench._common import emit, machine, percentile, workdir
 from bench.pipeline import BenchOrderPlaced, build_pool, start_service, stop_services
 from tidings.brokers.kafka import CONSUMER_DEFAULTS
 from tidings.service import Context, Service
@@ -79,13 +81,14 @@ BENCH = "kafka"
 PARTITIONS = 4
 MAX_BATCH = 1000
 TX_EVENTS = 100
+PLACE_ORDERS = 2000
 PUBLISH_TASKS = 4
 DEFAULT_BOOTSTRAP = "127.0.0.1:59092"
 DEFAULT_DSN = "postgresql://tidings:tidings@127.0.0.1:55432/tidings"
 DEFAULT_FASTSTREAM_VENV = "/tmp/bench-faststream-venv"
 FASTSTREAM_HELPER = Path(__file__).resolve().parent / "_faststream_consumer.py"
 
-PHASES = ("consume", "pg_relay", "pg_e2e")
+PHASES = ("consume", "pg_relay", "pg_e2e", "pg_place_order")
 EFFECT_INSERT = "INSERT INTO effects(event_id, order_id, total_cents) VALUES (?, ?, ?)"
 
 TARGETS = {
@@ -862,6 +865,49 @@ async def pg_consume(s: Settings, cleanup: Cleanup, topic: str, count: int) -> N
     )
 
 
+async def pg_place_order(s: Settings, cleanup: Cleanup) -> None:
+    """Request code on PostgreSQL: one business row and one `ctx.publish`, committed."""
+    schema = f"bench_{s.run_id}_orders"
+    cleanup.schemas.append(schema)
+    service = Service(
+        f"bench-{s.run_id}-orders",
+        broker=s.kafka_url,
+        store=_pg_url(s.dsn, schema),
+        migrations=["CREATE TABLE orders (id TEXT PRIMARY KEY, total_cents BIGINT NOT NULL)"],
+    )
+    pool, _ = build_pool(service.name)
+    topic = f"bench-{s.run_id}-placed"  # the relay is not running: nothing reaches Kafka
+    count = 300 if s.quick else PLACE_ORDERS
+    times: list[float] = []
+    try:
+        await service.start()
+        for n in range(count + count // 5):
+            model = pool[n % len(pool)]
+            order_id = f"{model.order_id}-{n}"
+            started = time.perf_counter()
+            async with service.transaction() as ctx:
+                await ctx.execute(
+                    "INSERT INTO orders(id, total_cents) VALUES (?, ?)",
+                    (order_id, model.total_cents),
+                )
+                ctx.publish(topic, model, key=order_id)
+            times.append((time.perf_counter() - started) * 1000)
+    finally:
+        await service.close()
+    measured = sorted(times[count // 5 :])
+    for name, pct in (("p50", 50), ("p99", 99)):
+        emit(
+            BENCH,
+            f"pg_place_order_{name}_ms",
+            percentile(measured, pct),
+            "ms",
+            samples=len(measured),
+            note="context, not a target: async with service.transaction(): one INSERT + one"
+            " ctx.publish (outbox row), PostgreSQL store, one at a time, relay not running;"
+            " BEGIN, INSERT, outbox INSERT (with the relay's NOTIFY), COMMIT",
+        )
+
+
 # cleanup ---------------------------------------------------------------------------------
 
 
@@ -947,6 +993,12 @@ async def run(settings: Settings, cleanup: Cleanup) -> None:
             "pg_e2e",
             ["pg_kafka_e2e_events_per_s", "pg_consume_events_per_s"],
             pg_e2e(settings, cleanup),
+        )
+    if "pg_place_order" in settings.phases:
+        await _phase(
+            "pg_place_order",
+            ["pg_place_order_p50_ms", "pg_place_order_p99_ms"],
+            pg_place_order(settings, cleanup),
         )
 
 

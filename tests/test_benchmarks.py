@@ -77,6 +77,7 @@ def test_kafka_benchmark_reports_every_target(tmp_path: Path) -> None:
         "overhead_vs_raw_pct",
         "pg_relay_events_per_s",
         "pg_kafka_e2e_events_per_s",
+        "pg_place_order_p50_ms",
     ):
         assert isinstance(metrics[name]["value"], int | float), metrics[name]
     assert metrics["ratio_vs_faststream"]["value"] is None  # --no-faststream says why

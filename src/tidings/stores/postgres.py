@@ -165,12 +165,18 @@ _READ_WITH_LEASE = """
 # One statement for all of a flush's rows; seqs are assigned in the rows' order. Arrays go in
 # binary (%b): several times cheaper to build than text arrays of bytea.
 _OUTBOX_ADD_ALL = """
-    INSERT INTO tidings_outbox (topic, event_id, key, value, headers)
-    SELECT topic, event_id, key, value, headers
-    FROM unnest(%b::text[], %b::text[], %b::bytea[], %b::bytea[], %b::bytea[])
-        WITH ORDINALITY AS r(topic, event_id, key, value, headers, n)
-    ORDER BY n
+    WITH added AS (
+        INSERT INTO tidings_outbox (topic, event_id, key, value, headers)
+        SELECT topic, event_id, key, value, headers
+        FROM unnest(%b::text[], %b::text[], %b::bytea[], %b::bytea[], %b::bytea[])
+            WITH ORDINALITY AS r(topic, event_id, key, value, headers, n)
+        ORDER BY n
+        RETURNING 1
+    )
+    SELECT pg_notify(%s, %s) WHERE EXISTS (SELECT FROM added)
 """
+"""Writes outbox rows and, in the same round trip, queues the NOTIFY that wakes relays (sent
+by PostgreSQL at commit, once per transaction however many flushes, dropped with a rollback)."""
 _INBOX_FIND = """
     SELECT i.consumer, i.event_id
     FROM unnest(%b::text[], %b::text[]) AS k(consumer, event_id)
@@ -570,6 +576,8 @@ class PostgresTransaction(Transaction):
                     [m.key for _, _, m in pending],
                     [m.value for _, _, m in pending],
                     [_encoded_headers(m.headers) for _, _, m in pending],
+                    CHANNEL,
+                    self._store.schema,
                 ),
             )
         except psycopg.errors.UniqueViolation as exc:
@@ -922,8 +930,6 @@ class PostgresStore(Store):
                         "a statement of this transaction failed and its error was caught, but"
                         " PostgreSQL had aborted the transaction: it was rolled back"
                     )
-                if tx.outbox:
-                    await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, self.schema))
             except BaseException as exc:
                 if not await block.__aexit__(type(exc), exc, exc.__traceback__):
                     raise
