@@ -155,7 +155,6 @@ class Dispatcher:
                         )
                     if failure is not None:
                         raise _RolledBack(start + offset)
-                await tx.run_deferred()
                 await inbox.write(tx)
         except _RolledBack as rolled_back:
             return rolled_back.index

@@ -284,8 +284,6 @@ class SQLiteTransaction(Transaction):
         return self._savepoint()
 
     async def flush(self) -> None:
-        if self.deferred:
-            await self.run_deferred()
         self.flush_outbox()
 
     def flush_outbox(self) -> None:
