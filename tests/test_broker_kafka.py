@@ -37,14 +37,14 @@ from tests.contract.broker_contract import (
     values,
 )
 from tidings.brokers import connect
-from tidings.brokers.base import Batch, Message, TopicPartition
+from tidings.brokers._kafka_records import KafkaRecords, build_records, split_runs
+from tidings.brokers.base import Batch, Message, Record, TopicPartition
 from tidings.brokers.kafka import (
     CONSUMER_DEFAULTS,
     PASSWORD_ENV,
     KafkaAdmin,
     KafkaBroker,
     KafkaConsumer,
-    _records,
     parse_settings,
 )
 from tidings.cli import app
@@ -380,23 +380,25 @@ def test_consumer_fetch_settings_default_and_override() -> None:
         asyncio.run(tuned.close())
 
 
-def test_records_are_built_per_partition_run_with_headers_tombstones_and_errors() -> None:
-    def msg(partition: int, offset: int, **kwargs: Any) -> ck.Message:
-        return ck.Message(
-            topic="t", partition=partition, offset=offset, timestamp=(1, 1000 + offset), **kwargs
-        )
+def _message(partition: int, offset: int, **kwargs: Any) -> ck.Message:
+    return ck.Message(
+        topic="t", partition=partition, offset=offset, timestamp=(1, 1000 + offset), **kwargs
+    )
 
+
+def test_records_are_built_per_partition_run_with_headers_tombstones_and_errors() -> None:
     error = ck.KafkaError(ck.KafkaError._TRANSPORT, "down")
     messages = [
-        msg(0, 5, value=b"a", key=b"k", headers=[("ct", b"json")]),
-        msg(0, 6, value=b"b", headers=[("ct", b"json")]),
-        msg(1, 9, value=None, headers=[("null", None), ("s", b"x")]),
+        _message(0, 5, value=b"a", key=b"k", headers=[("ct", b"json")]),
+        _message(0, 6, value=b"b", headers=[("ct", b"json")]),
+        _message(1, 9, value=None, headers=[("null", None), ("s", b"x")]),
         ck.Message(error=error),
-        msg(1, 10, value=b"c"),
-        msg(0, 7, value=b"d", headers=[("ct", b"xml")]),
+        _message(1, 10, value=b"c"),
+        _message(0, 7, value=b"d", headers=[("ct", b"xml")]),
     ]
-    runs, errors = _records(messages)
+    split, errors = split_runs(messages)
     assert [e.code() for e in errors] == [ck.KafkaError._TRANSPORT]
+    runs = [(t, p, KafkaRecords(t, p, run)) for t, p, run in split]
     assert [(t, p, [r.offset for r in rs]) for t, p, rs in runs] == [
         ("t", 0, [5, 6]),
         ("t", 1, [9, 10]),
@@ -414,6 +416,68 @@ def test_records_are_built_per_partition_run_with_headers_tombstones_and_errors(
     assert tombstone.value == b"" and tombstone.headers == (("null", b""), ("s", b"x"))
     assert plain.headers == ()
     assert runs[2][2][0].headers == (("ct", b"xml"),)
+
+
+def test_kafka_records_read_like_a_list_of_the_same_records() -> None:
+    messages = [_message(3, offset, value=b"v%d" % offset) for offset in (4, 5, 8)]
+    records = KafkaRecords("t", 3, messages)
+    expected = [Record("t", 3, o, 1000 + o, b"v%d" % o) for o in (4, 5, 8)]
+    assert len(records) == 3
+    # an index before anything is built: that record alone, equal to the one built later
+    assert records[0] == expected[0] and records[-1] == expected[-1]
+    assert records[1:] == expected[1:]
+    assert list(records) == expected and list(reversed(records)) == expected[::-1]
+    assert records == expected and records == KafkaRecords("t", 3, messages)
+    assert records != expected[:2] and records != "t"
+    assert expected[2] in records and records.index(expected[1]) == 1
+    assert records[0] is records[0]  # built once, then kept
+    batch = Batch("t", 3, records)
+    assert (batch.first_offset, batch.next_offset, len(batch)) == (4, 9, 3)
+
+
+def test_kafka_records_mix_messages_and_records_built_ahead() -> None:
+    messages = [_message(0, offset, value=b"v%d" % offset) for offset in range(4)]
+    built = build_records("t", 0, messages[:2])
+    records = KafkaRecords("t", 0, [*built, *messages[2:]])
+    assert not records.read and records[0] is built[0] and records[3].value == b"v3"
+    assert [r.offset for r in records] == [0, 1, 2, 3] and records.read
+    assert records == build_records("t", 0, messages)
+
+
+async def test_records_stay_whole_and_in_order_whether_read_or_not(url: str) -> None:
+    """The consumer builds records lazily while its batches go unread and ahead of time once
+    they are read; switching between the two, with redeliveries, loses and repeats nothing."""
+    sent = messages(120)
+    async with connect(url) as broker:
+        topic = topic_name()
+        await broker.admin.create_topic(topic, 1)
+        published = 0
+        seen: list[bytes] = []
+        kinds: set[str] = set()
+        async with broker.subscribe("modes", [topic], max_batch=7) as consumer:
+            n = 0
+            while len(seen) < 120:
+                if published < 120 and published - len(seen) < 15:  # arriving while consumed
+                    await broker.publish(topic, sent[published : published + 10])
+                    published += 10
+                batch = await consumer.fetch(timeout=30)
+                assert batch is not None, seen
+                assert isinstance(batch.records, KafkaRecords)
+                kinds.update(type(item).__name__ for item in batch.records.items)
+                n += 1
+                if n % 3 == 0:  # unread: acked first, looked at afterwards for the check
+                    consumer.ack(batch)
+                    seen.extend(r.value for r in batch.records)
+                    continue
+                values = [r.value for r in batch.records]
+                if n % 5 == 1 and len(batch) > 2:  # redelivered from its third record
+                    consumer.nack(batch, batch.records[2].offset)
+                    seen.extend(values[:2])
+                else:
+                    consumer.ack(batch)
+                    seen.extend(values)
+        assert seen == [m.value for m in sent]
+        assert kinds == {"Message", "Record"}  # both ways of building were exercised
 
 
 async def test_null_header_values_and_tombstones_from_other_producers(url: str) -> None:

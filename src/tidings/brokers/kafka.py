@@ -47,8 +47,12 @@ Consumer
 --------
 `subscribe` returns a group member with the semantics of the embedded broker's consumer. One
 thread per consumer owns the librdkafka consumer (it is not thread-safe) and polls it all the
-time, also while handlers are slow, so `max.poll.interval.ms` is never exceeded; records are
-buffered per partition, and a partition whose buffer is full is paused, not left unpolled.
+time, also while handlers are slow, so `max.poll.interval.ms` is never exceeded; librdkafka's
+messages are buffered per partition, and a partition whose buffer is full is paused, not left
+unpolled. A batch's `records` are built from its messages when first read (a handler that
+reads none pays nothing for them); once the application reads its batches' records, as the
+service runtime does, the polling thread builds them as it buffers, overlapping that work with
+the application's waits on I/O (`_kafka_records`).
 Heartbeats run in librdkafka's own thread. `fetch` hands out consecutive records of one
 partition with no batch in flight. Offsets are committed explicitly (auto-commit is off) and only
 for acked batches - never past an unprocessed record -: periodically (every second), on `commit`,
@@ -120,6 +124,13 @@ from confluent_kafka.admin._metadata import ClusterMetadata
 from confluent_kafka.admin._resource import ResourceType
 from confluent_kafka.cimpl import NewTopic
 
+from tidings.brokers._kafka_records import (
+    KafkaRecords,
+    build_records,
+    item_offset,
+    split_runs,
+    to_record,
+)
 from tidings.brokers.base import (
     DEFAULT_MAX_MESSAGE_BYTES,
     Admin,
@@ -127,7 +138,6 @@ from tidings.brokers.base import (
     Broker,
     Consumer,
     GroupInfo,
-    Headers,
     MemberInfo,
     Message,
     OffsetReset,
@@ -424,89 +434,6 @@ def _describe(err: ck.KafkaError | BaseException | None) -> str:
     if isinstance(err, ck.KafkaError):
         return f"{err.str()} ({err.name()})"
     return str(err)
-
-
-# records -------------------------------------------------------------------------------------
-
-
-def _to_record(message: ck.Message) -> Record:
-    topic = message.topic()
-    partition = message.partition()
-    offset = message.offset()
-    assert topic is not None and partition is not None and offset is not None
-    raw = message.headers()
-    return Record(
-        topic,
-        partition,
-        offset,
-        message.timestamp()[1],
-        message.value() or b"",
-        message.key(),
-        () if raw is None else _headers(raw),
-    )
-
-
-def _headers(raw: object) -> Headers:
-    """librdkafka's headers (a list of (name, value) pairs; a null value is None) as a Record's."""
-    pairs = raw.items() if isinstance(raw, dict) else raw
-    assert isinstance(pairs, Iterable)
-    return tuple((k, _header_value(v)) for k, v in pairs)
-
-
-def _header_value(value: str | bytes | None) -> bytes:
-    if value is None:
-        return b""
-    return value.encode() if isinstance(value, str) else value
-
-
-def _records(
-    messages: list[ck.Message],
-) -> tuple[list[tuple[str, int, list[Record]]], list[ck.KafkaError]]:
-    """The records of consumed messages, in runs of one partition (librdkafka hands out each
-    partition's messages in order, a fetched message set at a time), and the errors among them.
-
-    The per-message loop is the consumer's hottest code: one Record per message, built with
-    positional arguments; consecutive messages with equal headers share one headers tuple."""
-    runs: list[tuple[str, int, list[Record]]] = []
-    errors: list[ck.KafkaError] = []
-    topic = ""
-    partition = -1
-    records: list[Record] = []
-    append = records.append
-    last_raw: object = None
-    headers: Headers = ()
-    for message in messages:
-        err = message.error()
-        if err is not None:
-            errors.append(err)
-            continue
-        p = message.partition()
-        t = message.topic()
-        if p != partition or t != topic:
-            assert t is not None and p is not None
-            topic, partition, records = t, p, []
-            append = records.append
-            runs.append((t, p, records))
-        raw = message.headers()
-        if raw is None:
-            hs: Headers = ()
-        elif raw == last_raw:
-            hs = headers
-        else:
-            hs = headers = _headers(raw)
-            last_raw = raw
-        append(
-            Record(
-                topic,
-                partition,
-                message.offset(),  # type: ignore[arg-type]  # a message without error has one
-                message.timestamp()[1],
-                message.value() or b"",
-                message.key(),
-                hs,
-            )
-        )
-    return runs, errors
 
 
 def _earliest() -> OffsetSpec:
@@ -855,7 +782,7 @@ class KafkaBroker(Broker):
                         if err.fatal():
                             raise StorageError(f"reading {tp} failed: {_describe(err)}")
                         continue
-                    record = _to_record(message)
+                    record = to_record(message)
                     if record.offset >= end and stop is not None:
                         return records
                     records.append(record)
@@ -1434,7 +1361,10 @@ class KafkaConsumer(Consumer):
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._owned: set[TopicPartition] = set()
-        self._buffers: dict[TopicPartition, list[Record]] = {}
+        self._buffers: dict[TopicPartition, list[ck.Message | Record]] = {}
+        # whether the last acked batch's records were read: the polling thread then builds the
+        # records of what it buffers (see _kafka_records); set on the loop, read by the thread
+        self._build_ahead = False
         self._inflight: dict[TopicPartition, Batch] = {}
         self._acked: dict[TopicPartition, int] = {}
         self._revoking: set[TopicPartition] = set()
@@ -1601,11 +1531,11 @@ class KafkaConsumer(Consumer):
             tp = ready[self._rotation % len(ready)]
             buffer = self._buffers[tp]
             if len(buffer) <= self._max_batch:
-                records, self._buffers[tp] = buffer, []
+                items, self._buffers[tp] = buffer, []
             else:
-                records = buffer[: self._max_batch]
+                items = buffer[: self._max_batch]
                 del buffer[: self._max_batch]
-            batch = Batch(tp.topic, tp.partition, records)
+            batch = Batch(tp.topic, tp.partition, KafkaRecords(tp.topic, tp.partition, items))
             self._inflight[tp] = batch
             return batch
 
@@ -1620,6 +1550,7 @@ class KafkaConsumer(Consumer):
             del self._inflight[tp]
             self._acked[tp] = batch.next_offset
             self._cond.notify_all()
+        self._build_ahead = isinstance(batch.records, KafkaRecords) and batch.records.read
         self._wake()
         return True
 
@@ -1632,8 +1563,12 @@ class KafkaConsumer(Consumer):
             del self._inflight[tp]
             buffer = self._buffers.get(tp)
             if buffer is not None and batch.first_offset <= target <= batch.next_offset:
-                # the batch's records and the buffer are consecutive: redeliver from memory
-                buffer[:0] = [r for r in batch.records if r.offset >= target]
+                # the batch's messages and the buffer are consecutive: redeliver from memory
+                # (offsets may have gaps: compaction, transaction markers)
+                records = batch.records
+                assert isinstance(records, KafkaRecords)
+                items = records.built() if records.read else records.items
+                buffer[:0] = [m for m in items if item_offset(m) >= target]
             elif buffer is not None:
                 buffer.clear()
                 self._seeks[tp] = target
@@ -1878,15 +1813,21 @@ class KafkaConsumer(Consumer):
             _consume(consumer, 1000, POLL_TIMEOUT)  # serve a rebalance in progress
 
     def _buffer(self, messages: list[ck.Message]) -> None:
-        runs, errors = _records(messages)
+        runs, errors = split_runs(messages)
+        if self._build_ahead:
+            items: list[tuple[str, int, list[ck.Message] | list[Record]]] = [
+                (t, p, build_records(t, p, run)) for t, p, run in runs
+            ]
+        else:
+            items = list(runs)
         appended = False
         with self._lock:
-            for topic, partition, records in runs:
+            for topic, partition, run in items:
                 tp = TopicPartition(topic, partition)
                 buffer = self._buffers.get(tp)
                 if buffer is None or tp in self._revoking or tp in self._seeks:
                     continue
-                buffer += records
+                buffer += run
                 appended = True
         if appended:
             self._wake()
