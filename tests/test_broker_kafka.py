@@ -398,6 +398,7 @@ def test_records_are_built_per_partition_run_with_headers_tombstones_and_errors(
     ]
     split, errors = split_runs(messages)
     assert [e.code() for e in errors] == [ck.KafkaError._TRANSPORT]
+    assert split_runs(messages, only_topic="t")[0] == split  # one topic: not asked per message
     runs = [(t, p, KafkaRecords(t, p, run)) for t, p, run in split]
     assert [(t, p, [r.offset for r in rs]) for t, p, rs in runs] == [
         ("t", 0, [5, 6]),

@@ -21,10 +21,12 @@ from tidings.brokers.base import Headers, Record
 
 
 def split_runs(
-    messages: list[ck.Message],
+    messages: list[ck.Message], only_topic: str | None = None
 ) -> tuple[list[tuple[str, int, list[ck.Message]]], list[ck.KafkaError]]:
     """The messages without error, in runs of one partition (librdkafka hands out each partition's
-    messages in order, a fetched message set at a time), and the errors among them."""
+    messages in order, a fetched message set at a time), and the errors among them. `only_topic`:
+    the one topic every message comes from (a consumer subscribed to one topic), which saves
+    asking each message for it."""
     runs: list[tuple[str, int, list[ck.Message]]] = []
     errors: list[ck.KafkaError] = []
     topic = ""
@@ -37,7 +39,7 @@ def split_runs(
             errors.append(err)
             continue
         p = message.partition()
-        t = message.topic()
+        t = only_topic or message.topic()
         if p != partition or t != topic:
             assert t is not None and p is not None
             topic, partition, run = t, p, []

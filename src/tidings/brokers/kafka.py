@@ -1813,7 +1813,7 @@ class KafkaConsumer(Consumer):
             _consume(consumer, 1000, POLL_TIMEOUT)  # serve a rebalance in progress
 
     def _buffer(self, messages: list[ck.Message]) -> None:
-        runs, errors = split_runs(messages)
+        runs, errors = split_runs(messages, self.topics[0] if len(self.topics) == 1 else None)
         if self._build_ahead:
             items: list[tuple[str, int, list[ck.Message] | list[Record]]] = [
                 (t, p, build_records(t, p, run)) for t, p, run in runs
