@@ -423,7 +423,8 @@ def test_kafka_records_read_like_a_list_of_the_same_records() -> None:
     messages = [_message(3, offset, value=b"v%d" % offset) for offset in (4, 5, 8)]
     records = KafkaRecords("t", 3, messages)
     expected = [Record("t", 3, o, 1000 + o, b"v%d" % o) for o in (4, 5, 8)]
-    assert len(records) == 3
+    assert len(records) == 3 and (records.first_offset, records.next_offset) == (4, 9)
+    assert "3 records, offsets 4..8, not built yet" in repr(records) and not records.read
     # an index before anything is built: that record alone, equal to the one built later
     assert records[0] == expected[0] and records[-1] == expected[-1]
     assert records[1:] == expected[1:]
@@ -431,7 +432,8 @@ def test_kafka_records_read_like_a_list_of_the_same_records() -> None:
     assert records == expected and records == KafkaRecords("t", 3, messages)
     assert records != expected[:2] and records != "t"
     assert expected[2] in records and records.index(expected[1]) == 1
-    assert records[0] is records[0]  # built once, then kept
+    assert records[0] is records[0] and records.read  # built once, then kept
+    assert records.items == expected and repr(records) == f"KafkaRecords({expected!r})"
     batch = Batch("t", 3, records)
     assert (batch.first_offset, batch.next_offset, len(batch)) == (4, 9, 3)
 
@@ -458,7 +460,8 @@ async def test_records_stay_whole_and_in_order_whether_read_or_not(url: str) -> 
         async with broker.subscribe("modes", [topic], max_batch=7) as consumer:
             n = 0
             while len(seen) < 120:
-                if published < 120 and published - len(seen) < 15:  # arriving while consumed
+                if published == len(seen):  # all consumed: the next ones are buffered the way
+                    # the last ack asked for (built ahead if its batch was read)
                     await broker.publish(topic, sent[published : published + 10])
                     published += 10
                 batch = await consumer.fetch(timeout=30)

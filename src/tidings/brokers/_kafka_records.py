@@ -2,9 +2,9 @@
 
 The Kafka consumer buffers librdkafka's messages as they come, split into runs of one partition
 (`split_runs`, in the polling thread); a batch's `records` is a `KafkaRecords` sequence over its
-items that builds their `Record`s the first time they are read. A consumer that never reads a
-record never pays for building it (about 1 µs each, most of the consumer's per-message cost).
-Once the application reads its batches' records (the service runtime reads every one), the
+items that builds their `Record`s the first time they are read. A consumer that reads none of
+its batches builds none of their records (about 1 µs each, most of the consumer's per-message
+cost). Once the application reads its batches' records (the service runtime reads every one), the
 polling thread builds them as they arrive instead (`build_records`), so that the work overlaps
 the application's waits on I/O; the items of a batch are then `Record`s already, or a mix of both
 around a change of mode.
@@ -111,9 +111,11 @@ def item_offset(item: ck.Message | Record) -> int:
 
 class KafkaRecords(Sequence[Record]):
     """The records of consecutive messages of one partition, built when first read: iterating,
-    slicing or `reversed` builds them all once and keeps them (`read` is then true); an index
-    before that builds just that record; `len` builds nothing. Not meant to be read from two
-    threads at once (both would build the records; no harm done but the time)."""
+    slicing, `reversed`, `==`, `in`, `index` and `count` build them all once and keep them
+    (`read` is then true; the messages are let go); an index before that builds just that
+    record, anew each time; `len`, `first_offset`, `next_offset` and `repr` build nothing. Not
+    meant to be read from two threads at once (both would build the records; no harm done but
+    the time)."""
 
     __slots__ = ("_built", "items", "partition", "topic")
 
@@ -131,7 +133,16 @@ class KafkaRecords(Sequence[Record]):
     def built(self) -> list[Record]:
         if self._built is None:
             self._built = build_records(self.topic, self.partition, self.items)
+            self.items = self._built  # type: ignore[assignment]  # the messages are not needed
         return self._built
+
+    @property
+    def first_offset(self) -> int:
+        return item_offset(self.items[0])
+
+    @property
+    def next_offset(self) -> int:
+        return item_offset(self.items[-1]) + 1
 
     def __len__(self) -> int:
         return len(self.items)
@@ -155,14 +166,21 @@ class KafkaRecords(Sequence[Record]):
         return reversed(self.built())
 
     def __eq__(self, other: object) -> bool:
-        if isinstance(other, KafkaRecords | list | tuple):
-            return list(self) == list(other)
+        if isinstance(other, KafkaRecords):
+            return self.built() == other.built()
+        if isinstance(other, list):
+            return self.built() == other
         return NotImplemented
 
-    __hash__ = None  # type: ignore[assignment]  # mutable-looking, like the list it stands for
+    __hash__ = None  # type: ignore[assignment]  # compares like the list it stands for
 
     def __repr__(self) -> str:
-        return f"KafkaRecords({self.built()!r})"
+        if self._built is not None:
+            return f"KafkaRecords({self._built!r})"
+        return (
+            f"KafkaRecords(topic={self.topic!r}, partition={self.partition}, {len(self)} records,"
+            f" offsets {self.first_offset}..{self.next_offset - 1}, not built yet)"
+        )
 
 
 def _headers(raw: object) -> Headers:

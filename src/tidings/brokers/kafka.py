@@ -49,8 +49,8 @@ Consumer
 thread per consumer owns the librdkafka consumer (it is not thread-safe) and polls it all the
 time, also while handlers are slow, so `max.poll.interval.ms` is never exceeded; librdkafka's
 messages are buffered per partition, and a partition whose buffer is full is paused, not left
-unpolled. A batch's `records` are built from its messages when first read (a handler that
-reads none pays nothing for them); once the application reads its batches' records, as the
+unpolled. A batch's `records` are built from its messages when first read (a consumer that
+reads none of its batches builds none of their records); once the application reads them, as the
 service runtime does, the polling thread builds them as it buffers, overlapping that work with
 the application's waits on I/O (`_kafka_records`).
 Heartbeats run in librdkafka's own thread. `fetch` hands out consecutive records of one
@@ -1544,31 +1544,32 @@ class KafkaConsumer(Consumer):
 
     def _ack(self, batch: Batch) -> bool:
         tp = batch.tp
+        records = batch.records
         with self._cond:
             if self._inflight.get(tp) is not batch:
                 return False
+            assert isinstance(records, KafkaRecords)  # a batch of this consumer's
             del self._inflight[tp]
-            self._acked[tp] = batch.next_offset
+            self._acked[tp] = records.next_offset
             self._cond.notify_all()
-        self._build_ahead = isinstance(batch.records, KafkaRecords) and batch.records.read
+        self._build_ahead = records.read
         self._wake()
         return True
 
     def nack(self, batch: Batch, offset: int | None = None) -> None:
         tp = batch.tp
-        target = batch.first_offset if offset is None else offset
+        records = batch.records
         with self._cond:
             if self._inflight.get(tp) is not batch:
                 return
+            assert isinstance(records, KafkaRecords)  # a batch of this consumer's
             del self._inflight[tp]
+            target = records.first_offset if offset is None else offset
             buffer = self._buffers.get(tp)
-            if buffer is not None and batch.first_offset <= target <= batch.next_offset:
-                # the batch's messages and the buffer are consecutive: redeliver from memory
+            if buffer is not None and records.first_offset <= target <= records.next_offset:
+                # the batch's items and the buffer are consecutive: redeliver from memory
                 # (offsets may have gaps: compaction, transaction markers)
-                records = batch.records
-                assert isinstance(records, KafkaRecords)
-                items = records.built() if records.read else records.items
-                buffer[:0] = [m for m in items if item_offset(m) >= target]
+                buffer[:0] = [m for m in records.items if item_offset(m) >= target]
             elif buffer is not None:
                 buffer.clear()
                 self._seeks[tp] = target
