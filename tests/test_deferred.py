@@ -1,4 +1,5 @@
-"""`ctx.defer`: handlers' queued statements, on both stores, through the dispatcher.
+"""`ctx.defer` and statement errors: handlers' queued statements, and errors their code
+catches, on both stores, through the dispatcher.
 
 In a batch applied without savepoints, a deferred statement runs when the next statement does -
 possibly another handler's, or the inbox write at the end - so its failure cannot name its
@@ -242,3 +243,76 @@ async def test_a_sync_handlers_deferred_failure_crosses_its_thread_and_stays_its
     assert await service.store.query("SELECT n FROM effects ORDER BY n") == [(4,), (5,), (7,)]
     assert acks.acked == 1
     assert service.stats.dead_lettered == 1
+
+
+# statement errors a handler catches ---------------------------------------------------------
+
+
+async def test_a_handler_swallowing_its_own_statement_error_is_dead_lettered_not_stuck(
+    service: Service,
+) -> None:
+    """Catching a failed statement's error does not make the transaction usable again (the
+    same on SQLite as on PostgreSQL, which aborts it): the event whose handler did that is
+    dead-lettered with a reason that says what to do, the others are applied, and the batch
+    is acked - never redelivered forever."""
+    service.retry = FAST
+    await service.store.start()
+    await service.store.migrate([EFFECTS, "CREATE TABLE seen (id TEXT PRIMARY KEY)"])
+
+    @service.handler("orders")
+    async def remember(event: Event, ctx: Context) -> None:
+        with contextlib.suppress(Exception):  # "already seen": the wrong way to ignore it
+            await ctx.execute("INSERT INTO seen(id) VALUES (?)", (event.data["id"],))
+
+    await service.start()
+    events = [Event(type="T", key="k", data={"id": i}) for i in ("a", "b", "a", "c")]
+    acks = Acks()
+    await Dispatcher(service).process(acks, Batch("orders", 0, records(events)))  # type: ignore[arg-type]
+    assert await service.store.query("SELECT id FROM seen ORDER BY id") == [("a",), ("b",), ("c",)]
+    assert acks.acked == 1
+    assert service.stats.dead_lettered == 1
+    [letter] = await service.store.outbox_claim("test", 10, 30.0) or []
+    headers = {k: v.decode() for k, v in letter.message.headers}
+    assert headers[dlq.OFFSET] == "2"
+    assert "ctx.savepoint()" in headers[dlq.MESSAGE]
+
+
+async def test_handlers_carry_on_after_a_statement_error_inside_a_savepoint(
+    service: Service,
+) -> None:
+    """The portable way to go on after a statement's error: run it in `ctx.savepoint()` (async
+    and `def` handlers alike); nothing is dead-lettered, every effect is applied once."""
+    await service.store.start()
+    await service.store.migrate(
+        [
+            EFFECTS,
+            "CREATE TABLE seen (id TEXT PRIMARY KEY, times INTEGER NOT NULL)",
+            "CREATE TABLE seen_sync (id TEXT PRIMARY KEY, times INTEGER NOT NULL)",
+        ]
+    )
+
+    @service.handler("orders")
+    async def remember(event: Event, ctx: Context) -> None:
+        try:
+            async with ctx.savepoint():
+                await ctx.execute("INSERT INTO seen(id, times) VALUES (?, 1)", (event.data["id"],))
+        except Exception:  # already seen
+            await ctx.execute("UPDATE seen SET times = times + 1 WHERE id = ?", (event.data["id"],))
+
+    @service.handler("orders")
+    def remember_sync(event: Event, ctx: SyncContext) -> None:
+        try:
+            with ctx.savepoint():
+                ctx.execute("INSERT INTO seen_sync(id, times) VALUES (?, 1)", (event.data["id"],))
+        except Exception:
+            ctx.execute("UPDATE seen_sync SET times = times + 1 WHERE id = ?", (event.data["id"],))
+
+    await service.start()
+    events = [Event(type="T", key="k", data={"id": i}) for i in ("a", "b", "a", "c", "a")]
+    acks = Acks()
+    await Dispatcher(service).process(acks, Batch("orders", 0, records(events)))  # type: ignore[arg-type]
+    expected = [("a", 3), ("b", 1), ("c", 1)]
+    assert await service.store.query("SELECT id, times FROM seen ORDER BY id") == expected
+    assert await service.store.query("SELECT id, times FROM seen_sync ORDER BY id") == expected
+    assert acks.acked == 1
+    assert service.stats.dead_lettered == 0

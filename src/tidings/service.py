@@ -21,8 +21,8 @@ import asyncio
 import inspect
 import os
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, get_type_hints
 
@@ -95,6 +95,16 @@ class Context:
 
     async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
         return await self.tx.fetchone(sql, params)
+
+    def savepoint(self) -> AbstractAsyncContextManager[None]:
+        """`async with ctx.savepoint():` - a nested unit of this transaction. If the block
+        raises, what it did (statements, deferred statements, publishes) is rolled back, the
+        error propagates, and the transaction carries on; the way to go on after a statement's
+        error, on every store. Without it, a failed statement leaves the transaction able only
+        to roll back even if the code catches the error (TransactionAbortedError from then
+        on); a block that catches its own statement's error raises TransactionAbortedError at
+        its end, rolled back like any block that raises."""
+        return self.tx.savepoint()
 
     def publish(
         self,
@@ -172,6 +182,18 @@ class SyncContext:
     def fetchone(self, sql: str, params: Params = ()) -> Row | None:
         result: Row | None = self._wait(self._context.fetchone(sql, params))
         return result
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """`with ctx.savepoint():` - Context.savepoint for `def` handlers."""
+        block = self._context.savepoint()
+        self._wait(block.__aenter__())
+        try:
+            yield
+        except BaseException as exc:
+            self._wait(block.__aexit__(type(exc), exc, exc.__traceback__))
+            raise
+        self._wait(block.__aexit__(None, None, None))
 
     def publish(
         self,

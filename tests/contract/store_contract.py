@@ -6,6 +6,7 @@ A subclass provides `store_url` (a fixture giving a URL for a fresh, empty store
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 
@@ -345,7 +346,7 @@ class StoreContract:
     async def test_a_caught_deferred_failure_leaves_only_a_rollback(self, store: Store) -> None:
         async with store.transaction() as tx:
             await tx.execute("INSERT INTO orders(id, total) VALUES ('taken', 1)")
-        with pytest.raises(TransactionAbortedError, match="deferred earlier"):
+        with pytest.raises(TransactionAbortedError, match="earlier statement"):
             async with store.transaction() as tx:
                 tx.defer("INSERT INTO orders(id, total) VALUES ('a', 2)")
                 tx.defer("INSERT INTO orders(id, total) VALUES ('taken', 3)")
@@ -385,6 +386,52 @@ class StoreContract:
             ("nested",),
             ("last",),
         ]
+
+    async def test_a_caught_statement_error_leaves_only_a_rollback(self, store: Store) -> None:
+        """The same on every store: PostgreSQL aborts the transaction, SQLite is held to it."""
+        async with store.transaction() as tx:
+            await tx.execute("INSERT INTO orders(id, total) VALUES ('taken', 1)")
+        with pytest.raises(TransactionAbortedError, match="earlier statement") as aborted:
+            async with store.transaction() as tx:
+                await tx.execute("INSERT INTO orders(id, total) VALUES ('a', 2)")
+                with pytest.raises(Exception, match=UNIQUE_VIOLATION):
+                    await tx.execute("INSERT INTO orders(id, total) VALUES ('taken', 3)")
+                with pytest.raises(TransactionAbortedError, match=UNIQUE_VIOLATION):
+                    await tx.fetchall("SELECT id FROM orders")
+                with pytest.raises(TransactionAbortedError):
+                    async with tx.savepoint():
+                        pass
+                tx.add_outbox("t", "e-1", message(1))
+        assert aborted.value.__cause__ is not None
+        assert await store.query("SELECT id FROM orders") == [("taken",)]
+        assert await store.outbox_size() == 0
+
+    async def test_a_savepoint_carries_the_transaction_past_a_statement_error(
+        self, store: Store
+    ) -> None:
+        async with store.transaction() as tx:
+            await tx.execute("INSERT INTO orders(id, total) VALUES ('taken', 1)")
+        async with store.transaction() as tx:
+            await tx.execute("INSERT INTO orders(id, total) VALUES ('a', 2)")
+            with pytest.raises(Exception, match=UNIQUE_VIOLATION):
+                async with tx.savepoint():
+                    await tx.execute("INSERT INTO orders(id, total) VALUES ('b', 3)")
+                    await tx.execute("INSERT INTO orders(id, total) VALUES ('taken', 4)")
+            # a block that swallows its statement's error still ends in TransactionAbortedError,
+            # rolled back like any block that raises
+            with pytest.raises(TransactionAbortedError, match=UNIQUE_VIOLATION):
+                async with tx.savepoint():
+                    await tx.execute("INSERT INTO orders(id, total) VALUES ('c', 5)")
+                    with contextlib.suppress(Exception):
+                        await tx.execute("INSERT INTO orders(id, total) VALUES ('taken', 6)")
+            await tx.execute("INSERT INTO orders(id, total) VALUES ('d', 7)")
+            tx.add_outbox("t", "e-1", message(1))
+        assert await store.query("SELECT id FROM orders ORDER BY total") == [
+            ("taken",),
+            ("a",),
+            ("d",),
+        ]
+        assert await relay_all(store) == ["e-1"]
 
     async def test_inbox_dead_status_and_delete(self, store: Store) -> None:
         async with store.transaction() as tx:

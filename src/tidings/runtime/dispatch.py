@@ -27,11 +27,11 @@ from tidings.event import Event, event_from_record
 from tidings.schema import SchemaError
 from tidings.service import Context, Handler, Service, Stats, SyncContext
 from tidings.stores.base import (
-    DeferredStatementFailed,
     InboxConflictError,
     InboxKey,
     InboxStatus,
     Position,
+    StatementFailedElsewhere,
     Transaction,
 )
 
@@ -158,9 +158,10 @@ class Dispatcher:
                 await inbox.write(tx)
         except _RolledBack as rolled_back:
             return rolled_back.index
-        except (DuplicateEventError, InboxConflictError, DeferredStatementFailed):
-            # DeferredStatementFailed: a statement some handler deferred failed, wherever it
-            # surfaced (in another handler's await, say); savepoints will say whose it was.
+        except (DuplicateEventError, InboxConflictError, StatementFailedElsewhere):
+            # StatementFailedElsewhere: a statement failed whose error surfaced elsewhere (one a
+            # handler deferred, in another handler's await, say) or was caught by the code that
+            # ran it; savepoints will say whose it was.
             return start
         tally.add_to(self.service.stats)
         return len(records)

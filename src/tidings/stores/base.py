@@ -69,12 +69,13 @@ class InboxEntry:
     status: InboxStatus
 
 
-class DeferredStatementFailed(BaseException):
-    """What a transaction with `deferred_errors_escape` set raises instead of the error of a
-    deferred statement (`error`): not an Exception, so code that catches the errors of its own
-    statement cannot swallow the failure of a statement someone else deferred. The dispatcher
-    sets it while it applies a batch without savepoints, then re-applies the batch with a
-    savepoint per handler, where the failure is the deferring handler's own."""
+class StatementFailedElsewhere(BaseException):
+    """What a transaction with `deferred_errors_escape` set raises instead of `error`: the error
+    of a deferred statement where it runs, or TransactionAbortedError at any statement after a
+    failed one whose error some code caught. Not an Exception, so code that catches the errors
+    of its own statements cannot swallow a failure that is not its own. The dispatcher sets it
+    while it applies a batch without savepoints, then re-applies the batch with a savepoint per
+    handler, where the failure is the failing handler's own."""
 
     def __init__(self, error: Exception) -> None:
         super().__init__(error)
@@ -87,24 +88,43 @@ class Transaction(abc.ABC):
     Statements queued with `defer` run before any other statement of the transaction (every
     method here that touches the database runs them first), when a savepoint block ends, and
     before COMMIT; so they always run in the order they were queued relative to everything
-    else, and their errors surface at that point. Once a deferred statement failed, the
-    transaction can only roll back: every later statement and the commit raise
-    TransactionAbortedError (unless a savepoint holding the failure rolled it back)."""
+    else, and their errors surface at that point.
+
+    Once a statement failed - queued or not, whether or not some code caught its error - the
+    transaction can only roll back: every later statement, the end of an enclosing savepoint
+    block and the commit raise TransactionAbortedError, on every store (PostgreSQL aborts the
+    transaction itself; SQLite would carry on, and is held to the same rule so that code
+    behaves the same on both). A savepoint block that raises rolls back what it did, its
+    failure included, and the transaction carries on: the way to go on after a statement's
+    error."""
 
     def __init__(self) -> None:
         self.deferred: list[tuple[str, Params]] = []
         self.failure: Exception | None = None
-        """The error of the deferred statement that failed, if one did."""
+        """The error of the statement that failed, if one did."""
         self.deferred_errors_escape = False
-        """Raise DeferredStatementFailed instead of a deferred statement's error (StorageError
-        excepted: the store itself failing is nobody's statement)."""
+        """Raise StatementFailedElsewhere instead of a deferred statement's error, and of
+        TransactionAbortedError (StorageError excepted: the store itself failing is nobody's
+        statement)."""
 
     def _raise_if_failed(self) -> None:
-        if self.failure is not None:
-            raise TransactionAbortedError(
-                "a statement deferred earlier in this transaction failed "
-                f"({type(self.failure).__name__}: {self.failure}); it can only be rolled back"
-            ) from self.failure
+        failure = self.failure
+        if failure is None:
+            return
+        error = TransactionAbortedError(
+            f"an earlier statement of this transaction failed ({type(failure).__name__}: "
+            f"{failure}), so it can only be rolled back; to carry on after a statement's error, "
+            "run that statement in `async with ctx.savepoint():` and catch the error outside it"
+        )
+        error.__cause__ = failure
+        if self.deferred_errors_escape and not isinstance(failure, StorageError):
+            raise StatementFailedElsewhere(error)
+        raise error
+
+    def _statement_failed(self, error: Exception) -> None:
+        """Record that a statement failed with `error` (translated)."""
+        if self.failure is None:
+            self.failure = error
 
     def _deferred_failed(
         self, pending: list[tuple[str, Params]], error: Exception
@@ -114,7 +134,7 @@ class Transaction(abc.ABC):
         self.failure = error
         self.deferred = pending
         if self.deferred_errors_escape and not isinstance(error, StorageError):
-            return DeferredStatementFailed(error)
+            return StatementFailedElsewhere(error)
         return error
 
     def _forget_deferred(self) -> None:

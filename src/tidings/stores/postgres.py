@@ -488,15 +488,22 @@ class PostgresTransaction(Transaction):
         self._flushed = 0
 
     async def _exec(self, query: Any, params: Sequence[Any]) -> psycopg.AsyncCursor[TupleRow]:
+        self._raise_if_failed()
         if self.deferred:
             await self.run_deferred()
         try:
             return await self._cursor.execute(query, params)
-        except psycopg.OperationalError as exc:
-            error = self._translated(exc)
+        except psycopg.Error as exc:
+            error = self._failed(exc)
             if error is exc:
                 raise
             raise error from exc
+
+    def _failed(self, exc: psycopg.Error) -> Exception:
+        """Record that a statement failed with `exc`; returns what to raise (translated)."""
+        error = self._translated(exc) if isinstance(exc, psycopg.OperationalError) else exc
+        self._statement_failed(error)
+        return error
 
     def _translated(self, exc: psycopg.OperationalError) -> Exception:
         return self._store._translate(exc, "in a transaction; it was rolled back")
@@ -561,7 +568,8 @@ class PostgresTransaction(Transaction):
         (and always before COMMIT).
 
         After a DuplicateEventError the transaction (or the enclosing savepoint) is aborted,
-        as after any failed statement in PostgreSQL: it must be rolled back."""
+        as after any failed statement: it must be rolled back."""
+        self._raise_if_failed()
         if self.deferred:
             await self.run_deferred()
         pending = self.outbox[self._flushed :]
@@ -580,15 +588,16 @@ class PostgresTransaction(Transaction):
                     self._store.schema,
                 ),
             )
-        except psycopg.errors.UniqueViolation as exc:
-            if exc.diag.constraint_name != OUTBOX_UNIQUE:
-                raise
-            raise DuplicateEventError(
-                "an event id was published twice to one topic in this transaction or while "
-                f"still in the outbox ({exc.diag.message_detail or exc})"
-            ) from exc
-        except psycopg.OperationalError as exc:
-            error = self._translated(exc)
+        except psycopg.Error as exc:
+            error = self._failed(exc)
+            if (
+                isinstance(exc, psycopg.errors.UniqueViolation)
+                and exc.diag.constraint_name == OUTBOX_UNIQUE
+            ):
+                raise DuplicateEventError(
+                    "an event id was published twice to one topic in this transaction or while "
+                    f"still in the outbox ({exc.diag.message_detail or exc})"
+                ) from exc
             if error is exc:
                 raise
             raise error from exc
@@ -654,6 +663,7 @@ class PostgresTransaction(Transaction):
 
     @contextlib.asynccontextmanager
     async def _savepoint(self) -> AsyncIterator[None]:
+        self._raise_if_failed()
         if self.deferred:
             await self.run_deferred()
         mark = len(self.outbox)
@@ -662,6 +672,7 @@ class PostgresTransaction(Transaction):
                 yield
                 if self.deferred:
                     await self.run_deferred()
+                self._raise_if_failed()  # the block caught a statement's error
         except BaseException:
             del self.outbox[mark:]
             self._flushed = min(self._flushed, mark)

@@ -152,15 +152,19 @@ class SQLiteTransaction(Transaction):
         self._savepoints = 0
 
     def _run(self, sql: str, params: Params) -> sqlite3.Cursor:
+        self._raise_if_failed()
+        if self.deferred:
+            self.run_deferred_now()
         try:
-            if self.deferred:
-                self.run_deferred_now()
             return self._conn.execute(sql, params)
         except sqlite3.Error as exc:
-            translated = _sqlite.translate(exc, self._path)
-            if translated is exc:
-                raise
-            raise translated from exc
+            raise self._failed(exc) from exc
+
+    def _failed(self, exc: sqlite3.Error) -> Exception:
+        """Record that a statement failed with `exc`; returns what to raise (translated)."""
+        translated = _sqlite.translate(exc, self._path)
+        self._statement_failed(translated)
+        return translated
 
     async def run_deferred(self) -> None:
         self.run_deferred_now()
@@ -226,6 +230,7 @@ class SQLiteTransaction(Transaction):
     async def inbox_add_all(self, entries: Sequence[tuple[str, str, Position]]) -> None:
         if not entries:
             return
+        self._raise_if_failed()
         if self.deferred:
             await self.run_deferred()
         now = _now_ms()
@@ -240,14 +245,12 @@ class SQLiteTransaction(Transaction):
                 ],
             )
         except sqlite3.IntegrityError as exc:
+            self._statement_failed(exc)
             raise InboxConflictError(
                 f"an inbox row already exists for one of {len(entries)} events ({exc})"
             ) from exc
         except sqlite3.Error as exc:
-            translated = _sqlite.translate(exc, self._path)
-            if translated is exc:
-                raise
-            raise translated from exc
+            raise self._failed(exc) from exc
 
     async def inbox_get(self, consumer: str, event_id: str) -> InboxStatus | None:
         row = self._run(
@@ -271,6 +274,7 @@ class SQLiteTransaction(Transaction):
             yield
             if self.deferred:
                 await self.run_deferred()
+            self._raise_if_failed()  # the block caught a statement's error
         except BaseException:
             self._forget_deferred()
             self._run(f"ROLLBACK TO {name}", ())
@@ -289,6 +293,7 @@ class SQLiteTransaction(Transaction):
     def flush_outbox(self) -> None:
         """Run deferred statements, then write the outbox rows queued since the last flush
         (and always before COMMIT)."""
+        self._raise_if_failed()
         if self.deferred:
             self.run_deferred_now()
         pending = self.outbox[self._flushed :]
@@ -313,10 +318,13 @@ class SQLiteTransaction(Transaction):
             )
             self._flushed = len(self.outbox)
         except sqlite3.IntegrityError as exc:
+            self._statement_failed(exc)
             raise DuplicateEventError(
                 f"an event id was published twice to one topic in this transaction or while "
                 f"still in the outbox ({exc})"
             ) from exc
+        except sqlite3.Error as exc:
+            raise self._failed(exc) from exc
 
 
 class SQLiteStore(Store):
