@@ -52,7 +52,18 @@ class MigrationError(TidingsError):
     """A schema migration failed or an applied migration was changed."""
 
 
+class IntegrityError(TidingsError):
+    """A statement's data broke a constraint of the schema - a unique or primary key, a foreign
+    key, a CHECK, NOT NULL - the same on every store; the driver's own error (sqlite3's or
+    psycopg's) is `orig` and the cause. The transaction can then only roll back, unless the
+    statement ran in a savepoint."""
+
+    def __init__(self, message: str, orig: Exception) -> None:
+        super().__init__(message)
+        self.orig = orig
+
+
 class TransactionAbortedError(TidingsError):
-    """An earlier statement of the transaction failed - a statement queued with `defer`, or
-    on PostgreSQL any statement whose error the code caught - so it can only be rolled back;
-    raised by every later statement and by the commit."""
+    """An earlier statement of the transaction failed - queued with `defer` or not, whether or
+    not the code caught its error - so it can only be rolled back; raised by every later
+    statement, the end of an enclosing savepoint block and the commit, on every store."""

@@ -13,7 +13,12 @@ from collections.abc import AsyncIterator
 import pytest
 
 from tidings.brokers.base import Message
-from tidings.errors import DuplicateEventError, MigrationError, TransactionAbortedError
+from tidings.errors import (
+    DuplicateEventError,
+    IntegrityError,
+    MigrationError,
+    TransactionAbortedError,
+)
 from tidings.stores import connect_store
 from tidings.stores.base import InboxConflictError, InboxStatus, Store, Transaction
 
@@ -394,7 +399,7 @@ class StoreContract:
         with pytest.raises(TransactionAbortedError, match="earlier statement") as aborted:
             async with store.transaction() as tx:
                 await tx.execute("INSERT INTO orders(id, total) VALUES ('a', 2)")
-                with pytest.raises(Exception, match=UNIQUE_VIOLATION):
+                with pytest.raises(IntegrityError, match=UNIQUE_VIOLATION):
                     await tx.execute("INSERT INTO orders(id, total) VALUES ('taken', 3)")
                 with pytest.raises(TransactionAbortedError, match=UNIQUE_VIOLATION):
                     await tx.fetchall("SELECT id FROM orders")
@@ -432,6 +437,35 @@ class StoreContract:
             ("d",),
         ]
         assert await relay_all(store) == ["e-1"]
+
+    async def test_constraint_violations_raise_integrity_error(self, store: Store) -> None:
+        """The same error type on every store (the driver's is `orig`); foreign keys are
+        enforced on SQLite too."""
+        await store.migrate(
+            [
+                BUSINESS,
+                "CREATE TABLE lines (order_id TEXT NOT NULL REFERENCES orders(id),"
+                " qty INTEGER NOT NULL CHECK (qty > 0))",
+            ]
+        )
+        violations = [
+            "INSERT INTO orders(id, total) VALUES ('o1', 2)",  # primary key
+            "INSERT INTO orders(id, total) VALUES ('o2', NULL)",  # NOT NULL
+            "INSERT INTO lines(order_id, qty) VALUES ('o1', 0)",  # CHECK
+            "INSERT INTO lines(order_id, qty) VALUES ('nope', 1)",  # foreign key
+        ]
+        async with store.transaction() as tx:
+            await tx.execute("INSERT INTO orders(id, total) VALUES ('o1', 1)")
+            for statement in violations:
+                with pytest.raises(IntegrityError) as raised:
+                    async with tx.savepoint():
+                        await tx.execute(statement)
+                assert raised.value.orig is raised.value.__cause__
+            tx.defer("INSERT INTO lines(order_id, qty) VALUES ('o1', 3)")
+        with pytest.raises(IntegrityError):
+            async with store.transaction() as tx:
+                tx.defer("INSERT INTO lines(order_id, qty) VALUES ('gone', 3)")
+        assert await store.query("SELECT order_id, qty FROM lines") == [("o1", 3)]
 
     async def test_inbox_dead_status_and_delete(self, store: Store) -> None:
         async with store.transaction() as tx:

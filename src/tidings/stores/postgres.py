@@ -84,6 +84,7 @@ from tidings.brokers.base import Headers, Message
 from tidings.errors import (
     ConfigError,
     DuplicateEventError,
+    IntegrityError,
     MigrationError,
     StorageError,
     TransactionAbortedError,
@@ -501,9 +502,16 @@ class PostgresTransaction(Transaction):
 
     def _failed(self, exc: psycopg.Error) -> Exception:
         """Record that a statement failed with `exc`; returns what to raise (translated)."""
-        error = self._translated(exc) if isinstance(exc, psycopg.OperationalError) else exc
+        error = self._statement_error(exc)
         self._statement_failed(error)
         return error
+
+    def _statement_error(self, exc: Exception) -> Exception:
+        if isinstance(exc, psycopg.IntegrityError):
+            return IntegrityError(str(exc), exc)
+        if isinstance(exc, psycopg.OperationalError):
+            return self._translated(exc)
+        return exc
 
     def _translated(self, exc: psycopg.OperationalError) -> Exception:
         return self._store._translate(exc, "in a transaction; it was rolled back")
@@ -522,7 +530,7 @@ class PostgresTransaction(Transaction):
         try:
             await self._send(pending)
         except Exception as exc:
-            error = self._translated(exc) if isinstance(exc, psycopg.OperationalError) else exc
+            error = self._statement_error(exc)
             signal = self._deferred_failed(pending, error)
             if signal is exc:
                 raise
@@ -639,13 +647,17 @@ class PostgresTransaction(Transaction):
                     [offset for _, _, (_, _, offset) in entries],
                 ),
             )
-        except psycopg.errors.UniqueViolation as exc:
-            if exc.diag.constraint_name != INBOX_PRIMARY_KEY:
+        except IntegrityError as exc:
+            orig = exc.orig
+            if not (
+                isinstance(orig, psycopg.errors.UniqueViolation)
+                and orig.diag.constraint_name == INBOX_PRIMARY_KEY
+            ):
                 raise
             raise InboxConflictError(
                 f"an inbox row already exists for one of {len(entries)} events "
-                f"({exc.diag.message_detail or exc})"
-            ) from exc
+                f"({orig.diag.message_detail or orig})"
+            ) from orig
 
     async def inbox_get(self, consumer: str, event_id: str) -> InboxStatus | None:
         cursor = await self._exec(

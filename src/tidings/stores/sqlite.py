@@ -41,7 +41,7 @@ from tidings import _sqlite
 from tidings._notify import SCHEMA as LISTENERS_SCHEMA
 from tidings._notify import Notifier
 from tidings.brokers.base import Headers, Message
-from tidings.errors import DuplicateEventError, MigrationError, StorageError
+from tidings.errors import DuplicateEventError, IntegrityError, MigrationError, StorageError
 from tidings.stores.base import (
     InboxConflictError,
     InboxKey,
@@ -162,9 +162,14 @@ class SQLiteTransaction(Transaction):
 
     def _failed(self, exc: sqlite3.Error) -> Exception:
         """Record that a statement failed with `exc`; returns what to raise (translated)."""
-        translated = _sqlite.translate(exc, self._path)
+        translated = self._translated(exc)
         self._statement_failed(translated)
         return translated
+
+    def _translated(self, exc: sqlite3.Error) -> Exception:
+        if isinstance(exc, sqlite3.IntegrityError):
+            return IntegrityError(str(exc), exc)
+        return _sqlite.translate(exc, self._path)
 
     async def run_deferred(self) -> None:
         self.run_deferred_now()
@@ -183,7 +188,7 @@ class SQLiteTransaction(Transaction):
                     for item in params:
                         self._conn.execute(statement, item)
         except sqlite3.Error as exc:
-            error = _sqlite.translate(exc, self._path)
+            error = self._translated(exc)
             signal = self._deferred_failed(pending, error)
             if signal is exc:
                 raise
