@@ -774,3 +774,76 @@ async def test_services_run_on_postgres_by_configuration_alone(
         for service in (orders, inventory):
             service.stop()
         await asyncio.wait_for(asyncio.gather(*tasks), 30)
+
+
+async def test_a_deferred_constraint_failing_at_commit_is_its_handlers_failure(
+    schema_url: Callable[..., str],
+) -> None:
+    """A DEFERRABLE INITIALLY DEFERRED foreign key is checked at COMMIT, outside any handler:
+    the batch is re-applied with constraints checked at each statement, where the violation
+    is the handler's own - its event alone is dead-lettered, and the batch is acked (not
+    redelivered forever)."""
+    from tidings.brokers.base import Batch
+    from tidings.event import event_to_message
+    from tidings.runtime.dispatch import Dispatcher
+
+    service = Service(
+        "deferrable",
+        broker="memory://",
+        store=schema_url(),
+        migrations=[
+            "CREATE TABLE customers (id TEXT PRIMARY KEY)",
+            "INSERT INTO customers VALUES ('ada'), ('bob')",
+            "CREATE TABLE orders (id TEXT PRIMARY KEY, customer TEXT NOT NULL"
+            " REFERENCES customers(id) DEFERRABLE INITIALLY DEFERRED)",
+        ],
+    )
+    service.retry = Retry(immediate=1, max_attempts=2, initial_delay=0.01, max_delay=0.02)
+
+    @service.handler("orders")
+    async def record_order(event: Event, ctx: Context) -> None:
+        await ctx.execute(
+            "INSERT INTO orders(id, customer) VALUES (?, ?)", (event.id, event.data["customer"])
+        )
+
+    await service.start()
+    events = [Event(type="T", key="k", data={"customer": c}) for c in ("ada", "eve", "bob")]
+    records = [
+        Record("orders", 0, offset, 0, m.value, m.key, m.headers)
+        for offset, m in enumerate(event_to_message(e) for e in events)
+    ]
+
+    class Acks:
+        acked = 0
+
+        def ack(self, batch: Batch) -> None:
+            self.acked += 1
+
+        def nack(self, batch: Batch, offset: int | None = None) -> None:
+            raise AssertionError(f"nacked at {offset}")
+
+    acks = Acks()
+    try:
+        await asyncio.wait_for(
+            Dispatcher(service).process(acks, Batch("orders", 0, records)),  # type: ignore[arg-type]
+            30,
+        )
+        rows = await service.store.query("SELECT customer FROM orders ORDER BY customer")
+    finally:
+        await service.close()
+    assert rows == [("ada",), ("bob",)]
+    assert acks.acked == 1
+    assert service.stats.dead_lettered == 1
+
+
+async def test_a_cancelled_statement_leaves_only_a_rollback(store: Store) -> None:
+    """A statement cancelled by a timeout the code catches: PostgreSQL aborts the
+    transaction; the next statement says so in tidings' terms, and nothing commits."""
+    with pytest.raises(TransactionAbortedError, match="cancelled"):
+        async with store.transaction() as tx:
+            await tx.execute("INSERT INTO orders(id, total) VALUES ('a', 1)")
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.2):
+                    await tx.execute("SELECT pg_sleep(5)")
+            await tx.execute("INSERT INTO orders(id, total) VALUES ('b', 2)")
+    assert await store.query("SELECT count(*) FROM orders") == [(0,)]

@@ -185,7 +185,6 @@ class Database:
                 raise StorageError(f"{self.path}: cannot switch to WAL mode (got {mode!r})")
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
             conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
-            conn.execute("PRAGMA foreign_keys=ON")  # enforced, as on PostgreSQL
             if not self.autocheckpoint:
                 conn.execute("PRAGMA wal_autocheckpoint=0")
         except BaseException:

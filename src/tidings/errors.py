@@ -58,9 +58,12 @@ class IntegrityError(TidingsError):
     psycopg's) is `orig` and the cause. The transaction can then only roll back, unless the
     statement ran in a savepoint."""
 
-    def __init__(self, message: str, orig: Exception) -> None:
+    def __init__(self, message: str, orig: Exception | None = None) -> None:
         super().__init__(message)
         self.orig = orig
+
+    def __reduce__(self) -> tuple[type[IntegrityError], tuple[str, Exception | None]]:
+        return type(self), (str(self), self.orig)
 
 
 class TransactionAbortedError(TidingsError):

@@ -17,12 +17,12 @@ import contextlib
 import logging
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from tidings import dlq
 from tidings.brokers.base import Batch, Consumer, Message, Record
-from tidings.errors import DecodeError, DuplicateEventError
+from tidings.errors import DecodeError, DuplicateEventError, IntegrityError
 from tidings.event import Event, event_from_record
 from tidings.schema import SchemaError
 from tidings.service import Context, Handler, Service, Stats, SyncContext
@@ -126,8 +126,9 @@ class Dispatcher:
         be recorded already (a concurrent redelivery committed first), the transaction rolls
         back and the caller applies the batch carefully. Returns len(records) once committed,
         or the index of the first record whose handler raised (or `start` after such a
-        conflict, or when a statement a handler deferred failed) - and then nothing of
-        `records[start:]` was committed."""
+        conflict, after a failed statement whose error surfaced elsewhere or was caught, or
+        when a deferred constraint failed at COMMIT) - and then nothing of `records[start:]`
+        was committed."""
         tally = Tally()
         pending = records[start:]
         planned: list[tuple[Record, Event | DecodeError, list[Handler]]] = []
@@ -158,10 +159,11 @@ class Dispatcher:
                 await inbox.write(tx)
         except _RolledBack as rolled_back:
             return rolled_back.index
-        except (DuplicateEventError, InboxConflictError, StatementFailedElsewhere):
+        except (DuplicateEventError, InboxConflictError, StatementFailedElsewhere, IntegrityError):
             # StatementFailedElsewhere: a statement failed whose error surfaced elsewhere (one a
             # handler deferred, in another handler's await, say) or was caught by the code that
-            # ran it; savepoints will say whose it was.
+            # ran it; IntegrityError here: a deferred constraint, checked at COMMIT. Savepoints,
+            # with constraints checked at each statement, will say whose it was.
             return start
         tally.add_to(self.service.stats)
         return len(records)
@@ -207,13 +209,21 @@ class Dispatcher:
             by_type[event.type] = by_type.get(event.type, 0) + 1
         return None
 
+    @contextlib.asynccontextmanager
+    async def _guarded_transaction(self) -> AsyncIterator[Transaction]:
+        """A transaction for handlers in savepoints: deferred constraints are checked at each
+        statement, so that a violation is the failing handler's, inside its savepoint."""
+        async with self.store.transaction() as tx:
+            await tx.check_constraints_immediately()
+            yield tx
+
     async def _careful(self, records: Sequence[Record], start: int) -> int:
         """Apply records from `start` with a savepoint per handler until one fails, commit
         those, then retry the failing record on its own. Returns the next index to apply."""
         tally = Tally()
         index = start
         failure: Failure | None = None
-        async with self.store.transaction() as tx:
+        async with self._guarded_transaction() as tx:
             while index < len(records):
                 failure = await self._apply(tx, records[index], tally, guarded=True)
                 if failure is not None:
@@ -387,7 +397,7 @@ class Dispatcher:
             attempt += 1
             self.service.stats.retried += 1
             tally = Tally()
-            async with self.store.transaction() as tx:
+            async with self._guarded_transaction() as tx:
                 next_failure = await self._apply(
                     tx, record, tally, guarded=True, attempt=attempt, retrying=True, skip=dead
                 )
@@ -405,7 +415,7 @@ class Dispatcher:
             failure.error,
         )
         tally = Tally()
-        async with self.store.transaction() as tx:
+        async with self._guarded_transaction() as tx:
             event = event_from_record(record)
             position = (record.topic, record.partition, record.offset)
             if await self._mark_dead(tx, record, handler, event.id, position):

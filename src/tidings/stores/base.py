@@ -154,6 +154,12 @@ class Transaction(abc.ABC):
         self.deferred.append((sql, dict(params) if isinstance(params, dict) else tuple(params)))
 
     @abc.abstractmethod
+    async def check_constraints_immediately(self) -> None:
+        """From now on, check constraints declared DEFERRABLE INITIALLY DEFERRED at each
+        statement rather than at COMMIT, so that a violation fails the statement (and the
+        savepoint) that caused it. Nothing to do on stores without such constraints."""
+
+    @abc.abstractmethod
     async def run_deferred(self) -> None:
         """Run the queued statements now, in order (nothing if none are queued). If one
         fails, its error is raised (see `deferred_errors_escape`) and the transaction (or the

@@ -499,6 +499,14 @@ class PostgresTransaction(Transaction):
             if error is exc:
                 raise
             raise error from exc
+        except BaseException:
+            # cancelled (a timeout, a shutdown) before the statement finished: PostgreSQL may
+            # have aborted the transaction, or be still running the statement
+            if self._conn.info.transaction_status != TransactionStatus.INTRANS:
+                self._statement_failed(
+                    TransactionAbortedError("a statement was cancelled before it finished")
+                )
+            raise
 
     def _failed(self, exc: psycopg.Error) -> Exception:
         """Record that a statement failed with `exc`; returns what to raise (translated)."""
@@ -507,6 +515,11 @@ class PostgresTransaction(Transaction):
         return error
 
     def _statement_error(self, exc: Exception) -> Exception:
+        if isinstance(exc, psycopg.errors.InFailedSqlTransaction):
+            return TransactionAbortedError(
+                "PostgreSQL had aborted the transaction at an earlier statement; it can only be"
+                " rolled back"
+            )
         if isinstance(exc, psycopg.IntegrityError):
             return IntegrityError(str(exc), exc)
         if isinstance(exc, psycopg.OperationalError):
@@ -518,6 +531,9 @@ class PostgresTransaction(Transaction):
 
     def defer(self, sql: str, params: Params = ()) -> None:
         self.deferred.append((sql, tuple(_arguments(params))))
+
+    async def check_constraints_immediately(self) -> None:
+        await self._exec("SET CONSTRAINTS ALL IMMEDIATE", ())
 
     async def run_deferred(self) -> None:
         """One pipeline: consecutive runs of the same statement as one `executemany`, one
@@ -959,6 +975,8 @@ class PostgresStore(Store):
                 return  # pragma: no cover - only psycopg.Rollback is swallowed
             try:
                 await block.__aexit__(None, None, None)
+            except psycopg.IntegrityError as exc:  # a deferred constraint, checked at COMMIT
+                raise IntegrityError(f"at COMMIT: {exc}", exc) from exc
             except psycopg.OperationalError as exc:
                 error = self._translate(exc, "during COMMIT; its outcome is unknown")
                 if error is exc:

@@ -174,6 +174,10 @@ class SQLiteTransaction(Transaction):
     async def run_deferred(self) -> None:
         self.run_deferred_now()
 
+    async def check_constraints_immediately(self) -> None:
+        """Nothing to do: SQLite's only deferrable constraints are foreign keys, which it (as
+        it ships, and as tidings opens it) does not enforce."""
+
     def run_deferred_now(self) -> None:
         """`run_deferred` on the calling thread: consecutive runs of one data-changing
         statement as one `executemany`."""
@@ -250,7 +254,7 @@ class SQLiteTransaction(Transaction):
                 ],
             )
         except sqlite3.IntegrityError as exc:
-            self._statement_failed(exc)
+            self._statement_failed(self._translated(exc))
             raise InboxConflictError(
                 f"an inbox row already exists for one of {len(entries)} events ({exc})"
             ) from exc
@@ -323,7 +327,7 @@ class SQLiteTransaction(Transaction):
             )
             self._flushed = len(self.outbox)
         except sqlite3.IntegrityError as exc:
-            self._statement_failed(exc)
+            self._statement_failed(self._translated(exc))
             raise DuplicateEventError(
                 f"an event id was published twice to one topic in this transaction or while "
                 f"still in the outbox ({exc})"
@@ -455,7 +459,7 @@ class SQLiteStore(Store):
                         " VALUES (?, ?, ?)",
                         (number, statement, _now_ms()),
                     )
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, IntegrityError) as exc:
                 raise MigrationError(f"{self.path}: migration {number} failed: {exc}") from exc
             ran += 1
         return ran
