@@ -9,6 +9,7 @@ from pathlib import Path
 
 from examples.orders.services import orders
 from tidings import Broker, Service, TopicPartition, event_from_record
+from tidings.dlq import list_dead_letters
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +162,15 @@ async def check_invariants(
     )
     dead = await dead_letters(log.broker, services)
     total_dead = sum(dead.values())
-    checks.append(Check("no dead letters", not total_dead, str(dict(dead)) if total_dead else ""))
+    detail = ""
+    if total_dead:
+        letters = await list_dead_letters(log.broker)
+        detail = f"{dict(dead)}; " + "; ".join(
+            f"{letter.handler} at {letter.origin}: {letter.reason} after {letter.attempts}"
+            f" attempt(s): {letter.exception}: {letter.message}"
+            for letter in letters[:3]
+        )
+    checks.append(Check("no dead letters", not total_dead, detail))
     return checks
 
 

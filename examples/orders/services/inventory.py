@@ -62,25 +62,36 @@ def create(settings: Settings) -> Service:
         wanted: dict[str, int] = {}
         for item in event.items:
             wanted[item.product_id] = wanted.get(item.product_id, 0) + item.quantity
-        missing = []
+        # Take each product's stock with one conditional UPDATE (in a fixed order): reading
+        # the stock first and then decrementing it would race with a concurrent transaction
+        # (another partition's batch) taking the same stock in between on PostgreSQL.
+        taken: list[tuple[str, int]] = []
+        missing: list[str] = []
         for product_id, quantity in sorted(wanted.items()):
-            row = await ctx.fetchone(
-                "SELECT available FROM stock WHERE product_id = ?", (product_id,)
-            )
-            if row is None or quantity <= 0 or row[0] < quantity:
-                missing.append(f"{product_id} ({0 if row is None else row[0]} < {quantity})")
+            if quantity > 0 and await ctx.execute(
+                "UPDATE stock SET available = available - ?"
+                " WHERE product_id = ? AND available >= ?",
+                (quantity, product_id, quantity),
+            ):
+                taken.append((product_id, quantity))
+            else:
+                missing.append(product_id)
         if missing:
-            reason = "insufficient stock: " + ", ".join(missing)
+            for product_id, quantity in taken:  # all or nothing: give back what was taken
+                ctx.defer(
+                    "UPDATE stock SET available = available + ? WHERE product_id = ?",
+                    (quantity, product_id),
+                )
             ctx.publish(
                 INVENTORY_EVENTS,
-                InventoryReservationFailed(order_id=event.order_id, reason=reason),
+                InventoryReservationFailed(
+                    order_id=event.order_id,
+                    reason="insufficient stock: "
+                    + ", ".join(f"{p} (wanted {wanted[p]})" for p in missing),
+                ),
             )
             return
-        for product_id, quantity in sorted(wanted.items()):
-            ctx.defer(
-                "UPDATE stock SET available = available - ? WHERE product_id = ?",
-                (quantity, product_id),
-            )
+        for product_id, quantity in taken:
             ctx.defer(
                 "INSERT INTO reservations(order_id, product_id, quantity, status)"
                 " VALUES (?, ?, ?, 'RESERVED')",
