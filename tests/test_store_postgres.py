@@ -783,8 +783,8 @@ async def test_a_deferred_constraint_failing_at_commit_is_its_handlers_failure(
     the batch is re-applied with constraints checked at each statement, where the violation
     is the handler's own - its event alone is dead-lettered, and the batch is acked (not
     redelivered forever)."""
+    from tests.test_deferred import Acks, records
     from tidings.brokers.base import Batch
-    from tidings.event import event_to_message
     from tidings.runtime.dispatch import Dispatcher
 
     service = Service(
@@ -808,24 +808,10 @@ async def test_a_deferred_constraint_failing_at_commit_is_its_handlers_failure(
 
     await service.start()
     events = [Event(type="T", key="k", data={"customer": c}) for c in ("ada", "eve", "bob")]
-    records = [
-        Record("orders", 0, offset, 0, m.value, m.key, m.headers)
-        for offset, m in enumerate(event_to_message(e) for e in events)
-    ]
-
-    class Acks:
-        acked = 0
-
-        def ack(self, batch: Batch) -> None:
-            self.acked += 1
-
-        def nack(self, batch: Batch, offset: int | None = None) -> None:
-            raise AssertionError(f"nacked at {offset}")
-
     acks = Acks()
     try:
         await asyncio.wait_for(
-            Dispatcher(service).process(acks, Batch("orders", 0, records)),  # type: ignore[arg-type]
+            Dispatcher(service).process(acks, Batch("orders", 0, records(events))),  # type: ignore[arg-type]
             30,
         )
         rows = await service.store.query("SELECT customer FROM orders ORDER BY customer")
