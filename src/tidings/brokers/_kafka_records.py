@@ -53,18 +53,9 @@ def to_record(message: ck.Message) -> Record:
     """The Record of one message without error."""
     topic = message.topic()
     partition = message.partition()
-    offset = message.offset()
-    assert topic is not None and partition is not None and offset is not None
-    raw = message.headers()
-    return Record(
-        topic,
-        partition,
-        offset,
-        message.timestamp()[1],
-        message.value() or b"",
-        message.key(),
-        () if raw is None else _headers(raw),
-    )
+    assert topic is not None and partition is not None
+    [record] = build_records(topic, partition, (message,))
+    return record
 
 
 def build_records(topic: str, partition: int, items: Iterable[ck.Message | Record]) -> list[Record]:

@@ -1815,12 +1815,9 @@ class KafkaConsumer(Consumer):
 
     def _buffer(self, messages: list[ck.Message]) -> None:
         runs, errors = split_runs(messages, self.topics[0] if len(self.topics) == 1 else None)
+        items: Sequence[tuple[str, int, Sequence[ck.Message | Record]]] = runs
         if self._build_ahead:
-            items: list[tuple[str, int, list[ck.Message] | list[Record]]] = [
-                (t, p, build_records(t, p, run)) for t, p, run in runs
-            ]
-        else:
-            items = list(runs)
+            items = [(t, p, build_records(t, p, run)) for t, p, run in runs]
         appended = False
         with self._lock:
             for topic, partition, run in items:

@@ -33,7 +33,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import msgspec
 
@@ -158,13 +158,15 @@ class SQLiteTransaction(Transaction):
         try:
             return self._conn.execute(sql, params)
         except sqlite3.Error as exc:
-            raise self._failed(exc) from exc
+            self._raise_failed(exc)
 
-    def _failed(self, exc: sqlite3.Error) -> Exception:
-        """Record that a statement failed with `exc`; returns what to raise (translated)."""
+    def _raise_failed(self, exc: sqlite3.Error) -> NoReturn:
+        """Record that a statement failed with `exc`, and raise it (translated)."""
         translated = self._translated(exc)
         self._statement_failed(translated)
-        return translated
+        if translated is exc:
+            raise exc
+        raise translated from exc
 
     def _translated(self, exc: sqlite3.Error) -> Exception:
         if isinstance(exc, sqlite3.IntegrityError):
@@ -259,7 +261,7 @@ class SQLiteTransaction(Transaction):
                 f"an inbox row already exists for one of {len(entries)} events ({exc})"
             ) from exc
         except sqlite3.Error as exc:
-            raise self._failed(exc) from exc
+            self._raise_failed(exc)
 
     async def inbox_get(self, consumer: str, event_id: str) -> InboxStatus | None:
         row = self._run(
@@ -333,7 +335,7 @@ class SQLiteTransaction(Transaction):
                 f"still in the outbox ({exc})"
             ) from exc
         except sqlite3.Error as exc:
-            raise self._failed(exc) from exc
+            self._raise_failed(exc)
 
 
 class SQLiteStore(Store):
