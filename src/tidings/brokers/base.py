@@ -34,6 +34,15 @@ Headers = tuple[tuple[str, bytes], ...]
 
 DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
 
+UNLIMITED = -1
+"""`retention_ms` / `retention_bytes` of `Admin.create_topic`: never delete records (None means
+the backend's default: unlimited on the embedded brokers, the cluster's default on Kafka)."""
+
+UNREADABLE_HEADERS = "tidings-unreadable-headers"
+"""A header a consumer puts on a record whose original headers it could not read (say, a Kafka
+header name that is not UTF-8), in place of those headers; its value says why. Such a record
+never decodes into an event: it is dead-lettered with that reason, and the partition moves on."""
+
 
 @dataclass(frozen=True, slots=True)
 class TopicPartition:
@@ -304,7 +313,8 @@ class Admin(abc.ABC):
         retention_bytes: int | None = None,
         exist_ok: bool = False,
     ) -> TopicInfo:
-        """Create a topic. With `exist_ok`, an existing topic is returned unchanged."""
+        """Create a topic. With `exist_ok`, an existing topic is returned unchanged.
+        `retention_*` None means the backend's default; UNLIMITED (-1) never deletes."""
 
     @abc.abstractmethod
     async def list_topics(self) -> list[TopicInfo]: ...
@@ -321,6 +331,11 @@ class Admin(abc.ABC):
         """Members and, per partition of every topic the group has committed to or subscribes
         to, the committed offset, end offset and lag."""
 
+    async def durability_warnings(self, topics: Sequence[str]) -> list[str]:
+        """Settings of `topics` (or of the broker) under which an acknowledged publish can
+        still be lost, each as a sentence for a log line; none by default."""
+        return []
+
     @abc.abstractmethod
     async def reset_offsets(
         self, group: str, topics: Sequence[str], to: SeekTo
@@ -334,6 +349,9 @@ class Broker(abc.ABC):
     """A connection to an event log. Safe to share between tasks of one event loop."""
 
     url: str
+    max_message_bytes: int
+    """The largest message (`Message.size`) `publish` accepts; larger ones raise
+    MessageTooLargeError before anything is written."""
 
     @property
     @abc.abstractmethod
@@ -420,6 +438,20 @@ def validate_partitions(partitions: int) -> int:
     if isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1:
         raise TopicError(f"partition count must be an integer >= 1, got {partitions!r}")
     return partitions
+
+
+def validate_retention(label: str, value: int | None) -> int | None:
+    """None, UNLIMITED (-1) or a positive integer; ConfigError naming `label` otherwise."""
+    from tidings.errors import ConfigError
+
+    if value is None or (value == UNLIMITED and not isinstance(value, bool)):
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(
+            f"{label} must be a positive integer, -1 (unlimited) or None (the default), "
+            f"got {value!r}"
+        )
+    return value
 
 
 def check_sizes(topic: str, messages: Sequence[Message], max_bytes: int) -> None:

@@ -24,6 +24,7 @@ from tidings.brokers._local import (
 )
 from tidings.brokers.base import (
     DEFAULT_MAX_MESSAGE_BYTES,
+    UNLIMITED,
     Admin,
     GroupInfo,
     Message,
@@ -35,6 +36,7 @@ from tidings.brokers.base import (
     TopicPartition,
     check_sizes,
     validate_partitions,
+    validate_retention,
     validate_topic_name,
 )
 from tidings.errors import BrokerClosedError, ConfigError, TopicExistsError, UnknownTopicError
@@ -107,6 +109,12 @@ class MemoryLog:
     ) -> TopicInfo:
         validate_topic_name(name)
         validate_partitions(partitions)
+        retention_ms = validate_retention("retention_ms", retention_ms)
+        retention_bytes = validate_retention("retention_bytes", retention_bytes)
+        if retention_ms == UNLIMITED:
+            retention_ms = None
+        if retention_bytes == UNLIMITED:
+            retention_bytes = None
         with self._lock:
             existing = self.topics.get(name)
             if existing is not None:
