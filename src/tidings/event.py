@@ -16,6 +16,12 @@ Attribute mapping (CloudEvents name <- Event field):
   `typeversion` (integer) <- `version`, and `tidingsheaders` (a JSON string of `headers`,
   written only when there are headers, since extension values must be primitive).
 
+Attributes are CloudEvents Strings: no control characters (U+0000-U+001F, U+007F-U+009F) and
+no surrogates; ids (`id`, `correlation_id`, `causation_id`) and `type` are at most
+`MAX_ID_LENGTH` characters, `source` at most `MAX_SOURCE_LENGTH`, header names at most
+`MAX_ID_LENGTH`; header values have no NUL or surrogates. `Event` enforces this when it is built,
+so every decoder does, and no store can reject an event's id later.
+
 Absent optional attributes are omitted. A CloudEvent without `typeversion` has version 1,
 without `time` gets the decoding time (the record's append time in `event_from_record`), without
 `correlationid` starts its own chain. Other attributes (`subject`, `dataschema`, unknown
@@ -24,6 +30,7 @@ extensions) are ignored, and `datacontenttype` is not kept: data is always writt
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -32,10 +39,13 @@ import msgspec
 from msgspec.structs import force_setattr
 
 from tidings._ids import uuid7
-from tidings.brokers.base import Headers, Message, Record
+from tidings.brokers.base import UNREADABLE_HEADERS, Headers, Message, Record
 from tidings.errors import DecodeError
 
 __all__ = [
+    "MAX_ID_LENGTH",
+    "MAX_SOURCE_LENGTH",
+    "MAX_VERSION",
     "SPECVERSION",
     "STRUCTURED_CONTENT_TYPE",
     "UNKNOWN_SOURCE",
@@ -60,6 +70,14 @@ _ATTRIBUTE_HEADER_PREFIX = "ce_"
 _TRANSPORT_HEADER_PREFIX = "tidings-"
 """Headers tidings adds to records in transit (dead letters, replays); never event headers."""
 
+MAX_ID_LENGTH = 256
+"""Most characters of an event's id, correlation id, causation id, type and header names."""
+MAX_SOURCE_LENGTH = 1024
+MAX_VERSION = 2**31 - 1
+_NOT_A_STRING = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+"""What a CloudEvents String may not contain: control characters and surrogates."""
+_NOT_A_VALUE = re.compile("[\x00\ud800-\udfff]")
+
 
 def _new_id() -> str:
     return uuid7()
@@ -72,9 +90,10 @@ def _utc_now() -> datetime:
 class Event(msgspec.Struct, frozen=True, kw_only=True):
     """An immutable fact. Raises ValueError if a field is invalid.
 
-    `correlation_id` defaults to the event's own `id`: an event that continues no chain starts
-    one. `time` must be timezone-aware and is stored in UTC. Header names `content-type` and
-    `ce_*` are reserved by the Kafka binary binding.
+    `correlation_id` defaults to the event's own `id` (also when empty): an event that
+    continues no chain starts one; an empty `causation_id` is None. `time` must be
+    timezone-aware and is stored in UTC. Header names `content-type` and `ce_*` are reserved
+    by the Kafka binary binding.
     """
 
     type: str
@@ -89,17 +108,24 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
     headers: dict[str, str] = msgspec.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.type, str) or not self.type:
-            raise ValueError(f"Event.type must be a non-empty string, got {self.type!r}")
-        if not isinstance(self.id, str) or not self.id:
-            raise ValueError(f"Event.id must be a non-empty string, got {self.id!r}")
+        _check_text("type", self.type, MAX_ID_LENGTH)
+        _check_text("id", self.id, MAX_ID_LENGTH)
         version = self.version
-        if type(version) is not int or version < 1:
-            raise ValueError(f"Event.version must be an integer >= 1, got {version!r}")
-        _check_optional_text("key", self.key)
-        _check_optional_text("correlation_id", self.correlation_id)
-        _check_optional_text("causation_id", self.causation_id)
-        if not isinstance(self.source, str):
+        if type(version) is not int or not 1 <= version <= MAX_VERSION:
+            raise ValueError(
+                f"Event.version must be an integer >= 1 (at most {MAX_VERSION}), got {version!r}"
+            )
+        if self.key is not None:
+            _check_text("key", self.key, None, optional=True)
+        if self.correlation_id is not None:
+            _check_text("correlation_id", self.correlation_id, MAX_ID_LENGTH, optional=True)
+        if self.causation_id is not None:
+            _check_text("causation_id", self.causation_id, MAX_ID_LENGTH, optional=True)
+            if not self.causation_id:
+                force_setattr(self, "causation_id", None)
+        if self.source:
+            _check_text("source", self.source, MAX_SOURCE_LENGTH)
+        elif not isinstance(self.source, str):
             raise ValueError(f"Event.source must be a string, got {self.source!r}")
         time = self.time
         if time.__class__ is not datetime or time.tzinfo is not UTC:
@@ -107,7 +133,7 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
         headers = self.headers
         if headers or headers.__class__ is not dict:
             _check_headers(headers)
-        if self.correlation_id is None:
+        if not self.correlation_id:
             force_setattr(self, "correlation_id", self.id)
 
     def caused(
@@ -134,9 +160,27 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
         )
 
 
-def _check_optional_text(name: str, value: object) -> None:
-    if value is not None and not isinstance(value, str):
-        raise ValueError(f"Event.{name} must be a string or None, got {value!r}")
+def _check_text(
+    name: str, value: object, max_length: int | None, *, optional: bool = False
+) -> None:
+    """ValueError unless `value` is a CloudEvents String (non-empty unless `optional`) of at
+    most `max_length` characters."""
+    if value.__class__ is not str or not (value or optional):
+        kind = "a string or None" if optional else "a non-empty string"
+        raise ValueError(f"Event.{name} must be {kind}, got {value!r}")
+    assert isinstance(value, str)
+    if max_length is not None and len(value) > max_length:
+        raise ValueError(
+            f"Event.{name} is {len(value)} characters long; the maximum is {max_length}"
+        )
+    if not (value.isascii() and value.isprintable()) and _NOT_A_STRING.search(value):
+        raise ValueError(
+            f"Event.{name} {_shown(value)} contains a control character or a surrogate"
+        )
+
+
+def _shown(value: str) -> str:
+    return repr(value) if len(value) <= 80 else repr(value[:80]) + "..."
 
 
 def _as_utc(time: object) -> datetime:
@@ -151,6 +195,9 @@ def _check_headers(headers: object) -> None:
     for name, value in headers.items():
         if not isinstance(name, str) or not isinstance(value, str):
             raise ValueError(f"Event.headers must map str to str, got {name!r}: {value!r}")
+        _check_text("headers name", name, MAX_ID_LENGTH)
+        if "\x00" in value if value.isascii() else _NOT_A_VALUE.search(value):
+            raise ValueError(f"Event.headers[{_shown(name)}] contains NUL or a surrogate")
         lowered = name.lower()
         if (
             lowered == _CONTENT_TYPE_HEADER
@@ -166,7 +213,7 @@ def _check_headers(headers: object) -> None:
 
 _NonEmptyStr = Annotated[str, msgspec.Meta(min_length=1)]
 _AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
-_TypeVersion = Annotated[int, msgspec.Meta(ge=1)]
+_TypeVersion = Annotated[int, msgspec.Meta(ge=1, le=MAX_VERSION)]
 
 
 class _CloudEventIn(msgspec.Struct):
@@ -288,14 +335,19 @@ def to_cloudevent(event: Event) -> dict[str, Any]:
 
 
 def from_cloudevent(obj: Mapping[str, Any]) -> Event:
-    """The event in a CloudEvents 1.0 structured-mode JSON object. Raises DecodeError."""
+    """The event in a CloudEvents 1.0 structured-mode JSON object. Raises DecodeError, and
+    nothing else, whatever `obj` holds."""
     if not isinstance(obj, Mapping):
         raise DecodeError(f"not a CloudEvent: expected a JSON object, got {type(obj).__name__}")
     try:
         wire = msgspec.convert(obj, _CloudEventIn)
+        return _from_wire(wire, None, None)
     except msgspec.ValidationError as exc:
         raise DecodeError(f"not a CloudEvent: {exc}") from None
-    return _from_wire(wire, None, None)
+    except DecodeError:
+        raise
+    except Exception as exc:
+        raise _unexpected(exc) from exc
 
 
 def encode_event(event: Event) -> bytes:
@@ -304,8 +356,22 @@ def encode_event(event: Event) -> bytes:
 
 
 def decode_event(data: bytes) -> Event:
-    """The event in CloudEvents 1.0 structured-mode JSON. Raises DecodeError."""
-    return _decode_structured(data, None)
+    """The event in CloudEvents 1.0 structured-mode JSON. Raises DecodeError, and nothing
+    else, whatever the bytes."""
+    try:
+        return _decode_structured(data, None)
+    except DecodeError:
+        raise
+    except Exception as exc:
+        raise _unexpected(exc) from exc
+
+
+def _unexpected(exc: Exception) -> DecodeError:
+    """What a decoder raises for an error other than DecodeError (hostile input can make
+    msgspec or datetime raise RecursionError, ValueError, OverflowError...)."""
+    if isinstance(exc, RecursionError):
+        return DecodeError("the JSON is nested too deeply")
+    return DecodeError(f"{type(exc).__name__}: {exc}")
 
 
 def _decode_structured(data: bytes, record: Record | None) -> Event:
@@ -360,14 +426,20 @@ def _is_json(content_type: str | None) -> bool:
 
 
 def from_kafka_binary(headers: Headers, value: bytes) -> Event:
-    """The event in a binary-mode Kafka record (see `to_kafka_binary`). Raises DecodeError.
+    """The event in a binary-mode Kafka record (see `to_kafka_binary`). Raises DecodeError, and
+    nothing else.
 
     Every header that is neither `ce_*`, `content-type` nor `tidings-*` (transport headers such
     as dead-letter reasons) becomes an event header. Data is the
     raw value if `content-type` names a non-JSON media type; otherwise the value is JSON, and an
     empty value means no data.
     """
-    return _decode_binary(headers, value, None)
+    try:
+        return _decode_binary(headers, value, None)
+    except DecodeError:
+        raise
+    except Exception as exc:
+        raise _unexpected(exc) from exc
 
 
 def _decode_binary(headers: Headers, value: bytes, record: Record | None) -> Event:
@@ -422,26 +494,48 @@ def event_from_record(record: Record) -> Event:
     """The event in `record`: binary mode if it has a `ce_specversion` header, else structured.
 
     A CloudEvent without time gets the record's append time, one without partition key the
-    record's key (when it is UTF-8). Raises DecodeError naming the topic, partition and offset.
-    """
+    record's key (when it is a valid key). Total: whatever the record's bytes and headers, it
+    returns an Event or raises DecodeError naming the topic, partition and offset - nothing
+    else."""
     try:
-        if any(name == "ce_specversion" for name, _ in record.headers):
+        binary = False
+        for name, value in record.headers:
+            if name == "ce_specversion":
+                binary = True
+            elif name == UNREADABLE_HEADERS:
+                raise DecodeError(
+                    f"its headers could not be read ({value.decode('utf-8', 'replace')})"
+                )
+        if binary:
             return _decode_binary(record.headers, record.value, record)
         return _decode_structured(record.value, record)
-    except DecodeError as exc:
+    except Exception as exc:
+        error = exc if isinstance(exc, DecodeError) else _unexpected(exc)
         raise DecodeError(
-            f"cannot decode the event at {record.topic}[{record.partition}]@{record.offset}: {exc}"
+            f"cannot decode the event at {record.topic}[{record.partition}]@{record.offset}: "
+            f"{error}"
         ) from exc
 
 
 def _record_time(record: Record) -> datetime:
-    return datetime.fromtimestamp(record.timestamp / 1000, UTC)
+    try:
+        return datetime.fromtimestamp(record.timestamp / 1000, UTC)
+    except (ValueError, OverflowError, OSError):
+        raise DecodeError(
+            f"the event has no `time`, and the record's timestamp {record.timestamp} is not a "
+            "time between the years 1 and 9999"
+        ) from None
 
 
 def _utf8_or_none(raw: bytes | None) -> str | None:
+    """`raw` as an event key, or None if it is not a valid one (not UTF-8, control
+    characters: a binary record key)."""
     if raw is None:
         return None
     try:
-        return raw.decode()
+        text = raw.decode()
     except UnicodeDecodeError:
         return None
+    if not text or (not (text.isascii() and text.isprintable()) and _NOT_A_STRING.search(text)):
+        return None
+    return text

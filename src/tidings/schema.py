@@ -221,13 +221,22 @@ class EventModel(WireModel):
                 f"{event.type} version {version} data must be a JSON object, "
                 f"got {data.__class__.__name__}"
             )
-        if version != cls.event_version:
-            data = _upcast(event.type, version, cls.event_version, data)
         try:
+            if version != cls.event_version:
+                data = _upcast(event.type, version, cls.event_version, data)
             # What model_validate() does, minus its keyword handling (~0.6 us per event).
             model: Self = cls.__pydantic_validator__.validate_python(data)
         except pydantic.ValidationError as exc:
             raise SchemaError(_describe(cls, exc)) from None
+        except SchemaError:
+            raise
+        except RecursionError:
+            raise SchemaError(f"{event.type} version {version} data is nested too deeply") from None
+        except Exception as exc:  # a model's own validator raising something odd
+            raise SchemaError(
+                f"{event.type} version {version} data cannot be read as {cls.__qualname__}: "
+                f"{exc.__class__.__name__}: {exc}"
+            ) from exc
         return model
 
 
