@@ -360,12 +360,12 @@ async def test_relay_killed_between_publish_and_mark_duplicates_nothing_downstre
     async def reserve(event: ThingPlaced, ctx: Context) -> None:
         await ctx.execute("INSERT INTO reserved(order_id) VALUES (?)", (event.order_id,))
 
+    await orders.broker.admin.create_topic("order-events", 4, exist_ok=True)
     async with orders.transaction() as ctx:
         for n in range(5):
             ctx.publish("order-events", ThingPlaced(order_id=f"o{n}", total=1, currency="EUR"))
     claimed = await orders.store.outbox_claim("relay-that-dies", 100, 0.2)
     assert claimed is not None and len(claimed) == 5
-    await orders.broker.admin.create_topic("order-events", 4, exist_ok=True)
     for row in claimed:
         await orders.broker.publish(row.topic, [row.message])
     await running(orders)

@@ -50,6 +50,12 @@ REASON_UNDECODABLE = "undecodable"
 REASON_INVALID = "invalid-event"
 REASON_PERMANENT = "permanent-error"
 REASON_EXHAUSTED = "retries-exhausted"
+REASON_UNPROCESSABLE = "unprocessable"
+"""The record failed outside its handlers (the store refused something about it) again and
+again; see `tidings.runtime.dispatch`."""
+REASON_UNPUBLISHABLE = "unpublishable"
+"""An outbox row the broker refused for good (too large, no such topic): set aside by the
+relay; see `tidings.runtime.relay`."""
 
 MAX_TEXT = 8192
 
@@ -78,6 +84,28 @@ def describe(
     if handler is not None:
         headers.append((HANDLER, handler))
     return tuple((name, value.encode("utf-8", "replace")) for name, value in headers)
+
+
+_TRUNCATED = b"\n[truncated to fit the broker's message size limit]"
+
+
+def fit(message: Message, max_bytes: int) -> Message:
+    """`message` with its traceback, then its error message header shortened so that it fits
+    in `max_bytes` if it can (a dead letter of a record near the limit); unchanged otherwise."""
+    excess = message.size - max_bytes
+    if excess <= 0:
+        return message
+    headers = list(message.headers)
+    for name in (TRACEBACK, MESSAGE):
+        for index, (header, value) in enumerate(headers):
+            if header != name or excess <= 0:
+                continue
+            keep = max(0, len(value) - excess - len(_TRUNCATED))
+            shortened = value[:keep].decode("utf-8", "ignore").encode() + _TRUNCATED
+            if len(shortened) < len(value):
+                excess -= len(value) - len(shortened)
+                headers[index] = (header, shortened)
+    return msgspec.structs.replace(message, headers=tuple(headers))
 
 
 def strip(headers: Headers) -> Headers:

@@ -43,6 +43,16 @@ class StorageError(TidingsError, OSError):
     """The backing store is corrupt, read-only or otherwise unusable."""
 
 
+class HandlerTimeoutError(TidingsError, TimeoutError):
+    """A handler did not finish within its retry policy's `timeout`; it counts as a failure of
+    that handler (retried, then dead-lettered)."""
+
+
+class ContextClosedError(TidingsError, RuntimeError):
+    """A handler's or request's Context was used after its unit of work ended (a `def` handler
+    still running after its timeout, say): nothing it does then can reach the transaction."""
+
+
 class DuplicateEventError(TidingsError):
     """An event id was written to the outbox twice for the same topic; the transaction was
     rolled back."""

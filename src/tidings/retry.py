@@ -1,6 +1,7 @@
 """Retry policies for handlers: immediate retries, then exponential backoff with jitter,
-capped by attempts and total time. Permanent failures (decode and schema errors, and the
-exception types a policy names as not retryable) are never retried.
+capped by attempts and total time, each attempt bounded by a timeout. Permanent failures
+(decode and schema errors, an event too large to publish, and the exception types a policy
+names as not retryable) are never retried.
 
 A transaction the database aborted because of a concurrent one (a deadlock or serialization
 failure: SQLSTATE 40P01 / 40001, e.g. two partitions' batches updating the same rows in
@@ -12,7 +13,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from tidings.errors import ConfigError, DecodeError, DuplicateEventError
+from tidings.errors import ConfigError, DecodeError, DuplicateEventError, MessageTooLargeError
 
 TRANSACTION_CONFLICT_SQLSTATES = frozenset({"40001", "40P01"})
 CONFLICT_MAX_DELAY = 0.5
@@ -45,6 +46,10 @@ class Retry:
     wait `initial_delay * multiplier**k` seconds (capped at `max_delay`, +/- `jitter` as a
     fraction). Retrying stops after `max_attempts` attempts or once `max_elapsed` seconds have
     passed since the first failure, and the event is dead-lettered.
+
+    `timeout` bounds one attempt: a handler still running after that many seconds is cancelled
+    (a `def` handler's thread cannot be stopped: it runs on, but its context is closed) and
+    the attempt fails with HandlerTimeoutError. None: no bound.
     """
 
     immediate: int = 2
@@ -56,8 +61,11 @@ class Retry:
     max_elapsed: float | None = 300.0
     retry_on: tuple[type[BaseException], ...] = (Exception,)
     give_up_on: tuple[type[BaseException], ...] = ()
+    timeout: float | None = 60.0
 
     def __post_init__(self) -> None:
+        if self.timeout is not None and not self.timeout > 0:
+            raise ConfigError(f"Retry.timeout must be > 0 seconds or None, got {self.timeout}")
         if self.immediate < 0:
             raise ConfigError(f"Retry.immediate must be >= 0, got {self.immediate}")
         if self.max_attempts < 1:
@@ -79,6 +87,7 @@ class Retry:
             DecodeError,
             SchemaError,
             DuplicateEventError,
+            MessageTooLargeError,
             *self.give_up_on,
         )
         if isinstance(exc, permanent):

@@ -21,7 +21,15 @@ import asyncio
 import inspect
 import os
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, get_type_hints
@@ -29,8 +37,13 @@ from typing import TYPE_CHECKING, Any, TypeVar, get_type_hints
 import msgspec
 
 from tidings.brokers import connect
-from tidings.brokers.base import Broker, Published
-from tidings.errors import ConfigError
+from tidings.brokers.base import Broker, Published, validate_topic_name
+from tidings.errors import (
+    ConfigError,
+    ContextClosedError,
+    MessageTooLargeError,
+    UnknownTopicError,
+)
 from tidings.event import Event, event_to_message
 from tidings.retry import Retry
 from tidings.schema import EventModel
@@ -53,7 +66,8 @@ class Context:
 
     `execute`/`fetchone`/`fetchall` run SQL in the transaction, `defer` queues a statement whose
     result is not needed; `publish` queues an event into the outbox of the same transaction (it
-    reaches the broker only if the transaction commits).
+    reaches the broker only if the transaction commits). Once the handler or request block
+    ends, every call raises ContextClosedError.
     """
 
     def __init__(
@@ -73,9 +87,32 @@ class Context:
         self.attempt = attempt
         self.position = position
         self.published: list[Event] = []
+        self.unverified_topics: set[str] = set()
+        """Topics published to that the service has not seen exist yet (`verify_topics`)."""
+        self._closed = False
+
+    def close(self) -> None:
+        """End this context: every later call raises ContextClosedError."""
+        self._closed = True
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ContextClosedError(
+                "this context's transaction has ended (the handler returned, failed or timed "
+                "out); it can no longer be used"
+            )
+
+    async def verify_topics(self) -> None:
+        """UnknownTopicError if an event was published to a topic that does not exist (checked
+        once per topic and service), so that its transaction fails here rather than its outbox
+        row at the relay."""
+        if self.unverified_topics:
+            topics, self.unverified_topics = self.unverified_topics, set()
+            await self.service.check_topics(topics)
 
     async def execute(self, sql: str, params: Params = ()) -> int:
         """Run a statement; returns the affected row count."""
+        self._check_open()
         return await self.tx.execute(sql, params)
 
     def defer(self, sql: str, params: Params = ()) -> None:
@@ -88,12 +125,15 @@ class Context:
         then only roll back (later statements and the commit raise TransactionAbortedError).
         In a handler the failure is always the deferring handler's own: the dispatcher
         re-applies the batch with a savepoint per handler, whose end runs what it deferred."""
+        self._check_open()
         self.tx.defer(sql, params)
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
+        self._check_open()
         return await self.tx.fetchall(sql, params)
 
     async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
+        self._check_open()
         return await self.tx.fetchone(sql, params)
 
     def savepoint(self) -> AbstractAsyncContextManager[None]:
@@ -104,6 +144,7 @@ class Context:
         to roll back even if the code catches the error (TransactionAbortedError from then
         on); a block that catches its own statement's error raises TransactionAbortedError at
         its end, rolled back like any block that raises."""
+        self._check_open()
         return self.tx.savepoint()
 
     def publish(
@@ -118,7 +159,15 @@ class Context:
         """Queue `event` for `topic` in this transaction's outbox; returns the envelope.
 
         An `EventModel` gets this service as source, the current correlation id, and the
-        handled event's id as causation id. `key` defaults to the handled event's key."""
+        handled event's id as causation id. `key` defaults to the handled event's key.
+        Raises TopicError for an invalid topic name and MessageTooLargeError for an event the
+        broker would refuse; a topic that does not exist fails the transaction before it
+        commits (UnknownTopicError): an event that could never be relayed is never committed."""
+        self._check_open()
+        service = self.service
+        if topic not in service.known_topics:
+            validate_topic_name(topic)
+            self.unverified_topics.add(topic)
         if key is None and self.event is not None:
             key = self.event.key
         causation = self.event.id if self.event is not None else None
@@ -147,7 +196,14 @@ class Context:
             raise TypeError(
                 f"publish() takes an EventModel or an Event, not {type(event).__name__}"
             )
-        self.tx.add_outbox(topic, envelope.id, event_to_message(envelope, binary=binary))
+        message = event_to_message(envelope, binary=binary)
+        limit = service.broker.max_message_bytes
+        if len(message.value) > limit or message.size > limit:
+            raise MessageTooLargeError(
+                f"event {envelope.id} ({envelope.type}) for topic {topic!r} is {message.size} "
+                f"bytes; the broker accepts at most {limit} (nothing was published)"
+            )
+        self.tx.add_outbox(topic, envelope.id, message)
         self.published.append(envelope)
         return envelope
 
@@ -286,6 +342,8 @@ class Service:
         self._started = False
         self._routes: dict[tuple[str, str], list[Handler]] = {}
         self.runner: ServiceRunner | None = None
+        self.known_topics: set[str] = set()
+        """Topics this service has seen exist (created or checked); `check_topics` adds."""
 
     # declaration ------------------------------------------------------------------------
 
@@ -381,7 +439,21 @@ class Service:
             wanted.setdefault(self.dead_letter_topic, 1)
             for topic, partitions in wanted.items():
                 await self.broker.admin.create_topic(topic, partitions, exist_ok=True)
+                self.known_topics.add(topic)
             self._started = True
+
+    async def check_topics(self, topics: Collection[str]) -> None:
+        """UnknownTopicError naming the first of `topics` that does not exist on the broker;
+        topics found are remembered."""
+        for topic in sorted(set(topics) - self.known_topics):
+            try:
+                await self.broker.admin.describe_topic(topic)
+            except UnknownTopicError:
+                raise UnknownTopicError(
+                    f"service {self.name!r} published to topic {topic!r}, which does not exist: "
+                    "create it (`tidings topics create`) or declare it in Service(topics=...)"
+                ) from None
+            self.known_topics.add(topic)
 
     async def close(self) -> None:
         """Close the broker and store; ones created from URLs are reopened by the next use."""
@@ -404,7 +476,12 @@ class Service:
         event published in it."""
         await self.start()
         async with self.store.transaction() as tx:
-            yield Context(self, tx, correlation_id=correlation_id)
+            context = Context(self, tx, correlation_id=correlation_id)
+            try:
+                yield context
+                await context.verify_topics()
+            finally:
+                context.close()
 
     async def publish_now(
         self, topic: str, event: EventModel | Event, *, key: str | None = None

@@ -8,6 +8,12 @@ on: per-key order is never broken. When its policy is spent (or the failure is p
 undecodable record, invalid or unknown-version event), the original record goes, unchanged and
 with headers saying why, to the service's dead-letter topic through the outbox, in the same
 transaction that marks the event DEAD in the inbox. Only then is the batch acked.
+
+No record can stop its partition: a handler attempt is bounded by its policy's `timeout`
+(`watch()` cancels it), and a record that fails *outside* its handlers (the store refusing
+something about it, a bug) is retried `MAX_UNEXPECTED_ATTEMPTS` times and then dead-lettered
+with reason `unprocessable`. Only an outage - the store or broker unavailable (StorageError) -
+is retried for as long as it lasts, with backoff, since it is no record's fault.
 """
 
 from __future__ import annotations
@@ -19,10 +25,18 @@ import time
 import traceback
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from tidings import dlq
-from tidings.brokers.base import Batch, Consumer, Message, Record
-from tidings.errors import DecodeError, DuplicateEventError, IntegrityError
+from tidings.brokers.base import Batch, Consumer, Message, Record, TopicPartition
+from tidings.errors import (
+    BrokerClosedError,
+    DecodeError,
+    DuplicateEventError,
+    HandlerTimeoutError,
+    IntegrityError,
+    StorageError,
+)
 from tidings.event import Event, event_from_record
 from tidings.schema import SchemaError
 from tidings.service import Context, Handler, Service, Stats, SyncContext
@@ -37,8 +51,13 @@ from tidings.stores.base import (
 
 log = logging.getLogger("tidings.dispatch")
 
-ERROR_PAUSE_S = 1.0
-"""Pause before redelivering a batch that failed for an unexpected reason."""
+MAX_UNEXPECTED_ATTEMPTS = 5
+"""Attempts at a record that fails outside its handlers before it is dead-lettered."""
+PAUSE_S = (0.1, 5.0)
+"""Pause before redelivering a batch that failed outside its handlers: doubling from the first
+figure with each consecutive failure of the partition, up to the second."""
+STALL_WARNING_S = 60.0
+"""A partition that has not advanced for this long is logged (again every such period)."""
 
 
 class _RolledBack(Exception):
@@ -70,6 +89,14 @@ class _Stopping(Exception):
 
 
 @dataclass(slots=True)
+class _Progress:
+    offset: int
+    since: float
+    warned: float
+    task: asyncio.Task[Any] | None
+
+
+@dataclass(slots=True)
 class Failure:
     handler: Handler
     error: BaseException
@@ -83,57 +110,229 @@ class Dispatcher:
         self.service = service
         self.store = service.store
         self.stopping = asyncio.Event()
+        self._calls: dict[asyncio.Task[Any], tuple[Handler, float]] = {}
+        """Handler attempts running now, by the task running them, with their start."""
+        self._timed_out: set[asyncio.Task[Any]] = set()
+        self._progress: dict[TopicPartition, _Progress] = {}
+        """Per partition with a batch in process: where it is, since when."""
+        self._suspects: dict[TopicPartition, int] = {}
+        """Partitions whose records up to this offset are applied one at a time: a batch of
+        them failed outside its handlers, and the record at fault must be found."""
+        self._failures: dict[TopicPartition, tuple[int, int]] = {}
+        """Per partition, (offset, attempts) of a record failing outside its handlers."""
+        self._streaks: dict[TopicPartition, int] = {}
+        """Consecutive failures outside handlers per partition (for the pause)."""
 
     async def process(self, consumer: Consumer, batch: Batch) -> None:
-        """Apply every record of `batch`, then ack it. On shutdown or an unexpected error (the
-        store or broker went away), nack from the first record not yet committed - after a
-        pause, for errors - so it is redelivered; the inbox makes redelivery harmless."""
+        """Apply every record of `batch`, then ack it. On shutdown, or when a record failed
+        outside its handlers, nack from the first record not yet committed - after a pause, for
+        failures - so it is redelivered; the inbox makes redelivery harmless."""
         records = batch.records
+        tp = batch.tp
         index = 0
         try:
             while index < len(records):
                 if self.stopping.is_set():
                     consumer.nack(batch, records[index].offset)
                     return
-                if await self._fast(records, index) < len(records):
-                    index = await self._careful(records, index)
-                else:
-                    index = len(records)
+                self._advance(tp, records[index].offset)
+                end = self._chunk_end(tp, records, index)
+                try:
+                    if await self._fast(records, index, end) < end:
+                        index = await self._careful(records, index, end)
+                    else:
+                        index = end
+                except (_Stopping, asyncio.CancelledError):
+                    raise
+                except Exception as exc:
+                    if await self._failed_outside_handlers(tp, records, index, end, exc):
+                        index += 1
+                        continue
+                    await self._pause(tp)
+                    consumer.nack(batch, records[index].offset)
+                    return
+                self._streaks.pop(tp, None)
+                self._failures.pop(tp, None)
         except _Stopping:
             consumer.nack(batch, records[index].offset)
             return
         except asyncio.CancelledError:
             consumer.nack(batch, records[min(index, len(records) - 1)].offset)
             raise
-        except Exception:
-            log.exception(
-                "%s: %s failed at offset %d; redelivering in %.0fs",
-                self.service.name,
-                batch.tp,
-                records[min(index, len(records) - 1)].offset,
-                ERROR_PAUSE_S,
-            )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), ERROR_PAUSE_S)
-            consumer.nack(batch, records[min(index, len(records) - 1)].offset)
-            return
+        finally:
+            self._progress.pop(tp, None)
         consumer.ack(batch)
 
-    async def _fast(self, records: Sequence[Record], start: int) -> int:
-        """Apply `records[start:]` in one transaction without savepoints (the common case:
+    def _advance(self, tp: TopicPartition, offset: int) -> None:
+        progress = self._progress.get(tp)
+        if progress is None or progress.offset != offset:
+            now = time.monotonic()
+            self._progress[tp] = _Progress(offset, now, now, asyncio.current_task())
+
+    def _chunk_end(self, tp: TopicPartition, records: Sequence[Record], index: int) -> int:
+        """Where the transaction starting at `index` ends: the batch's end, or the next record
+        while looking for the one that failed outside its handlers."""
+        suspect = self._suspects.get(tp)
+        if suspect is None:
+            return len(records)
+        if records[index].offset > suspect:
+            del self._suspects[tp]
+            return len(records)
+        return index + 1
+
+    async def _failed_outside_handlers(
+        self,
+        tp: TopicPartition,
+        records: Sequence[Record],
+        index: int,
+        end: int,
+        exc: Exception,
+    ) -> bool:
+        """Account for `exc`, raised while applying `records[index:end]` but not by a handler
+        (those are retried per their policy). True if `records[index]` was dead-lettered
+        (`unprocessable`) and the partition moves on; False to redeliver from it."""
+        record = records[index]
+        where = f"{self.service.name}: {tp}@{record.offset}"
+        self._streaks[tp] = self._streaks.get(tp, 0) + 1
+        if isinstance(exc, StorageError | BrokerClosedError):
+            log.warning("%s: %s; redelivering once it is back", where, exc)
+            return False
+        if end - index > 1:
+            self._suspects[tp] = records[end - 1].offset
+            log.warning(
+                "%s: a batch failed outside its handlers (%r); applying its records one at a "
+                "time to find the one at fault",
+                where,
+                exc,
+            )
+            return False
+        offset, attempts = self._failures.get(tp, (record.offset, 0))
+        attempts = attempts + 1 if offset == record.offset else 1
+        self._failures[tp] = (record.offset, attempts)
+        if attempts < MAX_UNEXPECTED_ATTEMPTS:
+            log.error(
+                "%s failed outside its handlers (attempt %d of %d)",
+                where,
+                attempts,
+                MAX_UNEXPECTED_ATTEMPTS,
+                exc_info=exc,
+            )
+            return False
+        log.error("%s failed outside its handlers %d times; dead-lettered", where, attempts)
+        try:
+            await self._set_aside(record, exc, attempts)
+        except Exception:
+            log.exception("%s: dead-lettering it failed too; will retry", where)
+            return False
+        del self._failures[tp]
+        return True
+
+    async def _pause(self, tp: TopicPartition) -> None:
+        first, most = PAUSE_S
+        delay = min(most, first * 2 ** (self._streaks.get(tp, 1) - 1))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), delay)
+
+    async def _set_aside(self, record: Record, error: Exception, attempts: int) -> None:
+        """Dead-letter `record` as unprocessable: through the outbox, marked in the inbox by its
+        position (its event id may be what the store refused); if even that transaction fails,
+        straight to the broker (at-least-once: it may then be dead-lettered twice)."""
+        position = (record.topic, record.partition, record.offset)
+        marker = f"unprocessable:{record.topic}:{record.partition}:{record.offset}"
+        tally = Tally()
+        try:
+            async with self._guarded_transaction() as tx:
+                if await tx.inbox_add(self.service.name, marker, position, InboxStatus.DEAD):
+                    self._dead_letter(
+                        tx, tally, record, None, dlq.REASON_UNPROCESSABLE, error, attempts
+                    )
+        except StorageError:
+            raise
+        except Exception:
+            log.exception(
+                "%s: recording the dead letter in the store failed; publishing it directly",
+                self.service.name,
+            )
+            message = self._dead_letter_message(
+                record, None, dlq.REASON_UNPROCESSABLE, error, attempts
+            )
+            await self.service.broker.publish(self.service.dead_letter_topic, [message])
+            self.service.stats.dead_lettered += 1
+            return
+        tally.add_to(self.service.stats)
+
+    async def watch(self, stopping: asyncio.Event) -> None:
+        """Until `stopping`: cancel handler attempts that overran their policy's timeout (they
+        fail with HandlerTimeoutError), and log partitions that have not advanced for
+        STALL_WARNING_S."""
+        timeouts = [h.retry.timeout for h in self.service.handlers if h.retry.timeout]
+        tick = max(0.02, min([1.0, *(t / 4 for t in timeouts)]))
+        while not stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), tick)
+            now = time.monotonic()
+            for task, (handler, started) in list(self._calls.items()):
+                timeout = handler.retry.timeout
+                if timeout is not None and now - started > timeout and task not in self._timed_out:
+                    self._timed_out.add(task)
+                    task.cancel()
+            for tp, progress in self._progress.items():
+                if now - progress.warned >= STALL_WARNING_S:
+                    progress.warned = now
+                    call = self._calls.get(progress.task) if progress.task else None
+                    log.warning(
+                        "%s: %s has not advanced past offset %d for %.0fs%s",
+                        self.service.name,
+                        tp,
+                        progress.offset,
+                        now - progress.since,
+                        f" (in handler {call[0].consumer})" if call else "",
+                    )
+
+    async def _invoke(self, handler: Handler, argument: object, context: Context) -> None:
+        """One attempt of `handler`, bounded by its policy's timeout; `context` is closed after
+        it, whatever happens (a `def` handler's thread outliving a timeout cannot use it)."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._calls[task] = (handler, time.monotonic())
+        try:
+            if handler.is_async:
+                await handler.function(argument, context)
+            else:
+                loop = asyncio.get_running_loop()
+                await asyncio.to_thread(handler.function, argument, SyncContext(context, loop))
+            if context.unverified_topics:
+                await context.verify_topics()
+        except asyncio.CancelledError:
+            if task not in self._timed_out:
+                raise
+            self._timed_out.discard(task)
+            task.uncancel()
+            raise HandlerTimeoutError(
+                f"handler {handler.consumer} did not finish within {handler.retry.timeout:g}s"
+            ) from None
+        finally:
+            del self._calls[task]
+            context.close()
+            if task in self._timed_out:  # the handler swallowed the cancellation and returned
+                self._timed_out.discard(task)
+                task.uncancel()
+
+    async def _fast(self, records: Sequence[Record], start: int, end: int) -> int:
+        """Apply `records[start:end]` in one transaction without savepoints (the common case:
         nothing fails). The inbox is looked up for the whole batch in one statement and the
         new inbox rows are inserted together just before commit; if one of them turns out to
         be recorded already (a concurrent redelivery committed first), the transaction rolls
-        back and the caller applies the batch carefully. Returns len(records) once committed,
-        or the index of the first record whose handler raised (or `start` after such a
-        conflict, after a failed statement whose error surfaced elsewhere or was caught, or
-        when a deferred constraint failed at COMMIT) - and then nothing of `records[start:]`
-        was committed."""
+        back and the caller applies the batch carefully. Returns `end` once committed, or the
+        index of the first record whose handler raised (or `start` after such a conflict,
+        after a failed statement whose error surfaced elsewhere or was caught, or when a
+        deferred constraint failed at COMMIT) - and then nothing of `records[start:end]` was
+        committed."""
         tally = Tally()
-        pending = records[start:]
         planned: list[tuple[Record, Event | DecodeError, list[Handler]]] = []
         keys: list[InboxKey] = []
-        for record in pending:
+        for index in range(start, end):
+            record = records[index]
             event = _decode(record)
             if isinstance(event, Event):
                 handlers = self._due_handlers(record, event, frozenset())
@@ -166,7 +365,7 @@ class Dispatcher:
             # with constraints checked at each statement, will say whose it was.
             return start
         tally.add_to(self.service.stats)
-        return len(records)
+        return end
 
     async def _apply_planned(
         self,
@@ -197,11 +396,7 @@ class Dispatcher:
                 continue
             context = Context(self.service, tx, event=event, position=position)
             try:
-                if handler.is_async:
-                    await handler.function(argument, context)
-                else:
-                    loop = asyncio.get_running_loop()
-                    await asyncio.to_thread(handler.function, argument, SyncContext(context, loop))
+                await self._invoke(handler, argument, context)
             except Exception as exc:
                 return Failure(handler, exc)
             tally.processed += 1
@@ -217,14 +412,14 @@ class Dispatcher:
             await tx.check_constraints_immediately()
             yield tx
 
-    async def _careful(self, records: Sequence[Record], start: int) -> int:
-        """Apply records from `start` with a savepoint per handler until one fails, commit
+    async def _careful(self, records: Sequence[Record], start: int, end: int) -> int:
+        """Apply `records[start:end]` with a savepoint per handler until one fails, commit
         those, then retry the failing record on its own. Returns the next index to apply."""
         tally = Tally()
         index = start
         failure: Failure | None = None
         async with self._guarded_transaction() as tx:
-            while index < len(records):
+            while index < end:
                 failure = await self._apply(tx, records[index], tally, guarded=True)
                 if failure is not None:
                     break
@@ -332,13 +527,11 @@ class Dispatcher:
                     await tx.inbox_delete(handler.consumer, event.id)
                     await tx.inbox_add(handler.consumer, event.id, position)
                 context = Context(self.service, tx, event=event, attempt=attempt, position=position)
-                if handler.is_async:
-                    await handler.function(argument, context)
-                else:
-                    loop = asyncio.get_running_loop()
-                    await asyncio.to_thread(handler.function, argument, SyncContext(context, loop))
+                await self._invoke(handler, argument, context)
                 if guarded:
                     await tx.flush()
+        except StorageError:
+            raise  # the store is unavailable: nobody's failure; the batch waits for it
         except Exception as exc:
             if not guarded:
                 return Failure(handler, exc)
@@ -456,6 +649,20 @@ class Dispatcher:
         error: BaseException,
         attempts: int,
     ) -> None:
+        message = self._dead_letter_message(record, handler, reason, error, attempts)
+        consumer = handler.consumer if handler else self.service.name
+        dedupe = f"dlq:{record.topic}:{record.partition}:{record.offset}:{consumer}"
+        tx.add_outbox(self.service.dead_letter_topic, dedupe, message)
+        tally.dead_lettered += 1
+
+    def _dead_letter_message(
+        self,
+        record: Record,
+        handler: Handler | None,
+        reason: str,
+        error: BaseException,
+        attempts: int,
+    ) -> Message:
         headers = dlq.describe(
             record,
             reason=reason,
@@ -469,10 +676,7 @@ class Dispatcher:
             key=record.key,
             headers=dlq.strip(record.headers) + headers,
         )
-        consumer = handler.consumer if handler else self.service.name
-        dedupe = f"dlq:{record.topic}:{record.partition}:{record.offset}:{consumer}"
-        tx.add_outbox(self.service.dead_letter_topic, dedupe, message)
-        tally.dead_lettered += 1
+        return dlq.fit(message, self.service.broker.max_message_bytes)
 
 
 class InboxBatch:

@@ -51,6 +51,7 @@ class ServiceRunner:
             consume.add_done_callback(lambda _: relay_stopping.set())
             tasks.append(consume)
             tasks.append(asyncio.create_task(self._cleanup_inbox(), name="inbox-cleanup"))
+            tasks.append(asyncio.create_task(self.dispatcher.watch(relay_stopping), name="watch"))
         self.ready.set()
         log.info("%s: running (%d handler(s))", service.name, len(service.handlers))
         try:
