@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
 
@@ -40,3 +42,18 @@ async def read_topic(broker: Broker, topic: str) -> list[Record]:
         tp = TopicPartition(topic, p.partition)
         records.extend(await broker.read(tp, p.start_offset, 10_000))
     return records
+
+
+@contextlib.contextmanager
+def postgres_schema(prefix: str) -> Iterator[str]:
+    """A store URL on the test PostgreSQL server in a new schema, dropped afterwards."""
+    import psycopg
+    from psycopg import sql
+
+    dsn = server_setting("TIDINGS_POSTGRES_DSN", "postgres")
+    schema = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    try:
+        yield f"{dsn}{'&' if '?' in dsn else '?'}schema={schema}"
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))

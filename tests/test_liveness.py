@@ -4,6 +4,7 @@ and events that could never be relayed are set aside with a reason while the res
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Awaitable, Callable
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import eventually, read_topic, server_setting
+from tests.support import eventually, postgres_schema, read_topic
 from tidings import (
     Event,
     Message,
@@ -115,11 +116,20 @@ async def test_a_record_the_store_refuses_is_dead_lettered_after_bounded_attempt
 ) -> None:
     """A failure outside the handler (here a database trigger refusing the event's inbox row:
     the store rejecting something about one record) used to be retried every second, for ever."""
-    if store == "sqlite":
-        url, migrations = f"sqlite:///{tmp_path}/noter.db", [REFUSE_SQLITE]
-    else:
-        dsn = server_setting("TIDINGS_POSTGRES_DSN", "postgres")
-        url, migrations = f"{dsn}?schema=liveness_{tmp_path.name[-12:]}", REFUSE_POSTGRES
+    with contextlib.ExitStack() as stack:
+        if store == "sqlite":
+            url, migrations = f"sqlite:///{tmp_path}/noter.db", [REFUSE_SQLITE]
+        else:
+            url, migrations = stack.enter_context(postgres_schema("liveness")), REFUSE_POSTGRES
+        await refused_record_is_set_aside(broker_url, url, migrations, running)
+
+
+async def refused_record_is_set_aside(
+    broker_url: str,
+    url: str,
+    migrations: list[str],
+    running: Callable[[Service], Awaitable[None]],
+) -> None:
     service = noting_service(broker_url, url)
     service.migrations += tuple(migrations)
     await service.start()
@@ -137,6 +147,12 @@ async def test_a_record_the_store_refuses_is_dead_lettered_after_bounded_attempt
     assert letter.event_id == "poison-1"
     assert letter.attempts == dispatch.MAX_UNEXPECTED_ATTEMPTS
     assert (await service.store.query("SELECT n FROM noted WHERE n = 99")) == []
+    service.stop()  # before its schema is dropped
+
+    async def stopped() -> bool:
+        return service.runner is None
+
+    await eventually(stopped)
 
 
 @pytest.mark.parametrize("kind", ["async", "sync"])
@@ -287,3 +303,34 @@ async def test_a_handler_publishing_to_a_missing_topic_is_dead_lettered_not_rela
         relayed = await read_topic(bus, TOPIC + "-out")
     assert len(relayed) == 2
     assert await service.store.outbox_size() == 0
+
+
+async def test_a_long_lived_reader_of_the_store_file_does_not_stall_its_transactions(
+    tmp_path: Path,
+) -> None:
+    """Was: the store's WAL checkpoint waited (up to its two-minute busy timeout) for readers
+    of older snapshots while holding the store's write lock, so an open `sqlite3` shell or a
+    backup stalled every transaction of the service."""
+    import sqlite3
+
+    from tidings.stores import connect_store
+
+    async with connect_store(f"sqlite:///{tmp_path}/s.db") as store:
+        await store.migrate(["CREATE TABLE t (n INTEGER)"])
+        async with store.transaction() as tx:
+            await tx.execute("INSERT INTO t(n) VALUES (0)")
+        reader = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
+        try:
+            reader.execute("BEGIN")
+            reader.execute("SELECT count(*) FROM t").fetchone()  # holds this snapshot
+
+            async def write_for_a_while() -> None:
+                for n in range(1, 200):
+                    async with store.transaction() as tx:
+                        await tx.execute("INSERT INTO t(n) VALUES (?)", (n,))
+                    await asyncio.sleep(0.005)  # several checkpoint intervals
+
+            await asyncio.wait_for(write_for_a_while(), 30)
+        finally:
+            reader.close()
+        assert (await store.query("SELECT count(*) FROM t"))[0][0] == 200

@@ -44,6 +44,9 @@ OFFSET = "tidings-dlq-offset"
 HANDLER = "tidings-dlq-handler"
 ATTEMPTS = "tidings-dlq-attempts"
 TIME = "tidings-dlq-time"
+EVENT_ID = "tidings-dlq-event-id"
+OMITTED = "tidings-dlq-omitted"
+"""On an `unpublishable` dead letter whose value did not fit: where the whole event is kept."""
 REPLAY_FOR = "tidings-replay-for"
 
 REASON_UNDECODABLE = "undecodable"
@@ -90,8 +93,9 @@ _TRUNCATED = b"\n[truncated to fit the broker's message size limit]"
 
 
 def fit(message: Message, max_bytes: int) -> Message:
-    """`message` with its traceback, then its error message header shortened so that it fits
-    in `max_bytes` if it can (a dead letter of a record near the limit); unchanged otherwise."""
+    """`message` with its traceback, then its error message header shortened (marked as such)
+    or emptied so that it fits in `max_bytes` if it can (a dead letter of a record near the
+    limit); the other headers and the record are kept as they are."""
     excess = message.size - max_bytes
     if excess <= 0:
         return message
@@ -100,12 +104,41 @@ def fit(message: Message, max_bytes: int) -> Message:
         for index, (header, value) in enumerate(headers):
             if header != name or excess <= 0:
                 continue
-            keep = max(0, len(value) - excess - len(_TRUNCATED))
-            shortened = value[:keep].decode("utf-8", "ignore").encode() + _TRUNCATED
-            if len(shortened) < len(value):
-                excess -= len(value) - len(shortened)
-                headers[index] = (header, shortened)
+            room = len(value) - excess
+            if room > len(_TRUNCATED):
+                shortened = value[: room - len(_TRUNCATED)].decode("utf-8", "ignore").encode()
+                shortened += _TRUNCATED
+            else:
+                shortened = b""
+            excess -= len(value) - len(shortened)
+            headers[index] = (header, shortened)
     return msgspec.structs.replace(message, headers=tuple(headers))
+
+
+def unpublishable(
+    topic: str, event_id: str, message: Message, error: BaseException, max_bytes: int
+) -> Message:
+    """The dead letter of an outbox row for `topic` that the broker refused for good: the
+    message with headers saying why; without its value (and key) when even that is too
+    large, saying where the row is kept."""
+    headers = (
+        (REASON, REASON_UNPUBLISHABLE),
+        (EXCEPTION, f"{type(error).__module__}.{type(error).__qualname__}"),
+        (MESSAGE, str(error)[:MAX_TEXT]),
+        (TOPIC, topic),
+        (EVENT_ID, event_id),
+        (TIME, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())),
+    )
+    encoded = tuple((name, value.encode("utf-8", "replace")) for name, value in headers)
+    letter = fit(Message(message.value, message.key, strip(message.headers) + encoded), max_bytes)
+    if letter.size <= max_bytes:
+        return letter
+    omitted = (
+        OMITTED,
+        f"the event ({message.size} bytes) is kept in the producing service's store, table "
+        "tidings_outbox_unpublishable".encode(),
+    )
+    return fit(Message(b"", None, (*encoded, omitted)), max_bytes)
 
 
 def strip(headers: Headers) -> Headers:
@@ -237,7 +270,7 @@ def dead_letter_from_record(record: Record, resolution: Resolution | None = None
         dlq_topic=record.topic,
         dlq_partition=record.partition,
         dlq_offset=record.offset,
-        event_id=None if event is None else event.id,
+        event_id=header(EVENT_ID) if event is None else event.id,
         event_type=None if event is None else event.type,
         event_version=None if event is None else event.version,
         reason=header(REASON),
@@ -336,12 +369,20 @@ async def replay(broker: Broker, letters: Sequence[DeadLetter]) -> list[Replayed
     that handler runs it), then mark it replayed. Returns where each one landed.
 
     Checked before anything is published: every letter still decodes into an event (replaying
-    an undecodable record would only dead-letter it again), is not resolved yet, and its
-    original topic exists. Otherwise DeadLetterError, and nothing is replayed."""
+    an undecodable record would only dead-letter it again; an `unpublishable` one, never
+    delivered, is published as it was committed, unless its value had to be left out), is not
+    resolved yet, and its original topic exists. Otherwise DeadLetterError, and nothing is
+    replayed."""
     await _check_unresolved(broker, letters)
     topics: dict[str, TopicInfo] = {}
     for letter in letters:
-        if letter.event is None:
+        omitted = letter.record.header(OMITTED)
+        if omitted is not None:
+            raise DeadLetterError(
+                f"dead letter {letter.id} could never be published, and it is too large to be "
+                f"replayed through the broker: {_text(omitted)}"
+            )
+        if letter.event is None and letter.reason != REASON_UNPUBLISHABLE:
             raise DeadLetterError(
                 f"dead letter {letter.id} does not decode into an event ({letter.decode_error}); "
                 "replaying it would only dead-letter it again: inspect it with "

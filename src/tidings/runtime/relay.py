@@ -15,6 +15,14 @@ most `MAX_UNREMOVED_BATCHES` claims' worth of rows await removal before the rela
 A failed removal's error surfaces in the relay loop (with its backoff) and its rows are claimed
 and published again. The relay waits for removals to finish before it stops or gives up the
 lease.
+
+No row can block the relay: a row the broker refuses for good (larger than its limit, a topic
+that does not exist) is set aside - moved to the store's `tidings_outbox_unpublishable` table -
+and a dead letter with reason `unpublishable` takes its place in the outbox (the row's message,
+or without its value if even that does not fit), so `tidings dlq` shows it. When a publish fails
+part of the way, the rows already published are removed before the error is raised, so a retry
+never publishes them again. Claims are bounded in bytes as well as rows. Once stopping, the
+relay gives up at the first failure (the rows wait for the next run).
 """
 
 from __future__ import annotations
@@ -22,14 +30,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 
-from tidings.brokers.base import Broker, Message
-from tidings.stores.base import OutboxRow, Store
-from tidings.stores.sqlite import new_relay_id
+from tidings import dlq
+from tidings.brokers.base import Broker
+from tidings.errors import MessageTooLargeError, UnknownTopicError
+from tidings.stores.base import OutboxRow, SetAside, Store
 
 log = logging.getLogger("tidings.relay")
 
 MAX_UNREMOVED_BATCHES = 4
+CLAIM_MAX_BYTES = 16 * 1024 * 1024
+"""Bytes (keys, values, headers) of outbox rows claimed at once, besides `batch` rows."""
+REFUSED_FOR_GOOD = (MessageTooLargeError, UnknownTopicError)
+"""What a broker raises for a message no retry can publish."""
 
 
 class Relay:
@@ -41,14 +55,20 @@ class Relay:
         batch: int = 1000,
         lease_s: float = 15.0,
         poll_s: float = 1.0,
+        dead_letter_topic: str | None = None,
+        max_bytes: int = CLAIM_MAX_BYTES,
     ) -> None:
         self.store = store
         self.broker = broker
         self.batch = batch
         self.lease_s = lease_s
         self.poll_s = poll_s
-        self.relay_id = new_relay_id()
+        self.dead_letter_topic = dead_letter_topic
+        """Where the dead letters of rows set aside go (None: set aside without one)."""
+        self.max_bytes = max_bytes
+        self.relay_id = f"relay-{uuid.uuid4().hex[:12]}"
         self.published = 0
+        self.set_aside = 0
         self._wakeup = asyncio.Event()
         self._unremoved: set[int] = set()
         self._removing: asyncio.Task[None] | None = None
@@ -71,10 +91,16 @@ class Relay:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
+                    if stopping.is_set():
+                        log.warning(
+                            "relay: %r while stopping; the rest waits for the next run", exc
+                        )
+                        return
                     failures += 1
                     delay = min(30.0, 0.1 * 2**failures)
                     log.error("relay: %r; retrying in %.1fs (nothing is lost)", exc, delay)
-                    await self._sleep(stopping, delay)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stopping.wait(), delay)
                     continue
                 if moved is None:
                     if stopping.is_set():
@@ -91,6 +117,10 @@ class Relay:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._finish())
 
+    def wake(self) -> None:
+        """Make the relay look at the outbox now (call on its event loop)."""
+        self._wakeup.set()
+
     async def _finish(self) -> None:
         with contextlib.suppress(Exception):
             await self.settle()
@@ -106,23 +136,94 @@ class Relay:
         ):
             await self.settle()
         rows = await self.store.outbox_claim(
-            self.relay_id, self.batch, self.lease_s, exclude=tuple(self._unremoved)
+            self.relay_id,
+            self.batch,
+            self.lease_s,
+            exclude=tuple(self._unremoved),
+            max_bytes=self.max_bytes,
         )
         if rows is None:
             await self.settle()
             return None
         if not rows:
             return 0
-        for topic, messages in _by_topic(rows):
-            await self.broker.publish(topic, messages)
-        self._unremoved.update(row.seq for row in rows)
-        self.published += len(rows)
+        published: list[OutboxRow] = []
+        try:
+            refused = await self._publish(rows, published)
+            if refused:
+                await self._set_aside(refused)
+        except BaseException:
+            if published:  # never publish them again: remove them before raising
+                self._unremoved.update(row.seq for row in published)
+                self._remove_later()
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self.settle())
+            raise
+        self._unremoved.update(row.seq for row in published)
+        self.published += len(published)
         self._remove_later()
         await asyncio.sleep(0)
         removing = self._removing
         if removing is not None and removing.done():
             await self.settle()
         return len(rows)
+
+    async def _publish(
+        self, rows: list[OutboxRow], published: list[OutboxRow]
+    ) -> list[tuple[OutboxRow, Exception]]:
+        """Publish `rows`, adding each row the broker took to `published` as it goes; returns
+        the rows it refused for good, with its error. Raises any other error."""
+        refused: list[tuple[OutboxRow, Exception]] = []
+        limit = self.broker.max_message_bytes
+        for topic, group in _by_topic(rows):
+            fitting = []
+            for row in group:
+                if row.message.size > limit:
+                    error = MessageTooLargeError(
+                        f"{row.message.size} bytes for topic {topic!r}; the broker accepts at most "
+                        f"{limit}"
+                    )
+                    refused.append((row, error))
+                else:
+                    fitting.append(row)
+            if not fitting:
+                continue
+            try:
+                await self.broker.publish(topic, [row.message for row in fitting])
+            except REFUSED_FOR_GOOD:
+                # one at a time, to tell the rows refused from the others (those the failed
+                # call wrote already are published again: at-least-once)
+                for row in fitting:
+                    try:
+                        await self.broker.publish(topic, [row.message])
+                    except REFUSED_FOR_GOOD as exc:
+                        refused.append((row, exc))
+                    else:
+                        published.append(row)
+            else:
+                published.extend(fitting)
+        return refused
+
+    async def _set_aside(self, refused: list[tuple[OutboxRow, Exception]]) -> None:
+        items = []
+        for row, error in refused:
+            log.error(
+                "relay: outbox row %d (event %s for topic %r) can never be published (%s); set "
+                "aside with a dead letter",
+                row.seq,
+                row.event_id,
+                row.topic,
+                error,
+            )
+            notice = None
+            if self.dead_letter_topic is not None and row.topic != self.dead_letter_topic:
+                message = dlq.unpublishable(
+                    row.topic, row.event_id, row.message, error, self.broker.max_message_bytes
+                )
+                notice = (self.dead_letter_topic, message)
+            items.append(SetAside(row, f"{type(error).__name__}: {error}", notice))
+        await self.store.outbox_set_aside(self.relay_id, items)
+        self.set_aside += len(items)
 
     async def settle(self) -> None:
         """Wait until every published row is removed. Raises if a removal failed; its rows
@@ -164,9 +265,9 @@ def _failed(task: asyncio.Task[None]) -> bool:
     return task.cancelled() or task.exception() is not None
 
 
-def _by_topic(rows: list[OutboxRow]) -> list[tuple[str, list[Message]]]:
+def _by_topic(rows: list[OutboxRow]) -> list[tuple[str, list[OutboxRow]]]:
     """Rows grouped per topic, each group in outbox order (so per-key order holds)."""
-    groups: dict[str, list[Message]] = {}
+    groups: dict[str, list[OutboxRow]] = {}
     for row in rows:
-        groups.setdefault(row.topic, []).append(row.message)
+        groups.setdefault(row.topic, []).append(row)
     return list(groups.items())

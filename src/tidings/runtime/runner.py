@@ -2,7 +2,8 @@
 
 The first SIGTERM/SIGINT stops fetching, lets in-flight batches finish within the grace period
 (each record's transaction either commits or rolls back; finished batches are acked and their
-offsets committed), drains the outbox and exits normally. A second signal exits at once: any
+offsets committed), drains the outbox - within what is left of the grace period; rows not
+relayed by then wait for the next run - and exits normally. A second signal exits at once: any
 open transaction is rolled back by the database and its batch is redelivered to the next run,
 where the inbox skips what had committed, so nothing is lost or applied twice.
 """
@@ -14,6 +15,7 @@ import contextlib
 import logging
 import os
 import signal
+import time
 
 from tidings.brokers.base import Batch, Consumer, TopicPartition
 from tidings.errors import StorageError
@@ -35,7 +37,11 @@ class ServiceRunner:
         self.grace_period = grace_period
         self.stopping = asyncio.Event()
         self.dispatcher = Dispatcher(service)
-        self.relay = Relay(service.store, service.broker)
+        self.relay = Relay(
+            service.store, service.broker, dead_letter_topic=service.dead_letter_topic
+        )
+        self._deadline: float | None = None
+        """When the grace period ends (monotonic), once stopping."""
         self._inflight: dict[TopicPartition, asyncio.Task[None]] = {}
         self._slots = asyncio.Semaphore(service.concurrency)
         self.ready = asyncio.Event()
@@ -45,7 +51,7 @@ class ServiceRunner:
         if not await self._start():
             return
         relay_stopping = asyncio.Event() if service.handlers else self.stopping
-        tasks = [asyncio.create_task(self.relay.run(relay_stopping), name="relay")]
+        tasks = [asyncio.create_task(self._relay(relay_stopping), name="relay")]
         if service.handlers:
             consume = asyncio.create_task(self._consume(), name="consume")
             consume.add_done_callback(lambda _: relay_stopping.set())
@@ -61,6 +67,32 @@ class ServiceRunner:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             service.stats.relayed = self.relay.published
+
+    async def _relay(self, stopping: asyncio.Event) -> None:
+        """Run the relay; once `stopping`, give it what is left of the grace period to drain
+        the outbox, then cancel it (a publish hanging on an unreachable broker, say)."""
+        relay = asyncio.create_task(self.relay.run(stopping), name="relay-loop")
+        stopped = asyncio.create_task(stopping.wait())
+        try:
+            await asyncio.wait({relay, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if not relay.done():
+                self.relay.wake()
+                if self._deadline is None:
+                    self._deadline = time.monotonic() + self.grace_period
+                remaining = max(0.0, self._deadline - time.monotonic())
+                await asyncio.wait({relay}, timeout=remaining)
+                if not relay.done():
+                    log.warning(
+                        "%s: the relay did not finish within the grace period; the outbox "
+                        "rows left are relayed by the next run",
+                        self.service.name,
+                    )
+                    relay.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await relay
+        finally:
+            stopped.cancel()
+            relay.cancel()
 
     async def _start(self) -> bool:
         """Start the service, retrying with backoff while its broker or store is unreachable
@@ -79,6 +111,8 @@ class ServiceRunner:
             delay = min(delay * 2, START_RETRY_MAX_S)
 
     def stop(self) -> None:
+        if self._deadline is None:
+            self._deadline = time.monotonic() + self.grace_period
         self.stopping.set()
         self.dispatcher.stopping.set()
 

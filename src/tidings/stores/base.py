@@ -63,6 +63,16 @@ class OutboxRow:
 
 
 @dataclass(frozen=True, slots=True)
+class SetAside:
+    """An outbox row the broker refused for good, to move out of the outbox with `error`; the
+    relay publishes `notice` (topic, message: a dead letter) in its place, if given."""
+
+    row: OutboxRow
+    error: str
+    notice: tuple[str, Message] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class InboxEntry:
     consumer: str
     event_id: str
@@ -250,10 +260,17 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def outbox_claim(
-        self, relay: str, limit: int, lease_s: float, *, exclude: Collection[int] = ()
+        self,
+        relay: str,
+        limit: int,
+        lease_s: float,
+        *,
+        exclude: Collection[int] = (),
+        max_bytes: int | None = None,
     ) -> list[OutboxRow] | None:
         """Up to `limit` oldest outbox rows if `relay` holds (or now takes) the relay lease for
-        `lease_s` seconds; None while another live relay holds it.
+        `lease_s` seconds; None while another live relay holds it. With `max_bytes`, rows stop
+        once their keys, values and headers add up to that many bytes (at least one row).
 
         `exclude` lets a relay claim the next rows while the removal of rows it has already
         dispatched is still under way: the seqs of rows this relay received from earlier
@@ -263,7 +280,14 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def outbox_remove(self, relay: str, seqs: Sequence[int]) -> None:
-        """Delete dispatched rows."""
+        """Delete exactly these dispatched rows (others, claimed or not, stay)."""
+
+    @abc.abstractmethod
+    async def outbox_set_aside(self, relay: str, items: Sequence[SetAside]) -> None:
+        """In one transaction, move each item's row out of the outbox into the store's table of
+        unpublishable rows (`tidings_outbox_unpublishable`: the row, `error` and when), and add
+        its notice as an outbox row in its place. A row no longer in the outbox (another relay
+        set it aside) is skipped with its notice."""
 
     @abc.abstractmethod
     async def outbox_release(self, relay: str) -> None:

@@ -97,6 +97,7 @@ from tidings.stores.base import (
     Params,
     Position,
     Row,
+    SetAside,
     Store,
     Transaction,
 )
@@ -107,7 +108,7 @@ Conn = psycopg.AsyncConnection[TupleRow]
 log = logging.getLogger("tidings.store.postgres")
 
 CHANNEL = "tidings_outbox"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_POOL_SIZE = 10
 DEFAULT_RETRY_S = 10.0
 DEFAULT_CONNECT_TIMEOUT_S = 10
@@ -149,17 +150,38 @@ FRAMEWORK_MIGRATIONS: dict[int, list[str]] = {
             applied timestamptz NOT NULL DEFAULT clock_timestamp()
         )""",
     ],
+    2: [
+        """CREATE TABLE IF NOT EXISTS tidings_outbox_unpublishable (
+            seq bigint PRIMARY KEY,
+            topic text NOT NULL,
+            event_id text NOT NULL,
+            key bytea,
+            value bytea NOT NULL,
+            headers bytea,
+            created timestamptz NOT NULL,
+            error text NOT NULL,
+            set_aside timestamptz NOT NULL DEFAULT clock_timestamp()
+        )""",
+    ],
 }
 
 # The rows, only while `holder` has a live lease: no row at all means no lease; one row of
-# NULLs means a lease and an empty outbox.
+# NULLs means a lease and an empty outbox. Rows stop once those before add up to max_bytes.
 _READ_WITH_LEASE = """
     SELECT o.seq, o.topic, o.event_id, o.key, o.value, o.headers
     FROM tidings_relay_lease l
     LEFT JOIN LATERAL (
-        SELECT seq, topic, event_id, key, value, headers FROM tidings_outbox
-        WHERE seq <> ALL(%(exclude)s::bigint[])
-        ORDER BY seq LIMIT %(limit)s
+        SELECT seq, topic, event_id, key, value, headers FROM (
+            SELECT *, sum(size) OVER (ORDER BY seq) - size AS before FROM (
+                SELECT seq, topic, event_id, key, value, headers,
+                    octet_length(value) + coalesce(octet_length(key), 0)
+                        + coalesce(octet_length(headers), 0) AS size
+                FROM tidings_outbox
+                WHERE seq <> ALL(%(exclude)s::bigint[])
+                ORDER BY seq LIMIT %(limit)s
+            ) first
+        ) sized
+        WHERE before < %(max_bytes)s
     ) o ON true
     WHERE l.name = 'outbox' AND l.holder = %(relay)s AND l.expires > clock_timestamp()
 """
@@ -204,9 +226,17 @@ _CLAIM = """
     SELECT o.seq, o.topic, o.event_id, o.key, o.value, o.headers
     FROM lease
     LEFT JOIN LATERAL (
-        SELECT seq, topic, event_id, key, value, headers FROM tidings_outbox
-        WHERE seq <> ALL(%(exclude)s::bigint[])
-        ORDER BY seq LIMIT %(limit)s
+        SELECT seq, topic, event_id, key, value, headers FROM (
+            SELECT *, sum(size) OVER (ORDER BY seq) - size AS before FROM (
+                SELECT seq, topic, event_id, key, value, headers,
+                    octet_length(value) + coalesce(octet_length(key), 0)
+                        + coalesce(octet_length(headers), 0) AS size
+                FROM tidings_outbox
+                WHERE seq <> ALL(%(exclude)s::bigint[])
+                ORDER BY seq LIMIT %(limit)s
+            ) first
+        ) sized
+        WHERE before < %(max_bytes)s
     ) o ON true
 """
 
@@ -1048,7 +1078,13 @@ class PostgresStore(Store):
     # relay side -------------------------------------------------------------------------------
 
     async def outbox_claim(
-        self, relay: str, limit: int, lease_s: float, *, exclude: Collection[int] = ()
+        self,
+        relay: str,
+        limit: int,
+        lease_s: float,
+        *,
+        exclude: Collection[int] = (),
+        max_bytes: int | None = None,
     ) -> list[OutboxRow] | None:
         """Rows only while `relay` holds the lease; renewed once half of it has passed.
         Excluded seqs are left out exactly (seqs do not follow commit order here)."""
@@ -1057,6 +1093,7 @@ class PostgresStore(Store):
             "limit": limit,
             "lease_s": float(lease_s),
             "exclude": list(exclude),
+            "max_bytes": 2**62 if max_bytes is None else max_bytes,
         }
 
         async def read(conn: Conn, statement: str) -> list[tuple[Any, ...]]:
@@ -1090,6 +1127,37 @@ class PostgresStore(Store):
             await conn.execute("DELETE FROM tidings_outbox WHERE seq = ANY(%s::bigint[])", (ids,))
 
         await self._retrying(remove)
+
+    async def outbox_set_aside(self, relay: str, items: Sequence[SetAside]) -> None:
+        if not items:
+            return
+
+        async def set_aside(conn: Conn) -> None:
+            async with conn.transaction():
+                for item in items:
+                    cursor = await conn.execute(
+                        "WITH moved AS (DELETE FROM tidings_outbox WHERE seq = %s RETURNING *)"
+                        " INSERT INTO tidings_outbox_unpublishable"
+                        " (seq, topic, event_id, key, value, headers, created, error)"
+                        " SELECT seq, topic, event_id, key, value, headers, created, %s FROM moved",
+                        (item.row.seq, item.error),
+                    )
+                    if cursor.rowcount != 1 or item.notice is None:
+                        continue
+                    topic, message = item.notice
+                    await conn.execute(
+                        "INSERT INTO tidings_outbox (topic, event_id, key, value, headers)"
+                        " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                        (
+                            topic,
+                            f"unpublishable:{item.row.seq}",
+                            message.key,
+                            message.value,
+                            _encoded_headers(message.headers),
+                        ),
+                    )
+
+        await self._retrying(set_aside)
 
     async def outbox_release(self, relay: str) -> None:
         self._fresh_leases.pop(relay, None)

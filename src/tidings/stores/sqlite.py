@@ -15,8 +15,10 @@ the write lock is held meanwhile; on a slow disk it runs on the worker thread, s
 loop is never blocked long. The relay's reads and its short writes (lease, removals; they
 commit without fsync) run inline as well, falling back to the worker thread when SQLite reports
 the database busy. The store's connections do not checkpoint the WAL when they commit (that
-would block the event loop for the copy); a checkpoint runs on the worker thread instead, at
-most every `CHECKPOINT_INTERVAL_S`, between transactions.
+would block the event loop for the copy); a passive checkpoint runs on the worker thread
+instead, at most every `CHECKPOINT_INTERVAL_S`: it copies what it can without waiting for
+anyone - a long-lived reader of the file (a `sqlite3` shell, a backup) never holds up a
+transaction - and the next writer starts the WAL over once it was copied entirely.
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ import logging
 import operator
 import sqlite3
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
@@ -50,6 +51,7 @@ from tidings.stores.base import (
     Params,
     Position,
     Row,
+    SetAside,
     Store,
     Transaction,
 )
@@ -57,7 +59,7 @@ from tidings.stores.base import (
 T = TypeVar("T")
 log = logging.getLogger("tidings.store")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 OUTBOX_COMMITTED = b"o"
 INLINE_COMMIT_MAX_S = 0.002
 """COMMIT runs on the event loop's thread while the recent average commit is faster."""
@@ -90,6 +92,17 @@ SCHEMA = [
         name TEXT PRIMARY KEY,
         holder TEXT NOT NULL,
         expires_ms INTEGER NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS tidings_outbox_unpublishable (
+        seq INTEGER PRIMARY KEY,
+        topic TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        key BLOB,
+        value BLOB NOT NULL,
+        headers BLOB,
+        created_ms INTEGER NOT NULL,
+        error TEXT NOT NULL,
+        set_aside_ms INTEGER NOT NULL
     )""",
     """CREATE TABLE IF NOT EXISTS tidings_migrations (
         id INTEGER PRIMARY KEY,
@@ -357,6 +370,7 @@ class SQLiteStore(Store):
         self._lock: asyncio.Lock | None = None
         self._conn: sqlite3.Connection | None = None
         self._relay_conn: sqlite3.Connection | None = None
+        self._checkpoint_conn: sqlite3.Connection | None = None
         self.notifier = Notifier(self.path)
         self._started = False
         self._closed = False
@@ -421,20 +435,23 @@ class SQLiteStore(Store):
         await self._io(self._db.write, self._create_schema)
         self._conn = await self._io(lambda: self._db.open_connection(busy_timeout_s=0))
         self._relay_conn = await self._io(lambda: self._relay_db.open_connection(busy_timeout_s=0))
+        self._checkpoint_conn = await self._io(lambda: self._db.open_connection(busy_timeout_s=0))
         self._started = True
 
     def _create_schema(self, conn: sqlite3.Connection) -> None:
         for statement in SCHEMA:
             conn.execute(statement)
         row = conn.execute("SELECT value FROM tidings_meta WHERE key = 'schema'").fetchone()
-        if row is None:
-            conn.execute(
-                "INSERT INTO tidings_meta(key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
-            )
-        elif int(row[0]) > SCHEMA_VERSION:
+        if row is not None and int(row[0]) > SCHEMA_VERSION:
             raise StorageError(
                 f"{self.path}: written by a newer tidings (store schema {row[0]}); this version "
                 f"understands {SCHEMA_VERSION}"
+            )
+        if row is None or int(row[0]) < SCHEMA_VERSION:  # the tables are created IF NOT EXISTS
+            conn.execute(
+                "INSERT INTO tidings_meta(key, value) VALUES ('schema', ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (str(SCHEMA_VERSION),),
             )
 
     async def migrate(self, migrations: Sequence[str]) -> int:
@@ -518,13 +535,11 @@ class SQLiteStore(Store):
         self._checkpointing = asyncio.get_running_loop().create_task(self._checkpoint())
 
     async def _checkpoint(self) -> None:
-        """A checkpoint on the worker thread, holding the write lock so that no transaction
-        of this process appends meanwhile; the next transaction starts the WAL over (it would
-        grow without bound otherwise)."""
-        assert self._lock is not None
+        """A passive checkpoint on the worker thread: never waits for readers or writers."""
+        conn = self._checkpoint_conn
+        assert conn is not None
         try:
-            async with self._lock:
-                await self._io(self._db.checkpoint)
+            await self._io(lambda: conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall())
         except Exception:
             log.exception("%s: WAL checkpoint failed; will retry", self.path)
         finally:
@@ -542,7 +557,13 @@ class SQLiteStore(Store):
     # relay side -------------------------------------------------------------------------
 
     async def outbox_claim(
-        self, relay: str, limit: int, lease_s: float, *, exclude: Collection[int] = ()
+        self,
+        relay: str,
+        limit: int,
+        lease_s: float,
+        *,
+        exclude: Collection[int] = (),
+        max_bytes: int | None = None,
     ) -> list[OutboxRow] | None:
         """Writers are serialized, so seqs follow commit order and a claim's rows are the
         oldest ones: every row up to the highest excluded seq came from earlier claims, and
@@ -558,7 +579,7 @@ class SQLiteStore(Store):
             ).fetchone()
             if row is None or row[0] != relay or row[1] - _now_ms() < lease_ms // 2:
                 return None
-            return _outbox_rows(conn, limit, after)
+            return _outbox_rows(conn, limit, after, max_bytes)
 
         def claim(conn: sqlite3.Connection) -> list[OutboxRow] | None:
             now = _now_ms()
@@ -573,7 +594,7 @@ class SQLiteStore(Store):
                 " expires_ms = excluded.expires_ms",
                 (relay, now + lease_ms),
             )
-            return _outbox_rows(conn, limit, after)
+            return _outbox_rows(conn, limit, after, max_bytes)
 
         rows = await self._read(read)
         if rows is not None:
@@ -581,16 +602,57 @@ class SQLiteStore(Store):
         return await self._write(claim)
 
     async def outbox_remove(self, relay: str, seqs: Sequence[int]) -> None:
-        """Writers are serialized, so a new row always gets a higher seq than any existing one:
-        every row up to the highest claimed seq was claimed (or removed before)."""
+        """One range delete per run of consecutive seqs (usually one): no other row can have a
+        seq inside such a run."""
         if not seqs:
             return
-        highest = max(seqs)
+        runs = _runs(sorted(seqs))
 
         def remove(conn: sqlite3.Connection) -> None:
-            conn.execute("DELETE FROM tidings_outbox WHERE seq <= ?", (highest,))
+            conn.executemany("DELETE FROM tidings_outbox WHERE seq BETWEEN ? AND ?", runs)
 
         await self._write(remove)
+
+    async def outbox_set_aside(self, relay: str, items: Sequence[SetAside]) -> None:
+        if not items:
+            return
+        now = _now_ms()
+
+        def set_aside(conn: sqlite3.Connection) -> list[str] | None:
+            """Peers to wake if a notice was added, else None."""
+            noticed = False
+            for item in items:
+                moved = conn.execute(
+                    "INSERT INTO tidings_outbox_unpublishable"
+                    "(seq, topic, event_id, key, value, headers, created_ms, error, set_aside_ms)"
+                    " SELECT seq, topic, event_id, key, value, headers, created_ms, ?, ?"
+                    " FROM tidings_outbox WHERE seq = ?",
+                    (item.error, now, item.row.seq),
+                ).rowcount
+                if not moved:
+                    continue
+                conn.execute("DELETE FROM tidings_outbox WHERE seq = ?", (item.row.seq,))
+                if item.notice is not None:
+                    topic, message = item.notice
+                    conn.execute(
+                        "INSERT INTO tidings_outbox"
+                        "(topic, event_id, key, value, headers, created_ms)"
+                        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                        (
+                            topic,
+                            f"unpublishable:{item.row.seq}",
+                            message.key,
+                            message.value,
+                            _encoded_headers(message.headers),
+                            now,
+                        ),
+                    )
+                    noticed = True
+            return Notifier.peers(conn) if noticed else None
+
+        peers = await self._write(set_aside)
+        if peers is not None:
+            self.notifier.send(OUTBOX_COMMITTED, peers)
 
     async def outbox_release(self, relay: str) -> None:
         def release(conn: sqlite3.Connection) -> None:
@@ -658,20 +720,40 @@ def _decoded_headers(stored: bytes) -> Headers:
     return _headers_decoder.decode(stored)
 
 
-def _outbox_rows(conn: sqlite3.Connection, limit: int, after: int) -> list[OutboxRow]:
-    return [
-        OutboxRow(
-            seq,
-            topic,
-            event_id,
-            Message(value, key, _decoded_headers(headers) if headers else ()),
+def _outbox_rows(
+    conn: sqlite3.Connection, limit: int, after: int, max_bytes: int | None
+) -> list[OutboxRow]:
+    rows: list[OutboxRow] = []
+    total = 0
+    for seq, topic, event_id, key, value, headers in conn.execute(
+        "SELECT seq, topic, event_id, key, value, headers FROM tidings_outbox"
+        " WHERE seq > ? ORDER BY seq LIMIT ?",
+        (after, limit),
+    ):
+        if max_bytes is not None:
+            total += len(value) + (len(key) if key else 0) + (len(headers) if headers else 0)
+            if total > max_bytes and rows:
+                break
+        rows.append(
+            OutboxRow(
+                seq,
+                topic,
+                event_id,
+                Message(value, key, _decoded_headers(headers) if headers else ()),
+            )
         )
-        for seq, topic, event_id, key, value, headers in conn.execute(
-            "SELECT seq, topic, event_id, key, value, headers FROM tidings_outbox"
-            " WHERE seq > ? ORDER BY seq LIMIT ?",
-            (after, limit),
-        )
-    ]
+    return rows
+
+
+def _runs(seqs: Sequence[int]) -> list[tuple[int, int]]:
+    """Sorted `seqs` as (first, last) runs of consecutive integers."""
+    runs: list[tuple[int, int]] = []
+    for seq in seqs:
+        if runs and runs[-1][1] == seq - 1:
+            runs[-1] = (runs[-1][0], seq)
+        else:
+            runs.append((seq, seq))
+    return runs
 
 
 def split_statements(script: str) -> list[str]:
@@ -687,7 +769,3 @@ def split_statements(script: str) -> list[str]:
     if buffer.strip(" \t\n;"):
         raise MigrationError(f"incomplete SQL statement in migration: {buffer.strip()[:80]!r}")
     return statements
-
-
-def new_relay_id() -> str:
-    return f"relay-{uuid.uuid4().hex[:12]}"
