@@ -29,7 +29,15 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from tidings.brokers.base import Broker, Headers, Message, Record, TopicInfo, TopicPartition
+from tidings.brokers.base import (
+    UNLIMITED,
+    Broker,
+    Headers,
+    Message,
+    Record,
+    TopicInfo,
+    TopicPartition,
+)
 from tidings.errors import DecodeError, TidingsError, UnknownTopicError
 from tidings.event import Event, event_from_record
 
@@ -471,7 +479,9 @@ async def _check_unresolved(broker: Broker, letters: Sequence[DeadLetter]) -> No
 async def _resolve(broker: Broker, letters: Sequence[DeadLetter], action: str) -> None:
     if not letters:
         return
-    await broker.admin.create_topic(RESOLUTIONS_TOPIC, 1, exist_ok=True)
+    await broker.admin.create_topic(
+        RESOLUTIONS_TOPIC, 1, retention_ms=UNLIMITED, retention_bytes=UNLIMITED, exist_ok=True
+    )
     at = datetime.now(UTC)
     await broker.publish(
         RESOLUTIONS_TOPIC,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import os
 import re
 from collections.abc import (
@@ -37,7 +38,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, get_type_hints
 import msgspec
 
 from tidings.brokers import connect
-from tidings.brokers.base import Broker, Published, validate_topic_name
+from tidings.brokers.base import UNLIMITED, Broker, Published, validate_topic_name
 from tidings.errors import (
     ConfigError,
     ContextClosedError,
@@ -52,6 +53,8 @@ from tidings.stores.base import Params, Row, Store, Transaction
 
 if TYPE_CHECKING:
     from tidings.runtime.runner import ServiceRunner
+
+log = logging.getLogger("tidings.service")
 
 DEFAULT_BROKER = "sqlite:///.tidings/bus.db"
 DEFAULT_STORE = "sqlite:///.tidings/{service}.db"
@@ -437,9 +440,25 @@ class Service:
             wanted = dict.fromkeys(self.consumed_topics, DEFAULT_PARTITIONS)
             wanted.update(self.topics)
             wanted.setdefault(self.dead_letter_topic, 1)
+            admin = self.broker.admin
             for topic, partitions in wanted.items():
-                await self.broker.admin.create_topic(topic, partitions, exist_ok=True)
+                # dead letters are kept until someone replays or purges them
+                retention = UNLIMITED if topic == self.dead_letter_topic else None
+                await admin.create_topic(
+                    topic,
+                    partitions,
+                    retention_ms=retention,
+                    retention_bytes=retention,
+                    exist_ok=True,
+                )
                 self.known_topics.add(topic)
+            for warning in await admin.durability_warnings(sorted(wanted)):
+                log.warning(
+                    "%s: %s (the outbox deletes a row once the broker acknowledged it, so such "
+                    "a loss is an event lost)",
+                    self.name,
+                    warning,
+                )
             self._started = True
 
     async def check_topics(self, topics: Collection[str]) -> None:
