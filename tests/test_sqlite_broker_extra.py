@@ -1,5 +1,5 @@
 """SQLite-specific behaviour beyond the broker contract: several writer processes, wake-ups
-across processes, bad URLs and damaged or read-only database files."""
+across processes, bad URLs, damaged or read-only database files and unlimited retention."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tidings import Message, StorageError, connect
+from tidings.brokers.base import UNLIMITED
 from tidings.brokers.sqlite import SQLiteBroker
 from tidings.errors import ConfigError
 
@@ -183,3 +184,21 @@ def test_a_read_only_database_gives_a_clear_error_and_keeps_its_data(tmp_path: P
             os.chmod(shared / name, 0o644)
             os.unlink(shared / name)
         shared.rmdir()
+
+
+async def test_unlimited_retention_is_stored_as_none(tmp_path: Path) -> None:
+    path = tmp_path / "bus.db"
+    async with SQLiteBroker(f"sqlite:///{path}") as broker:
+        info = await broker.admin.create_topic(
+            "kept", retention_ms=UNLIMITED, retention_bytes=UNLIMITED
+        )
+        assert (info.retention_ms, info.retention_bytes) == (None, None)
+        await broker.publish("kept", [Message(b"old")])
+        assert await broker.admin.enforce_retention() == 0
+        for bad in (0, -2, True, 1.5, "10"):
+            with pytest.raises(ConfigError, match=r"retention_ms .*-1 \(unlimited\)"):
+                await broker.admin.create_topic("bad", retention_ms=bad)  # type: ignore[arg-type]
+        assert [t.name for t in await broker.admin.list_topics()] == ["kept"]
+    with sqlite3.connect(path) as db:
+        stored = db.execute("SELECT retention_ms, retention_bytes FROM topics").fetchall()
+    assert stored == [(None, None)]

@@ -48,6 +48,7 @@ from tidings.brokers._local import (
 )
 from tidings.brokers.base import (
     DEFAULT_MAX_MESSAGE_BYTES,
+    UNLIMITED,
     Admin,
     GroupInfo,
     Headers,
@@ -60,6 +61,7 @@ from tidings.brokers.base import (
     TopicPartition,
     check_sizes,
     validate_partitions,
+    validate_retention,
     validate_topic_name,
 )
 from tidings.errors import (
@@ -202,9 +204,13 @@ class SQLiteLog:
     ) -> None:
         validate_topic_name(name)
         validate_partitions(partitions)
-        for label, value in (("retention_ms", retention_ms), ("retention_bytes", retention_bytes)):
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ConfigError(f"{label} must be a positive integer or None, got {value!r}")
+        retention_ms = validate_retention("retention_ms", retention_ms)
+        retention_bytes = validate_retention("retention_bytes", retention_bytes)
+        # NULL is no retention: the embedded broker's default, and what UNLIMITED asks for
+        if retention_ms == UNLIMITED:
+            retention_ms = None
+        if retention_bytes == UNLIMITED:
+            retention_bytes = None
 
         def create(conn: sqlite3.Connection) -> None:
             row = conn.execute("SELECT id FROM topics WHERE name = ?", (name,)).fetchone()
