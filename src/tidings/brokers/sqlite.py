@@ -620,59 +620,132 @@ def _copy_state(state: _groups.GroupState) -> _groups.GroupState:
     )
 
 
+_Publish = tuple[str, Sequence[Message], concurrent.futures.Future[list[Published]]]
+
+
+def _fail(publishes: Sequence[_Publish], error: BaseException) -> None:
+    for _, _, future in publishes:
+        if not future.done():
+            future.set_exception(error)
+
+
 class _Writer:
     """The broker's publishing thread: drains queued publishes and writes them in one
-    transaction (group commit), so concurrent publishers share one fsync."""
+    transaction (group commit), so concurrent publishers share one fsync.
+
+    Cancelling a publish is safe: one cancelled before the thread takes it from the queue is
+    not written; once taken it can no longer be cancelled, and is written whole (or fails
+    whole) with its result dropped. A publish that fails (unknown topic, a record that cannot
+    be stored...) fails alone; a transaction that fails fails its own publishes; the thread
+    goes on. Should it stop all the same, the publishes it held or had queued fail, and the
+    next `submit` starts a new one; both are logged."""
 
     def __init__(self, log_: SQLiteLog, synchronous: str) -> None:
         self._log = log_
         self._db = _sqlite.Database(log_.path, synchronous=synchronous)
-        self._queue: queue.SimpleQueue[
-            tuple[str, Sequence[Message], concurrent.futures.Future[list[Published]]] | None
-        ] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Publish | None] = queue.SimpleQueue()
         self._round_robin: dict[str, itertools.count[int]] = {}
-        self._thread = threading.Thread(target=self._run, name="tidings-writer", daemon=True)
-        self._thread.start()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._stopped = False
+        self._thread = self._start()
+
+    def _start(self) -> threading.Thread:
+        thread = threading.Thread(target=self._run, name="tidings-writer", daemon=True)
+        thread.start()
+        return thread
 
     def submit(
         self, topic: str, messages: Sequence[Message]
     ) -> concurrent.futures.Future[list[Published]]:
         future: concurrent.futures.Future[list[Published]] = concurrent.futures.Future()
-        self._queue.put((topic, messages, future))
+        with self._lock:
+            if self._closed:
+                raise BrokerClosedError("broker is closed")
+            self._queue.put((topic, messages, future))
+            if self._stopped or not self._thread.is_alive():
+                log.error(
+                    "%s: the publishing thread had stopped; starting a new one", self._log.path
+                )
+                self._stopped = False
+                self._thread = self._start()
         return future
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
+        with self._lock:
+            self._closed = True
+            self._queue.put(None)
+            thread = self._thread
+        thread.join()
+        _fail(self._drain(), BrokerClosedError("broker is closed"))  # left by a stopped thread
         self._db.close()
 
-    def _run(self) -> None:
+    def _drain(self) -> list[_Publish]:
+        """Take every queued publish that was not cancelled."""
+        taken: list[_Publish] = []
         while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            group = [first]
-            size = len(first[1])
-            stop = False
-            while size < MAX_WRITE_GROUP:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stop = True
-                    break
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return taken
+            if item is not None and item[2].set_running_or_notify_cancel():
+                taken.append(item)
+
+    def _take(self) -> tuple[list[_Publish], bool]:
+        """The next publishes to write together, waiting for the first, without those
+        cancelled meanwhile; and whether `close` asked the thread to stop."""
+        group: list[_Publish] = []
+        size = 0
+        item = self._queue.get()
+        while True:
+            if item is None:
+                return group, True
+            if item[2].set_running_or_notify_cancel():
                 group.append(item)
                 size += len(item[1])
-            self._write(group)
-            self._log.maybe_enforce_retention()
-            if stop:
-                return
+            if size >= MAX_WRITE_GROUP:
+                return group, False
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return group, False
 
-    def _write(
-        self,
-        group: list[tuple[str, Sequence[Message], concurrent.futures.Future[list[Published]]]],
-    ) -> None:
+    def _run(self) -> None:
+        group: list[_Publish] = []
+        try:
+            while True:
+                group, stop = self._take()
+                if group:
+                    try:
+                        self._write(group)
+                    except Exception as exc:
+                        if not isinstance(exc, StorageError):
+                            log.exception(
+                                "%s: writing %d publishes failed", self._log.path, len(group)
+                            )
+                        _fail(group, exc)
+                    group = []
+                    self._log.maybe_enforce_retention()
+                if stop:
+                    return
+        except BaseException as exc:
+            log.critical(
+                "%s: the publishing thread stopped; the next publish starts a new one",
+                self._log.path,
+                exc_info=True,
+            )
+            with self._lock:
+                self._stopped = True
+                held = group + self._drain()
+            _fail(
+                held,
+                StorageError(
+                    f"{self._log.path}: the publishing thread stopped ({exc!r}) while this"
+                    " publish waited; it may not have been written"
+                ),
+            )
+
+    def _write(self, group: list[_Publish]) -> None:
         outcomes: list[list[Published] | BaseException] = []
 
         def tx(conn: sqlite3.Connection) -> list[str]:
@@ -683,19 +756,16 @@ class _Writer:
                 conn.execute("SAVEPOINT publish")
                 try:
                     outcomes.append(self._log.append(conn, topic, messages, counter, now))
-                except (UnknownTopicError, ConfigError) as exc:
+                except sqlite3.Error:
+                    raise  # the file, not this publish: the whole transaction rolls back
+                except Exception as exc:
                     conn.execute("ROLLBACK TO publish")
                     outcomes.append(exc)
                 conn.execute("RELEASE publish")
             self._log.notifier.forget_dead(conn)
             return Notifier.peers(conn)
 
-        try:
-            peers = self._db.write(tx)
-        except BaseException as exc:
-            for _, _, future in group:
-                future.set_exception(exc)
-            return
+        peers = self._db.write(tx)
         self._log.notifier.send(DATA_APPENDED, peers)
         for (_, _, future), outcome in zip(group, outcomes, strict=True):
             if isinstance(outcome, BaseException):
@@ -743,6 +813,7 @@ class SQLiteBroker(LocalBroker):
         return self._admin
 
     async def publish(self, topic: str, messages: Sequence[Message]) -> list[Published]:
+        """Safe to cancel (see `_Writer`): what is cancelled is written whole or not at all."""
         if self._closed:
             raise BrokerClosedError("broker is closed")
         if not messages:
