@@ -1,10 +1,12 @@
 """SQLite-specific behaviour beyond the broker contract: several writer processes, wake-ups
-across processes, bad URLs, damaged or read-only database files and unlimited retention."""
+across processes, bad URLs, damaged or read-only database files, rows bounded in bytes and
+unlimited retention."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import random
 import sqlite3
 import subprocess
 import sys
@@ -14,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from tidings import Message, StorageError, connect
-from tidings.brokers.base import UNLIMITED
-from tidings.brokers.sqlite import SQLiteBroker
-from tidings.errors import ConfigError
+from tidings.brokers.base import UNLIMITED, Published, Record, SeekTo
+from tidings.brokers.sqlite import MAX_ROW_BYTES, ROW_HEADROOM, SQLiteBroker
+from tidings.errors import ConfigError, MessageTooLargeError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -184,6 +186,84 @@ def test_a_read_only_database_gives_a_clear_error_and_keeps_its_data(tmp_path: P
             os.chmod(shared / name, 0o644)
             os.unlink(shared / name)
         shared.rmdir()
+
+
+async def _read_all(broker: SQLiteBroker, group: str, topic: str, count: int) -> list[Record]:
+    records: list[Record] = []
+    async with broker.subscribe(group, [topic]) as consumer:
+        while len(records) < count:
+            batch = await consumer.fetch(timeout=30)
+            assert batch is not None, f"stalled after {len(records)} of {count} records"
+            records.extend(batch.records)
+            consumer.ack(batch)
+    return records
+
+
+async def test_large_messages_are_stored_in_rows_bounded_by_bytes(tmp_path: Path) -> None:
+    """A publish of large messages is stored in several rows, none over MAX_ROW_BYTES unless it
+    holds a single record; every record reads back exactly, also from inside a row."""
+    path = tmp_path / "bus.db"
+    rng = random.Random(7)
+    values = [rng.randbytes(300_000) for _ in range(30)]
+    values.insert(12, rng.randbytes(MAX_ROW_BYTES + 100_000))  # alone in its row
+    values += [f"small {i}".encode() for i in range(600)]
+    url = f"sqlite:///{path}?max_message_bytes={8 * 1024 * 1024}"
+    async with SQLiteBroker(url) as broker:
+        await broker.admin.create_topic("big")
+        placed = await broker.publish("big", [Message(v, key=b"k") for v in values])
+        assert [p.offset for p in placed] == list(range(len(values)))
+        records = await _read_all(broker, "everything", "big", len(values))
+        assert [r.value for r in records] == values
+        assert [r.offset for r in records] == list(range(len(values)))
+        await broker.admin.reset_offsets("middle", ["big"], SeekTo(offset=5))
+        assert [r.value for r in await _read_all(broker, "middle", "big", len(values) - 5)] == (
+            values[5:]
+        )
+    with sqlite3.connect(path) as db:
+        rows = db.execute(
+            "SELECT base_offset, last_offset, length(payload) FROM batches ORDER BY base_offset"
+        ).fetchall()
+    assert len(rows) >= 4
+    assert [first for first, _, _ in rows] == [0] + [last + 1 for _, last, _ in rows[:-1]]
+    assert rows[-1][1] == len(values) - 1
+    for first, last, size in rows:
+        assert size <= MAX_ROW_BYTES or first == last, (first, last, size)
+    assert (12, 12) in [(first, last) for first, last, _ in rows]
+
+
+async def test_a_record_over_sqlites_length_limit_fails_only_its_own_publish(
+    tmp_path: Path,
+) -> None:
+    """With SQLite's limit on one value set low (as in a build with a small
+    SQLITE_MAX_LENGTH; set here on the broker's record of it), rows stay under it, and a record
+    that cannot fit fails its publish alone, writing nothing of it."""
+    async with SQLiteBroker(f"sqlite:///{tmp_path}/bus.db") as broker:
+        await broker.admin.create_topic("t")
+        broker.log.length_limit = 100_000
+        fits = [Message(bytes([i]) * 40_000) for i in range(5)]
+        too_big = [Message(b"a"), Message(b"b" * 150_000)]
+        results = await asyncio.gather(
+            broker.publish("t", fits), broker.publish("t", too_big), return_exceptions=True
+        )
+        assert results[0] == [Published(0, i) for i in range(5)]
+        assert isinstance(results[1], MessageTooLargeError), results[1]
+        assert "nothing of this publish was written" in str(results[1])
+        assert [r.value for r in await _read_all(broker, "g", "t", 5)] == [m.value for m in fits]
+    with sqlite3.connect(tmp_path / "bus.db") as db:
+        sizes = [row[0] for row in db.execute("SELECT length(payload) FROM batches")]
+    assert len(sizes) >= 2 and max(sizes) <= 100_000
+
+
+def test_a_max_message_bytes_sqlite_cannot_store_is_refused(tmp_path: Path) -> None:
+    limit = sqlite3.connect(":memory:").getlimit(sqlite3.SQLITE_LIMIT_LENGTH)
+    with pytest.raises(ConfigError, match=rf"max_message_bytes=.*SQLite's limit.*{limit}"):
+        SQLiteBroker(f"sqlite:///{tmp_path}/bus.db?max_message_bytes={limit}")
+    with pytest.raises(ConfigError, match="max_message_bytes"):
+        SQLiteBroker(f"sqlite:///{tmp_path}/bus.db", max_message_bytes=10**12)
+    largest = limit - ROW_HEADROOM
+    broker = SQLiteBroker(f"sqlite:///{tmp_path}/bus.db", max_message_bytes=largest)
+    assert broker.max_message_bytes == largest
+    asyncio.run(broker.close())
 
 
 async def test_unlimited_retention_is_stored_as_none(tmp_path: Path) -> None:

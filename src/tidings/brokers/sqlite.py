@@ -4,10 +4,12 @@
 as keyword arguments: `synchronous` (`full` by default: a publish survives power loss once it
 returns; `normal` survives process crashes only), `max_message_bytes` (default 1 MiB).
 
-Storage follows Kafka's record batches: each publish writes one row per partition it touches,
-holding that partition's records (msgpack) and their offset range, so appends and reads cost
-one row per batch, not per record. Offsets are assigned under SQLite's single write lock, so
-commits happen in offset order and a reader never sees a gap that fills in later.
+Storage follows Kafka's record batches: each publish writes one row per partition it touches
+(more if its records there are many or large: see MAX_ROW_BYTES), holding that partition's
+records (msgpack) and their offset range, so appends and reads cost one row per batch, not
+per record. Offsets are assigned under SQLite's single write lock, so commits happen in
+offset order and a reader never sees a gap that fills in later. `max_message_bytes` may not
+exceed what SQLite can store in one value (SQLITE_LIMIT_LENGTH, less ROW_HEADROOM).
 
 Several processes may open the same file: publishes from all of them interleave safely,
 consumer groups span them (see `_groups`), and an idle consumer is woken by a datagram from
@@ -29,7 +31,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -67,6 +69,7 @@ from tidings.brokers.base import (
 from tidings.errors import (
     BrokerClosedError,
     ConfigError,
+    MessageTooLargeError,
     StorageError,
     TopicExistsError,
     UnknownTopicError,
@@ -79,7 +82,13 @@ SCHEMA_VERSION = 1
 RETENTION_CHECK_S = 5.0
 MAX_WRITE_GROUP = 100_000
 MAX_RECORDS_PER_ROW = 500
-"""Bounds the records decoded to serve a read that starts inside a stored row."""
+MAX_ROW_BYTES = 4 * 1024 * 1024
+"""A stored row holds records until the next would take it over MAX_RECORDS_PER_ROW records or
+MAX_ROW_BYTES bytes (a record larger than that gets a row of its own). Both bound what is
+decoded to serve a read that starts inside a row, and keep rows far below SQLite's limit on
+the length of one value."""
+ROW_HEADROOM = 64 * 1024
+"""Room left, in a value at SQLite's length limit, for msgpack's framing of one record."""
 
 SCHEMA = [
     "CREATE TABLE IF NOT EXISTS broker_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -160,9 +169,13 @@ class SQLiteLog:
         self._topic_cache: dict[str, tuple[int, int]] = {}
         self._cache_lock = threading.Lock()
         self._next_retention = 0.0
+        self.length_limit = 0
+        """SQLite's limit on the length of one value (SQLITE_LIMIT_LENGTH) on this file's
+        connections."""
         self.db.write(self._create_schema)
 
     def _create_schema(self, conn: sqlite3.Connection) -> None:
+        self.length_limit = conn.getlimit(sqlite3.SQLITE_LIMIT_LENGTH)
         for statement in SCHEMA:
             conn.execute(statement)
         row = conn.execute("SELECT value FROM broker_meta WHERE key = 'schema'").fetchone()
@@ -271,7 +284,8 @@ class SQLiteLog:
         round_robin: itertools.count[int],
         now: int,
     ) -> list[Published]:
-        """Append in the caller's write transaction; one batch row per touched partition."""
+        """Append in the caller's write transaction; per touched partition, as few rows as
+        MAX_RECORDS_PER_ROW and MAX_ROW_BYTES allow (one, usually)."""
         topic_id, count = self.topic(conn, topic)
         routed: dict[int, list[Message]] = {}
         indexes: list[int] = []
@@ -299,12 +313,11 @@ class SQLiteLog:
             base = ends[index]
             ts = max(now, last_ts[index])
             total = 0
-            for start in range(0, len(group), MAX_RECORDS_PER_ROW):
-                chunk = group[start : start + MAX_RECORDS_PER_ROW]
-                payload = _payload_encoder.encode([(m.key, m.value, m.headers) for m in chunk])
+            first = base
+            for count, payload in self._rows(topic, group):
                 size = len(payload)
-                first = base + start
-                rows.append((topic_id, index, first, first + len(chunk) - 1, ts, size, payload))
+                rows.append((topic_id, index, first, first + count - 1, ts, size, payload))
+                first += count
                 total += size
             updates.append((base + len(group), total, ts, topic_id, index))
         conn.executemany(
@@ -323,6 +336,33 @@ class SQLiteLog:
             placed.append(Published(index, next_offset[index]))
             next_offset[index] += 1
         return placed
+
+    def _rows(self, topic: str, messages: Sequence[Message]) -> Iterator[tuple[int, bytes]]:
+        """(record count, msgpack payload) of each row storing `messages`, in order."""
+        row_bytes = min(MAX_ROW_BYTES, self.length_limit)
+        for start in range(0, len(messages), MAX_RECORDS_PER_ROW):
+            stored = [
+                (m.key, m.value, m.headers) for m in messages[start : start + MAX_RECORDS_PER_ROW]
+            ]
+            payload = _payload_encoder.encode(stored)
+            if len(payload) <= row_bytes:
+                yield len(stored), payload
+                continue
+            # a msgpack array is its header (at most 3 bytes here) followed by its items
+            sizes = [len(_payload_encoder.encode(record)) for record in stored]
+            first = 0
+            used = 3
+            for i, size in enumerate(sizes):
+                if i > first and used + size > row_bytes:
+                    yield i - first, _payload_encoder.encode(stored[first:i])
+                    first, used = i, 3
+                used += size
+                if used > self.length_limit:
+                    raise MessageTooLargeError(
+                        f"a message for topic {topic!r} takes {size} bytes stored, over SQLite's"
+                        f" limit of {self.length_limit} (nothing of this publish was written)"
+                    )
+            yield len(stored) - first, _payload_encoder.encode(stored[first:])
 
     # retention ------------------------------------------------------------------------
 
@@ -803,6 +843,13 @@ class SQLiteBroker(LocalBroker):
         if self.max_message_bytes < 1:
             raise ConfigError(f"max_message_bytes must be >= 1, got {self.max_message_bytes}")
         self.log = SQLiteLog(self.path, synchronous=self.synchronous)
+        if self.max_message_bytes > self.log.length_limit - ROW_HEADROOM:
+            self.log.close()
+            raise ConfigError(
+                f"max_message_bytes={self.max_message_bytes} cannot be stored: SQLite's limit on"
+                f" one value is {self.log.length_limit} bytes here, so the largest possible"
+                f" max_message_bytes is {self.log.length_limit - ROW_HEADROOM}"
+            )
         self._writer = _Writer(self.log, self.synchronous)
         self._admin = SQLiteAdmin(self.log)
         self._consumers: list[LocalConsumer] = []
