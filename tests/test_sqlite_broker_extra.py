@@ -1,6 +1,6 @@
 """SQLite-specific behaviour beyond the broker contract: several writer processes, wake-ups
-across processes, bad URLs, damaged or read-only database files, rows bounded in bytes and
-unlimited retention."""
+across processes, bad URLs, damaged or read-only database files, rows bounded in bytes,
+unlimited retention and the durability warning."""
 
 from __future__ import annotations
 
@@ -282,3 +282,22 @@ async def test_unlimited_retention_is_stored_as_none(tmp_path: Path) -> None:
     with sqlite3.connect(path) as db:
         stored = db.execute("SELECT retention_ms, retention_bytes FROM topics").fetchall()
     assert stored == [(None, None)]
+
+
+@pytest.mark.parametrize("level", ["normal", "off"])
+async def test_a_broker_that_does_not_fsync_warns_that_power_cuts_lose_publishes(
+    tmp_path: Path, level: str
+) -> None:
+    path = tmp_path / "bus.db"
+    async with SQLiteBroker(f"sqlite:///{path}?synchronous={level}") as broker:
+        await broker.admin.create_topic("t")
+        [warning] = await broker.admin.durability_warnings(["t"])
+    assert str(path) in warning
+    assert f"synchronous={level}" in warning
+    assert "power cut" in warning
+
+
+@pytest.mark.parametrize("level", ["full", "extra"])
+async def test_a_broker_that_fsyncs_has_no_durability_warning(tmp_path: Path, level: str) -> None:
+    async with SQLiteBroker(f"sqlite:///{tmp_path}/bus.db?synchronous={level}") as broker:
+        assert await broker.admin.durability_warnings(["t"]) == []

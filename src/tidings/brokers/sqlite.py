@@ -851,7 +851,7 @@ class SQLiteBroker(LocalBroker):
                 f" max_message_bytes is {self.log.length_limit - ROW_HEADROOM}"
             )
         self._writer = _Writer(self.log, self.synchronous)
-        self._admin = SQLiteAdmin(self.log)
+        self._admin = SQLiteAdmin(self.log, self.synchronous)
         self._consumers: list[LocalConsumer] = []
         self._closed = False
 
@@ -888,8 +888,9 @@ class SQLiteBroker(LocalBroker):
 
 
 class SQLiteAdmin(Admin):
-    def __init__(self, log_: SQLiteLog) -> None:
+    def __init__(self, log_: SQLiteLog, synchronous: str) -> None:
         self._log = log_
+        self._synchronous = synchronous
 
     async def create_topic(
         self,
@@ -904,6 +905,16 @@ class SQLiteAdmin(Admin):
             self._log.create_topic, name, partitions, retention_ms, retention_bytes, exist_ok
         )
         return (await asyncio.to_thread(self._log.topic_infos, name))[0]
+
+    async def durability_warnings(self, topics: Sequence[str]) -> list[str]:
+        """One warning, for every topic alike, unless publishes are fsync'd before they are
+        acknowledged (synchronous=full or extra)."""
+        if self._synchronous in ("full", "extra"):
+            return []
+        return [
+            f"the broker {self._log.path} runs with synchronous={self._synchronous}: a power cut"
+            " can lose publishes it had acknowledged (synchronous=full keeps them)"
+        ]
 
     async def list_topics(self) -> list[TopicInfo]:
         return await asyncio.to_thread(self._log.topic_infos)
