@@ -126,6 +126,38 @@ def retry_busy(fn: Callable[[], T], path: str) -> T:
             delay = min(delay * 2, 0.05)
 
 
+def _create_private(path: str) -> None:
+    """Create the missing directories of `path` with mode 0700 and the database file itself
+    with mode 0600 (SQLite gives its -wal and -shm files the database file's mode), so that
+    data tidings creates is private whatever the umask. What exists already is left alone."""
+    directory = os.path.dirname(os.path.abspath(path))
+    missing = []
+    while not os.path.isdir(directory):
+        missing.append(directory)
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            break
+        directory = parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            continue  # made meanwhile by someone else: theirs, left as it is
+        except OSError as exc:
+            raise StorageError(f"{path}: cannot create directory {directory}: {exc}") from exc
+        os.chmod(directory, 0o700)  # the umask may have taken bits away
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise StorageError(f"{path}: cannot create the database file: {exc}") from exc
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
 class Database:
     """One SQLite file in WAL mode; one connection per thread, created on first use.
 
@@ -136,7 +168,8 @@ class Database:
     StorageError. With
     `autocheckpoint=False` its connections never checkpoint the WAL when they commit (SQLite's
     default is to, in whichever connection's commit finds the WAL over 1000 pages); the owner
-    must then call `checkpoint()` from time to time."""
+    must then call `checkpoint()` from time to time. A missing file is created private (see
+    `_create_private`)."""
 
     def __init__(
         self, path: str, *, synchronous: str = "full", autocheckpoint: bool = True
@@ -150,12 +183,7 @@ class Database:
         self._idle = threading.Condition(self._lock)
         self._in_use = 0
         self.closed = False
-        directory = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(directory):
-            try:
-                os.makedirs(directory, exist_ok=True)
-            except OSError as exc:
-                raise StorageError(f"{path}: cannot create directory {directory}: {exc}") from exc
+        _create_private(path)
 
     def connection(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
