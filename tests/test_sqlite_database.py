@@ -3,9 +3,13 @@ while another thread uses it, and the modes of the files and directories tidings
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import errno
 import os
 import sqlite3
 import stat
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -119,3 +123,144 @@ def test_existing_directories_and_files_keep_their_modes(
         }
     finally:
         database.close()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs mounted for the test. Skipped where it cannot be mounted (not root), but
+    under CI=true (which runs as root) a failed mount fails the test."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    problem = None
+    if os.geteuid() != 0:
+        problem = "needs root to mount a small tmpfs"
+    else:
+        mount = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)],
+            capture_output=True,
+            text=True,
+        )
+        if mount.returncode != 0:
+            problem = f"cannot mount a tmpfs: {mount.stderr.strip() or mount.returncode}"
+    if problem is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(problem)
+        pytest.skip(problem)
+    try:
+        yield disk
+    finally:
+        if subprocess.run(["umount", str(disk)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+def _fill(disk: Path, leave: int) -> Path:
+    """A file taking all the space of `disk` but about `leave` bytes."""
+    filler = disk / "filler"
+    with open(filler, "wb", buffering=0) as out:
+        chunk = bytes(64 * 1024)
+        try:
+            while True:
+                out.write(chunk)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+    os.truncate(filler, max(0, filler.stat().st_size - leave))
+    return filler
+
+
+def _integrity(db: Path) -> list[tuple[str]]:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        return conn.execute("PRAGMA integrity_check").fetchall()
+
+
+async def test_a_broker_on_a_full_disk_fails_publishes_loses_nothing_and_resumes(
+    small_disk: Path,
+) -> None:
+    """Publishes on a full disk raise StorageError naming the file and write nothing; those
+    acknowledged before are kept; once space is freed, publishing works again."""
+    db = small_disk / "bus.db"
+    async with SQLiteBroker(f"sqlite:///{db}") as broker:
+        await broker.admin.create_topic("t", 2)
+        filler = _fill(small_disk, leave=256 * 1024)
+        acked: list[bytes] = []
+        failures: list[StorageError] = []
+        for round_ in range(1000):
+            # concurrent publishes: the broker writes them in one transaction
+            calls = [
+                [f"{round_}.{c}:{i}:".encode() + bytes(1000) for i in range(10)] for c in range(4)
+            ]
+            outcomes = await asyncio.gather(
+                *(broker.publish("t", [Message(v, key=v[:6]) for v in vs]) for vs in calls),
+                return_exceptions=True,
+            )
+            for values, outcome in zip(calls, outcomes, strict=True):
+                if isinstance(outcome, StorageError):
+                    failures.append(outcome)
+                else:
+                    assert isinstance(outcome, list), outcome
+                    acked += values
+            if len(failures) >= 3:  # failing again does not make matters worse
+                break
+        assert failures, "the disk never filled up"
+        assert acked, "nothing could be published before the disk filled up"
+        for failure in failures:
+            assert str(db) in str(failure)
+            assert "full" in str(failure)
+        filler.unlink()
+        after = [b"after the disk was freed"]
+        await asyncio.wait_for(broker.publish("t", [Message(after[0])]), 60)
+        records: list[bytes] = []
+        async with broker.subscribe("checker", ["t"]) as consumer:
+            while len(records) < len(acked) + 1:
+                batch = await consumer.fetch(timeout=60)
+                assert batch is not None, f"read stalled after {len(records)} records"
+                records.extend(r.value for r in batch.records)
+                consumer.ack(batch)
+    assert sorted(records) == sorted(acked + after)
+    assert _integrity(db) == [("ok",)]
+
+
+async def test_a_store_on_a_full_disk_fails_transactions_loses_nothing_and_resumes(
+    small_disk: Path,
+) -> None:
+    """Transactions on a full disk raise StorageError naming the file and commit nothing;
+    those committed before are kept; once space is freed, transactions work again."""
+    db = small_disk / "s.db"
+    async with connect_store(f"sqlite:///{db}") as store:
+        async with store.transaction() as tx:
+            await tx.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body BLOB NOT NULL)")
+        filler = _fill(small_disk, leave=256 * 1024)
+        committed: list[int] = []
+        failures: list[StorageError] = []
+        for row in range(10_000):
+            try:
+                async with store.transaction() as tx:
+                    await tx.execute(
+                        "INSERT INTO notes (id, body) VALUES (?, ?)", (row, bytes(10_000))
+                    )
+            except StorageError as exc:
+                failures.append(exc)
+                if len(failures) == 3:
+                    break
+            else:
+                committed.append(row)
+        assert failures, "the disk never filled up"
+        assert committed, "nothing could be committed before the disk filled up"
+        for failure in failures:
+            assert str(db) in str(failure)
+            assert "full" in str(failure)
+        filler.unlink()
+        async with store.transaction() as tx:
+            await tx.execute("INSERT INTO notes (id, body) VALUES (?, ?)", (-1, b"after"))
+        rows = await store.query("SELECT id FROM notes ORDER BY id")
+    assert [r[0] for r in rows] == [-1, *committed]
+    assert _integrity(db) == [("ok",)]
+
+
+def test_a_broker_opened_on_a_full_disk_is_refused_and_leaves_nothing_open(
+    small_disk: Path,
+) -> None:
+    _fill(small_disk, leave=0)
+    open_before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(StorageError, match=rf"{small_disk}/bus\.db: database or disk is full"):
+        SQLiteBroker(f"sqlite:///{small_disk}/bus.db")
+    assert len(os.listdir("/proc/self/fd")) == open_before

@@ -172,7 +172,12 @@ class SQLiteLog:
         self.length_limit = 0
         """SQLite's limit on the length of one value (SQLITE_LIMIT_LENGTH) on this file's
         connections."""
-        self.db.write(self._create_schema)
+        try:
+            self.db.write(self._create_schema)
+        except BaseException:
+            self.notifier.close()
+            self.db.close()
+            raise
 
     def _create_schema(self, conn: sqlite3.Connection) -> None:
         self.length_limit = conn.getlimit(sqlite3.SQLITE_LIMIT_LENGTH)
