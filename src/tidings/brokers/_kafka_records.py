@@ -13,11 +13,14 @@ around a change of mode.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from typing import overload
+from itertools import groupby
+from typing import Any, Final, overload
 
 import confluent_kafka as ck
 
-from tidings.brokers.base import Headers, Record
+from tidings.brokers.base import UNREADABLE_HEADERS, Headers, Record
+
+_HEADERS: Final = ck.Message.headers
 
 
 def split_runs(
@@ -58,19 +61,16 @@ def to_record(message: ck.Message) -> Record:
     return record
 
 
-def build_records(topic: str, partition: int, items: Iterable[ck.Message | Record]) -> list[Record]:
-    """The Records of consecutive messages of one partition (items that are Records already are
-    kept): the consumer's hottest loop. Built with positional arguments; consecutive messages with
-    equal headers share one headers tuple."""
+def build_records(topic: str, partition: int, messages: Sequence[ck.Message]) -> list[Record]:
+    """The Records of consecutive messages of one partition: the consumer's hottest loop. Built
+    with positional arguments; consecutive messages with equal headers share one headers tuple.
+    A message whose headers cannot be read gets the single header UNREADABLE_HEADERS instead
+    (`_raw_headers`)."""
     records: list[Record] = []
     append = records.append
     last_raw: object = None
     headers: Headers = ()
-    for item in items:
-        if isinstance(item, Record):
-            append(item)
-            continue
-        raw = item.headers()
+    for message, raw in zip(messages, _raw_headers(messages), strict=True):
         if raw is None:
             hs: Headers = ()
         elif raw == last_raw:
@@ -82,14 +82,34 @@ def build_records(topic: str, partition: int, items: Iterable[ck.Message | Recor
             Record(
                 topic,
                 partition,
-                item.offset(),  # type: ignore[arg-type]  # a message without error has one
-                item.timestamp()[1],
-                item.value() or b"",
-                item.key(),
+                message.offset(),  # type: ignore[arg-type]  # a message without error has one
+                message.timestamp()[1],
+                message.value() or b"",
+                message.key(),
                 hs,
             )
         )
     return records
+
+
+def _raw_headers(messages: Sequence[ck.Message]) -> list[object]:
+    """Each message's `headers()`, or the UNREADABLE_HEADERS pair where that failed.
+
+    confluent-kafka (2.16) fails on a header name that is not UTF-8 by returning a list with a
+    NULL name while an exception is set. A call from Python bytecode may not notice (3.11's
+    specialized method calls do not check), and the next comparison of that list crashes; a call
+    from C (here `map`) checks every result and raises. The message keeps that list and returns
+    it from the next `headers()` call without an exception: build a message's record once and
+    keep it in the message's place."""
+    raws: list[object] = []
+    calls = map(_HEADERS, messages)
+    while True:
+        try:
+            raws.extend(calls)
+        except Exception as exc:  # nothing to pay per message on the happy path
+            raws.append(_unreadable(exc))
+        else:
+            return raws
 
 
 def item_offset(item: ck.Message | Record) -> int:
@@ -104,9 +124,9 @@ class KafkaRecords(Sequence[Record]):
     """The records of consecutive messages of one partition, built when first read: iterating,
     slicing, `reversed`, `==`, `in`, `index` and `count` build them all once and keep them
     (`read` is then true; the messages are let go); an index before that builds just that
-    record, anew each time; `len`, `first_offset`, `next_offset` and `repr` build nothing. Not
-    meant to be read from two threads at once (both would build the records; no harm done but
-    the time)."""
+    record and keeps it in its message's place; `len`, `first_offset`, `next_offset` and `repr`
+    build nothing. Not to be read from two threads at once (both would ask a message for its
+    headers: see _raw_headers)."""
 
     __slots__ = ("_built", "items", "partition", "topic")
 
@@ -123,8 +143,14 @@ class KafkaRecords(Sequence[Record]):
 
     def built(self) -> list[Record]:
         if self._built is None:
-            self._built = build_records(self.topic, self.partition, self.items)
-            self.items = self._built  # type: ignore[assignment]  # the messages are not needed
+            built: list[Record] = []
+            for kind, run in groupby(self.items, type):  # runs of messages or of records
+                items: list[Any] = list(run)
+                built += (
+                    items if kind is Record else build_records(self.topic, self.partition, items)
+                )
+            self._built = built
+            self.items = built  # type: ignore[assignment]  # the messages are not needed
         return self._built
 
     @property
@@ -147,7 +173,10 @@ class KafkaRecords(Sequence[Record]):
     def __getitem__(self, index: int | slice) -> Record | list[Record]:
         if self._built is None and not isinstance(index, slice):
             item = self.items[index]
-            return item if isinstance(item, Record) else to_record(item)
+            if isinstance(item, Record):
+                return item
+            record = self.items[index] = to_record(item)  # kept: see _raw_headers
+            return record
         return self.built()[index]
 
     def __iter__(self) -> Iterator[Record]:
@@ -179,6 +208,15 @@ def _headers(raw: object) -> Headers:
     pairs = raw.items() if isinstance(raw, dict) else raw
     assert isinstance(pairs, Iterable)
     return tuple((k, _header_value(v)) for k, v in pairs)
+
+
+def _unreadable(exc: Exception) -> list[tuple[str, bytes]]:
+    """The headers a message gets when its `headers()` raised `exc`."""
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, UnicodeDecodeError):
+        cause = cause.__cause__
+    why = "a header name is not UTF-8" if cause is not None else f"unreadable ({exc!r})"
+    return [(UNREADABLE_HEADERS, why.encode())]
 
 
 def _header_value(value: str | bytes | None) -> bytes:

@@ -1,0 +1,220 @@
+"""Liveness of the Kafka consumer against a real broker: a record whose headers cannot be read
+is delivered in order (marked, for the service to dead-letter) and the partition moves on.
+
+Needs `TIDINGS_KAFKA_BOOTSTRAP` (`eval "$(scripts/services env)"`); without it the module is
+skipped, or fails under CI=true. Every test uses a group prefix of its own and deletes its
+topics and groups at teardown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import confluent_kafka as ck
+import pytest
+from confluent_kafka.admin import AdminClient
+
+from tests.contract.broker_contract import topic_name
+from tests.support import server_setting
+from tidings.brokers import connect
+from tidings.brokers._kafka_records import KafkaRecords
+from tidings.brokers.base import UNREADABLE_HEADERS, Message, Record, TopicPartition
+from tidings.errors import DecodeError
+from tidings.event import event_from_record
+
+
+@dataclass
+class Cluster:
+    bootstrap: str
+    url: str
+    topics: list[str] = field(default_factory=list)
+
+    def topic(self) -> str:
+        """A fresh topic name, deleted at teardown."""
+        name = topic_name()
+        self.topics.append(name)
+        return name
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    bootstrap = server_setting("TIDINGS_KAFKA_BOOTSTRAP", "kafka")
+    prefix = f"test-{uuid.uuid4().hex[:12]}."
+    cluster = Cluster(bootstrap, f"kafka://{bootstrap}?group_prefix={prefix}")
+    yield cluster
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    if cluster.topics:
+        for future in admin.delete_topics(cluster.topics, request_timeout=10).values():
+            with contextlib.suppress(ck.KafkaException):
+                future.result()
+    groups = admin.list_consumer_groups(request_timeout=10).result().valid
+    ours = [g.group_id for g in groups if g.group_id.startswith(prefix)]
+    if ours:
+        for future in admin.delete_consumer_groups(ours, request_timeout=10).values():
+            with contextlib.suppress(ck.KafkaException):
+                future.result()
+
+
+# a producer that writes header names as bytes ------------------------------------------------
+#
+# confluent-kafka (and the Java client) take header names as text and always write UTF-8; other
+# clients write any bytes. This is the Kafka protocol's Produce request (v7, record batch v2),
+# enough to write such records for real.
+
+RawRecord = tuple[bytes | None, bytes, list[tuple[bytes, bytes]]]  # key, value, headers
+
+
+def _crc32c_table() -> list[int]:
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
+        table.append(crc)
+    return table
+
+
+_CRC32C = _crc32c_table()
+
+
+def _crc32c(data: bytes) -> int:
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc = _CRC32C[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+def _varint(n: int) -> bytes:
+    n = (n << 1) ^ (n >> 63)  # zigzag
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _varbytes(data: bytes | None) -> bytes:
+    return _varint(-1) if data is None else _varint(len(data)) + data
+
+
+def _record_batch(records: list[RawRecord], timestamp: int) -> bytes:
+    body = b""
+    for delta, (key, value, headers) in enumerate(records):
+        record = b"\x00" + _varint(0) + _varint(delta) + _varbytes(key) + _varbytes(value)
+        record += _varint(len(headers))
+        for name, header in headers:
+            record += _varbytes(name) + _varbytes(header)
+        body += _varint(len(record)) + record
+    # attributes, last offset delta, first/max timestamp, producer id/epoch, base sequence, count
+    checked = struct.pack(
+        ">hiqqqhii", 0, len(records) - 1, timestamp, timestamp, -1, -1, -1, len(records)
+    )
+    checked += body
+    rest = struct.pack(">ibI", -1, 2, _crc32c(checked)) + checked  # leader epoch, magic v2, crc
+    return struct.pack(">qi", 0, len(rest)) + rest
+
+
+def produce_raw(bootstrap: str, topic: str, records: list[RawRecord], timestamp: int) -> int:
+    """Append `records` to partition 0 of `topic` (acks=all); returns the first one's offset."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    metadata = admin.list_topics(topic, timeout=10)
+    leader = metadata.brokers[metadata.topics[topic].partitions[0].leader]
+    batch = _record_batch(records, timestamp)
+    name = topic.encode()
+    request = struct.pack(">hhih", 0, 7, 1, 3) + b"raw"  # Produce v7, correlation id, client
+    request += struct.pack(">hhi", -1, -1, 30_000)  # no transaction, acks=all, timeout
+    request += struct.pack(">ih", 1, len(name)) + name + struct.pack(">iii", 1, 0, len(batch))
+    request += batch
+    with socket.create_connection((leader.host, leader.port), timeout=30) as sock:
+        sock.sendall(struct.pack(">i", len(request)) + request)
+        response = _receive(sock, struct.unpack(">i", _receive(sock, 4))[0])
+    # correlation id, 1 topic: its name, 1 partition: index, error code, base offset
+    (length,) = struct.unpack_from(">h", response, 8)
+    _, error, offset = struct.unpack_from(">ihq", response, 10 + length + 4)
+    assert error == 0, f"Kafka refused the raw produce: error code {error}"
+    return int(offset)
+
+
+def _receive(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        assert chunk, "connection closed"
+        data += chunk
+    return data
+
+
+# a header name that is not UTF-8 -------------------------------------------------------------
+
+NOT_UTF8 = ((UNREADABLE_HEADERS, b"a header name is not UTF-8"),)
+
+
+@pytest.mark.parametrize("ahead", [False, True], ids=["built-when-read", "built-ahead"])
+async def test_a_header_name_that_is_not_utf8_is_delivered_marked_in_order(
+    cluster: Cluster, ahead: bool
+) -> None:
+    """confluent-kafka raises reading such a message's headers. The consumer still delivers it,
+    in order, as a record with the UNREADABLE_HEADERS marker (which never decodes into an event),
+    the records after it too, and commits past it - whether the record is built when the
+    application reads it or ahead of time by the polling thread."""
+    topic = cluster.topic()
+    tp = TopicPartition(topic, 0)
+    stamp = int(time.time() * 1000) - 60_000
+    async with connect(cluster.url) as broker:
+        await broker.admin.create_topic(topic, 1)
+        async with broker.subscribe("unreadable", [topic]) as consumer:
+            if ahead:  # a batch that was read makes the polling thread build what comes next
+                await broker.publish(topic, [Message(b"primer")])
+                batch = await consumer.fetch(timeout=30)
+                assert batch is not None and [r.value for r in batch.records] == [b"primer"]
+                await consumer.commit(batch)
+            first = produce_raw(
+                cluster.bootstrap,
+                topic,
+                [
+                    (b"k1", b"before", [(b"a", b"1")]),
+                    (b"k2", b"poison", [(b"ok", b"1"), (b"\xff\xfe", b"v"), (b"z", b"2")]),
+                    (None, b"after", []),
+                ],
+                stamp,
+            )
+            await broker.publish(topic, [Message(b"later", key=b"k3")])
+            got: list[Record] = []
+            while len(got) < 4:
+                batch = await consumer.fetch(timeout=30)
+                assert batch is not None, [r.value for r in got]
+                records = batch.records
+                assert isinstance(records, KafkaRecords)
+                if first + 1 in range(records.first_offset, records.next_offset):
+                    kinds = {type(item) for item in records.items}  # the path under test:
+                    assert kinds == ({Record} if ahead else {ck.Message})
+                for index in range(len(records)):  # one record at a time, twice, then all
+                    assert records[index] == records[index]
+                got.extend(records)
+                await consumer.commit(batch)
+            group = await broker.admin.describe_group("unreadable")
+        read = await broker.read(tp, first, 10)  # tooling (tail, dead letters) reads it too
+
+    for records in (got, read):
+        assert [r.value for r in records] == [b"before", b"poison", b"after", b"later"]
+        before, poison, after, later = records
+        assert [r.offset for r in (before, poison, after)] == [first, first + 1, first + 2]
+        assert (poison.topic, poison.partition, poison.timestamp, poison.key) == (
+            topic,
+            0,
+            stamp,
+            b"k2",
+        )
+        assert poison.headers == NOT_UTF8
+        assert before.headers == (("a", b"1"),) and after.headers == () == later.headers
+    with pytest.raises(DecodeError, match="not UTF-8"):  # the service dead-letters it
+        event_from_record(got[1])
+    [lag] = group.partitions
+    assert (lag.committed, lag.lag) == (got[-1].offset + 1, 0)
