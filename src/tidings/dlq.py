@@ -127,8 +127,16 @@ def unpublishable(
     topic: str, event_id: str, message: Message, error: BaseException, max_bytes: int
 ) -> Message:
     """The dead letter of an outbox row for `topic` that the broker refused for good: the
-    message with headers saying why; without its value (and key) when even that is too
-    large, saying where the row is kept."""
+    message with headers saying why, or without its value (and key) when even that is too
+    large, saying where the row is kept. A dead letter refused so (a record near the size
+    limit with its dead-letter headers) keeps its own headers and loses only its value."""
+    omitted = (
+        OMITTED,
+        f"the record ({message.size} bytes) is kept in the producing service's store, table "
+        "tidings_outbox_unpublishable".encode(),
+    )
+    if any(name == REASON for name, _ in message.headers):
+        return fit(Message(b"", None, (*message.headers, omitted)), max_bytes)
     headers = (
         (REASON, REASON_UNPUBLISHABLE),
         (EXCEPTION, f"{type(error).__module__}.{type(error).__qualname__}"),
@@ -141,11 +149,6 @@ def unpublishable(
     letter = fit(Message(message.value, message.key, strip(message.headers) + encoded), max_bytes)
     if letter.size <= max_bytes:
         return letter
-    omitted = (
-        OMITTED,
-        f"the event ({message.size} bytes) is kept in the producing service's store, table "
-        "tidings_outbox_unpublishable".encode(),
-    )
     return fit(Message(b"", None, (*encoded, omitted)), max_bytes)
 
 
@@ -387,8 +390,8 @@ async def replay(broker: Broker, letters: Sequence[DeadLetter]) -> list[Replayed
         omitted = letter.record.header(OMITTED)
         if omitted is not None:
             raise DeadLetterError(
-                f"dead letter {letter.id} could never be published, and it is too large to be "
-                f"replayed through the broker: {_text(omitted)}"
+                f"dead letter {letter.id} did not fit in the broker's size limit, so it cannot "
+                f"be replayed through the broker: {_text(omitted)}"
             )
         if letter.event is None and letter.reason != REASON_UNPUBLISHABLE:
             raise DeadLetterError(

@@ -256,7 +256,10 @@ class Dispatcher:
             message = self._dead_letter_message(
                 record, None, dlq.REASON_UNPROCESSABLE, error, attempts
             )
-            await self.service.broker.publish(self.service.dead_letter_topic, [message])
+            broker = self.service.broker
+            await broker.publish(
+                self.service.dead_letter_topic, [dlq.fit(message, broker.max_message_bytes)]
+            )
             self.service.stats.dead_lettered += 1
             return
         tally.add_to(self.service.stats)
@@ -671,12 +674,11 @@ class Dispatcher:
             handler=handler.consumer if handler else None,
             attempts=attempts,
         )
-        message = Message(
+        return Message(
             value=record.value,
             key=record.key,
             headers=dlq.strip(record.headers) + headers,
         )
-        return dlq.fit(message, self.service.broker.max_message_bytes)
 
 
 class InboxBatch:

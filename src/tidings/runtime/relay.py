@@ -16,7 +16,8 @@ A failed removal's error surfaces in the relay loop (with its backoff) and its r
 and published again. The relay waits for removals to finish before it stops or gives up the
 lease.
 
-No row can block the relay: a row the broker refuses for good (larger than its limit, a topic
+No row can block the relay: a dead letter over the broker's size limit has its traceback and
+error message shortened to fit; a row the broker refuses for good (larger than its limit, a topic
 that does not exist) is set aside - moved to the store's `tidings_outbox_unpublishable` table -
 and a dead letter with reason `unpublishable` takes its place in the outbox (the row's message,
 or without its value if even that does not fit), so `tidings dlq` shows it. When a publish fails
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import uuid
 
@@ -43,6 +45,9 @@ MAX_UNREMOVED_BATCHES = 4
 CLAIM_MAX_BYTES = 16 * 1024 * 1024
 """Bytes (keys, values, headers) of outbox rows claimed at once, besides `batch` rows."""
 REFUSED_FOR_GOOD = (MessageTooLargeError, UnknownTopicError)
+NOTICE = "unpublishable:"
+"""How the outbox ids of the dead letters of rows set aside start: one of them refused too is
+set aside without another."""
 """What a broker raises for a message no retry can publish."""
 
 
@@ -179,13 +184,16 @@ class Relay:
             fitting = []
             for row in group:
                 if row.message.size > limit:
-                    error = MessageTooLargeError(
-                        f"{row.message.size} bytes for topic {topic!r}; the broker accepts at most "
-                        f"{limit}"
-                    )
-                    refused.append((row, error))
-                else:
-                    fitting.append(row)
+                    fitted = dlq.fit(row.message, limit)  # a dead letter's traceback shortened
+                    if fitted.size > limit:
+                        error = MessageTooLargeError(
+                            f"{row.message.size} bytes for topic {topic!r}; the broker accepts "
+                            f"at most {limit}"
+                        )
+                        refused.append((row, error))
+                        continue
+                    row = dataclasses.replace(row, message=fitted)
+                fitting.append(row)
             if not fitting:
                 continue
             try:
@@ -216,11 +224,11 @@ class Relay:
                 error,
             )
             notice = None
-            if self.dead_letter_topic is not None and row.topic != self.dead_letter_topic:
+            if self.dead_letter_topic is not None and not row.event_id.startswith(NOTICE):
                 message = dlq.unpublishable(
                     row.topic, row.event_id, row.message, error, self.broker.max_message_bytes
                 )
-                notice = (self.dead_letter_topic, message)
+                notice = (self.dead_letter_topic, f"{NOTICE}{row.seq}", message)
             items.append(SetAside(row, f"{type(error).__name__}: {error}", notice))
         await self.store.outbox_set_aside(self.relay_id, items)
         self.set_aside += len(items)

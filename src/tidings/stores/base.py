@@ -65,11 +65,12 @@ class OutboxRow:
 @dataclass(frozen=True, slots=True)
 class SetAside:
     """An outbox row the broker refused for good, to move out of the outbox with `error`; the
-    relay publishes `notice` (topic, message: a dead letter) in its place, if given."""
+    relay publishes `notice` (topic, outbox event id, message: a dead letter) in its place,
+    if given."""
 
     row: OutboxRow
     error: str
-    notice: tuple[str, Message] | None = None
+    notice: tuple[str, str, Message] | None = None
 
 
 @dataclass(frozen=True, slots=True)

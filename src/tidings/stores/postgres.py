@@ -1144,13 +1144,13 @@ class PostgresStore(Store):
                     )
                     if cursor.rowcount != 1 or item.notice is None:
                         continue
-                    topic, message = item.notice
+                    topic, notice_id, message = item.notice
                     await conn.execute(
                         "INSERT INTO tidings_outbox (topic, event_id, key, value, headers)"
                         " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
                         (
                             topic,
-                            f"unpublishable:{item.row.seq}",
+                            notice_id,
                             message.key,
                             message.value,
                             _encoded_headers(message.headers),

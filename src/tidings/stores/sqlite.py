@@ -633,14 +633,14 @@ class SQLiteStore(Store):
                     continue
                 conn.execute("DELETE FROM tidings_outbox WHERE seq = ?", (item.row.seq,))
                 if item.notice is not None:
-                    topic, message = item.notice
+                    topic, notice_id, message = item.notice
                     conn.execute(
                         "INSERT INTO tidings_outbox"
                         "(topic, event_id, key, value, headers, created_ms)"
                         " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                         (
                             topic,
-                            f"unpublishable:{item.row.seq}",
+                            notice_id,
                             message.key,
                             message.value,
                             _encoded_headers(message.headers),

@@ -1,0 +1,1 @@
+"""Tools for testing services built with tidings and backends written for it."""
