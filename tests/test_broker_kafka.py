@@ -334,13 +334,14 @@ def test_cli_topic_and_group_admin_work_on_kafka(url: str) -> None:
 def test_url_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = parse_settings(
         "kafka://a:1,b?security.protocol=SASL_SSL&sasl.mechanism=PLAIN&sasl.username=u"
-        "&producer.linger.ms=20&max_message_bytes=2048",
+        "&producer.linger.ms=20&max_message_bytes=2048&max_buffer_bytes=4096",
         {"consumer.fetch.wait.max.ms": 100},
     )
     assert settings.bootstrap == "a:1,b:9092"
     assert settings.producer == {"linger.ms": "20"}
     assert settings.consumer == {"fetch.wait.max.ms": 100}
-    assert settings.max_message_bytes == 2048
+    assert (settings.max_message_bytes, settings.max_buffer_bytes) == (2048, 4096)
+    assert parse_settings("kafka://a:1", {}).max_buffer_bytes == 64 * 1024 * 1024
     assert "sasl.password" not in settings.common
     monkeypatch.setenv(PASSWORD_ENV, "s3cret")
     settings = parse_settings("kafka://a:1?sasl.mechanism=PLAIN&sasl.username=u", {})
@@ -357,6 +358,7 @@ def test_url_settings(monkeypatch: pytest.MonkeyPatch) -> None:
         ("kafka://a:1?consumer.group.id=x", "managed by tidings"),
         ("kafka://a:1?lingerms=5", "unknown kafka option"),
         ("kafka://a:1?request_timeout=soon", "request_timeout"),
+        ("kafka://a:1?max_buffer_bytes=0", "max_buffer_bytes must be >= 1"),
     ]:
         with pytest.raises(ConfigError, match=problem):
             parse_settings(bad, {})

@@ -7,11 +7,13 @@ its batches builds none of their records (about 1 µs each, most of the consumer
 cost). Once the application reads its batches' records (the service runtime reads every one), the
 polling thread builds them as they arrive instead (`build_records`), so that the work overlaps
 the application's waits on I/O; the items of a batch are then `Record`s already, or a mix of both
-around a change of mode.
+around a change of mode. Each partition's items wait in a `PartitionBuffer`, which counts their
+bytes for the consumer's pause rules.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import groupby
 from typing import Any, Final, overload
@@ -20,6 +22,7 @@ import confluent_kafka as ck
 
 from tidings.brokers.base import UNREADABLE_HEADERS, Headers, Record
 
+_KEY: Final = ck.Message.key
 _HEADERS: Final = ck.Message.headers
 
 
@@ -110,6 +113,79 @@ def _raw_headers(messages: Sequence[ck.Message]) -> list[object]:
             raws.append(_unreadable(exc))
         else:
             return raws
+
+
+def message_bytes(messages: Sequence[ck.Message]) -> int:
+    """The value + key bytes of `messages` (a message's `len` is its value's), counted in C."""
+    return sum(map(len, messages)) + sum(map(len, filter(None, map(_KEY, messages))))
+
+
+def item_bytes(items: Iterable[ck.Message | Record]) -> int:
+    """The value + key bytes of messages and records alike."""
+    size = 0
+    for item in items:
+        if isinstance(item, Record):
+            size += len(item.value) + (len(item.key) if item.key is not None else 0)
+        else:
+            size += message_bytes((item,))
+    return size
+
+
+class PartitionBuffer:
+    """One partition's buffered items (messages, or records built ahead) in offset order, added
+    in runs, and `bytes`: the value + key bytes of every run not wholly taken yet. So `bytes` is
+    at least what the items here hold, and more by at most the part already taken of the first
+    run (taking costs nothing per item); it is 0 when the buffer is empty. Change it only
+    through its methods (the consumer does so under its lock)."""
+
+    __slots__ = ("_runs", "bytes", "items")
+
+    def __init__(self) -> None:
+        self.items: list[ck.Message | Record] = []
+        self.bytes = 0
+        self._runs: deque[list[int]] = deque()  # [items of the run still here, its bytes]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def add(self, run: Sequence[ck.Message | Record], size: int) -> None:
+        """Append the items of `run`, whose bytes are `size` (`message_bytes`)."""
+        if run:
+            self.items += run
+            self._runs.append([len(run), size])
+            self.bytes += size
+
+    def take(self, count: int) -> list[ck.Message | Record]:
+        """Remove and return the first `count` items (all of them if fewer)."""
+        items = self.items
+        if len(items) <= count:
+            self.clear()
+            return items
+        taken = items[:count]
+        del items[:count]
+        runs = self._runs
+        while count:
+            run = runs[0]
+            if run[0] > count:
+                run[0] -= count
+                break
+            count -= run[0]
+            self.bytes -= run[1]
+            runs.popleft()
+        return taken
+
+    def put_back(self, items: list[ck.Message | Record]) -> None:
+        """Put items taken before back in front, to be taken again."""
+        if items:
+            size = item_bytes(items)
+            self.items[:0] = items
+            self._runs.appendleft([len(items), size])
+            self.bytes += size
+
+    def clear(self) -> None:
+        self.items = []
+        self._runs.clear()
+        self.bytes = 0
 
 
 def item_offset(item: ck.Message | Record) -> int:

@@ -20,6 +20,8 @@ shown by tooling); secrets are never logged and are masked in `broker.url`. tidi
   unreachable cluster raises StorageError naming the bootstrap servers after this long.
 * `revoke_timeout` (seconds, default 10): how long a rebalance waits for the in-flight batch of
   a partition that moves to another member (see "Consumer").
+* `max_buffer_bytes` (default 64 MiB): bound of what a consumer buffers ahead of the application
+  (see "Consumer"), in bytes of key + value.
 * `group_prefix` (default none): prepended to every consumer group name on Kafka, so that
   environments sharing a cluster keep apart; the admin shows and takes names without it and
   lists only the groups that have it.
@@ -48,11 +50,16 @@ Consumer
 `subscribe` returns a group member with the semantics of the embedded broker's consumer. One
 thread per consumer owns the librdkafka consumer (it is not thread-safe) and polls it all the
 time, also while handlers are slow, so `max.poll.interval.ms` is never exceeded; librdkafka's
-messages are buffered per partition, and a partition whose buffer is full is paused, not left
-unpolled. A batch's `records` are built from its messages when first read (a consumer that
-reads none of its batches builds none of their records); once the application reads them, as the
-service runtime does, the polling thread builds them as it buffers, overlapping that work with
-the application's waits on I/O (`_kafka_records`).
+messages are buffered per partition. A batch's `records` are built from its messages when first
+read (a consumer that reads none of its batches builds none of their records); once the
+application reads them, as the service runtime does, the polling thread builds them as it
+buffers, overlapping that work with the application's waits on I/O (`_kafka_records`).
+A partition whose buffer is full is paused, not left unpolled, until the application drains it
+below full: full is 8 batches (at least 5000 messages), a quarter of `max_buffer_bytes` of key +
+value, or anything at all while the buffers of all the consumer's partitions together hold
+`max_buffer_bytes`. A poll's messages are buffered whole, so a buffer may exceed that by what one
+poll brings (librdkafka's own prefetch, up to `queued.max.messages.kbytes`, 64 MiB by default,
+plus a fetch, comes on top in any case).
 Heartbeats run in librdkafka's own thread. `fetch` hands out consecutive records of one
 partition with no batch in flight. Offsets are committed explicitly (auto-commit is off) and only
 for acked batches - never past an unprocessed record -: periodically (every second), on `commit`,
@@ -126,8 +133,10 @@ from confluent_kafka.cimpl import NewTopic
 
 from tidings.brokers._kafka_records import (
     KafkaRecords,
+    PartitionBuffer,
     build_records,
     item_offset,
+    message_bytes,
     split_runs,
     to_record,
 )
@@ -174,6 +183,7 @@ PASSWORD_ENV: Final = "TIDINGS_KAFKA_SASL_PASSWORD"  # noqa: S105 (a variable na
 DEFAULT_PORT: Final = 9092
 DEFAULT_REQUEST_TIMEOUT: Final = 15.0
 DEFAULT_REVOKE_TIMEOUT: Final = 10.0
+DEFAULT_MAX_BUFFER_BYTES: Final = 64 * 1024 * 1024
 METADATA_TTL: Final = 30.0
 COMMIT_INTERVAL: Final = 1.0
 """Seconds between the consumer's background commits of acked offsets."""
@@ -187,7 +197,7 @@ waits `fetch.queue.backoff.ms` (default 1000) before fetching again once its loc
 (consumption measured 2-2.5x slower with the default, see BENCHMARKS.md)."""
 
 _OPTIONS: Final = frozenset(
-    {"max_message_bytes", "request_timeout", "revoke_timeout", "group_prefix"}
+    {"max_message_bytes", "request_timeout", "revoke_timeout", "group_prefix", "max_buffer_bytes"}
 )
 _FIXED: Final = frozenset(
     {
@@ -288,6 +298,7 @@ class KafkaSettings:
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT
     revoke_timeout: float = DEFAULT_REVOKE_TIMEOUT
     group_prefix: str = ""
+    max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES
 
 
 def parse_settings(url: str, options: Mapping[str, Any]) -> KafkaSettings:
@@ -362,7 +373,9 @@ def parse_settings(url: str, options: Mapping[str, Any]) -> KafkaSettings:
         common=common,
         producer=producer,
         consumer=consumer,
-        max_message_bytes=_positive_int("max_message_bytes", own.get("max_message_bytes")),
+        max_message_bytes=_positive_int(
+            "max_message_bytes", own.get("max_message_bytes"), DEFAULT_MAX_MESSAGE_BYTES
+        ),
         request_timeout=_positive_float(
             "request_timeout", own.get("request_timeout"), DEFAULT_REQUEST_TIMEOUT
         ),
@@ -370,12 +383,15 @@ def parse_settings(url: str, options: Mapping[str, Any]) -> KafkaSettings:
             "revoke_timeout", own.get("revoke_timeout"), DEFAULT_REVOKE_TIMEOUT
         ),
         group_prefix=str(own.get("group_prefix") or ""),
+        max_buffer_bytes=_positive_int(
+            "max_buffer_bytes", own.get("max_buffer_bytes"), DEFAULT_MAX_BUFFER_BYTES
+        ),
     )
 
 
-def _positive_int(name: str, value: object) -> int:
+def _positive_int(name: str, value: object, default: int) -> int:
     if value is None:
-        return DEFAULT_MAX_MESSAGE_BYTES
+        return default
     try:
         number = int(str(value))
     except ValueError:
@@ -1353,6 +1369,8 @@ class KafkaConsumer(Consumer):
         # Pausing a partition drops librdkafka's prefetched messages for it, so pause only when
         # far ahead of the application: a limit of one batch made consumption 4x slower.
         self._buffer_limit = max(8 * max_batch, 5000)
+        self._max_buffer_bytes = broker.settings.max_buffer_bytes
+        self._partition_buffer_bytes = max(1, self._max_buffer_bytes // 4)
         self._session = session_timeout
         self._timeout = broker.request_timeout
         self._revoke_timeout = broker.settings.revoke_timeout
@@ -1361,7 +1379,7 @@ class KafkaConsumer(Consumer):
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._owned: set[TopicPartition] = set()
-        self._buffers: dict[TopicPartition, list[ck.Message | Record]] = {}
+        self._buffers: dict[TopicPartition, PartitionBuffer] = {}
         # whether the last acked batch's records were read: the polling thread then builds the
         # records of what it buffers (see _kafka_records); set on the loop, read by the thread
         self._build_ahead = False
@@ -1529,12 +1547,7 @@ class KafkaConsumer(Consumer):
                 return None
             self._rotation += 1
             tp = ready[self._rotation % len(ready)]
-            buffer = self._buffers[tp]
-            if len(buffer) <= self._max_batch:
-                items, self._buffers[tp] = buffer, []
-            else:
-                items = buffer[: self._max_batch]
-                del buffer[: self._max_batch]
+            items = self._buffers[tp].take(self._max_batch)
             batch = Batch(tp.topic, tp.partition, KafkaRecords(tp.topic, tp.partition, items))
             self._inflight[tp] = batch
             return batch
@@ -1569,7 +1582,7 @@ class KafkaConsumer(Consumer):
             if buffer is not None and records.first_offset <= target <= records.next_offset:
                 # the batch's items and the buffer are consecutive: redeliver from memory
                 # (offsets may have gaps: compaction, transaction markers)
-                buffer[:0] = [m for m in records.items if item_offset(m) >= target]
+                buffer.put_back([m for m in records.items if item_offset(m) >= target])
             elif buffer is not None:
                 buffer.clear()
                 self._seeks[tp] = target
@@ -1815,17 +1828,18 @@ class KafkaConsumer(Consumer):
 
     def _buffer(self, messages: list[ck.Message]) -> None:
         runs, errors = split_runs(messages, self.topics[0] if len(self.topics) == 1 else None)
+        sizes = [message_bytes(run) for _, _, run in runs]
         items: Sequence[tuple[str, int, Sequence[ck.Message | Record]]] = runs
         if self._build_ahead:
             items = [(t, p, build_records(t, p, run)) for t, p, run in runs]
         appended = False
         with self._lock:
-            for topic, partition, run in items:
+            for (topic, partition, run), size in zip(items, sizes, strict=True):
                 tp = TopicPartition(topic, partition)
                 buffer = self._buffers.get(tp)
                 if buffer is None or tp in self._revoking or tp in self._seeks:
                     continue
-                buffer += run
+                buffer.add(run, size)
                 appended = True
         if appended:
             self._wake()
@@ -1868,8 +1882,17 @@ class KafkaConsumer(Consumer):
         self._wake()
 
     def _apply_pauses(self, consumer: ck.Consumer) -> None:
+        """Pause the partitions whose buffer is full, resume the others (see the module docs)."""
         with self._lock:
-            full = {tp for tp, b in self._buffers.items() if len(b) >= self._buffer_limit}
+            buffers = self._buffers
+            over = sum(b.bytes for b in buffers.values()) >= self._max_buffer_bytes
+            full = {
+                tp
+                for tp, b in buffers.items()
+                if len(b) >= self._buffer_limit
+                or b.bytes >= self._partition_buffer_bytes
+                or (over and b.bytes > 0)
+            }
             self._paused &= self._owned
         pause = full - self._paused
         resume = self._paused - full
@@ -1902,7 +1925,7 @@ class KafkaConsumer(Consumer):
             for p in positioned:
                 tp = _tp(p)
                 self._owned.add(tp)
-                self._buffers[tp] = []
+                self._buffers[tp] = PartitionBuffer()
         self.member_id = consumer.memberid() or self.member_id
         log.debug("group %s: assigned %s", self.group, _names(_tp(p) for p in partitions))
         self._settle(self._joined, None)
