@@ -21,7 +21,10 @@ from examples.orders.load import OrderClient, sample_orders
 from examples.orders.services import inventory
 from examples.orders.settings import Settings
 
+from tests.support import eventually
 from tidings import Event, TopicPartition, connect, event_from_record
+from tidings.dlq import list_dead_letters
+from tidings.testing.hostile import hostile_records
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "test-token"  # noqa: S105 (a test value)
@@ -268,6 +271,51 @@ async def test_poison_order_placed_is_dead_lettered_and_the_rest_flows(
         # analytics saw the poison record too, like every record of its topics
         log = LogCounter(broker, TOPICS)
         assert (await log.refresh())[("order-events", "ORDER_PLACED")] == 21
+
+
+async def test_hostile_records_on_every_topic_leave_every_valid_order_and_invariant_intact(
+    cluster: InProcessCluster,
+) -> None:
+    """A hostile producer writes the whole hostile corpus to each topic of the order system
+    while orders flow: each record is dead-lettered with its reason (or skipped as of no
+    interest), every group's lag returns to 0, and every invariant but 'no dead letters'
+    holds."""
+    assert cluster.settings.broker is not None
+    types = {"order-events": "ORDER_PLACED", "inventory-events": "INVENTORY_RESERVED"}
+    types["payment-events"] = "PAYMENT_CHARGED"
+    async with connect(cluster.settings.broker) as broker:
+        client = OrderClient(cluster.api_url, TOKEN)
+        samples = sample_orders(60)
+        for sample in samples:
+            for item in sample.body["items"]:
+                item["productId"], item["price"] = "keyboard", 10.0
+        placing = asyncio.create_task(client.place_all(samples, concurrency=4))
+        try:
+            for seed, (topic, event_type) in enumerate(types.items()):
+                corpus = hostile_records(
+                    event_type, max_message_bytes=broker.max_message_bytes, seed=seed
+                )
+                for hostile in corpus:
+                    await broker.publish(topic, [hostile.message])
+                    await asyncio.sleep(0.002)
+            await placing
+        finally:
+            await client.close()
+        checks = await settled(cluster, timeout=60)
+        assert [c.name for c in checks if not c.ok] == ["no dead letters"], checks
+
+        async def no_lag() -> bool:
+            lags = [(await broker.admin.describe_group(n)).lag for n in cluster.services]
+            return not any(lags)
+
+        await eventually(no_lag)
+        letters = await list_dead_letters(broker)
+        assert letters and all(letter.reason and letter.message for letter in letters)
+        assert {letter.reason for letter in letters} <= {"undecodable", "invalid-event"}
+        statuses = await cluster.services["orders"].store.query(
+            "SELECT status, count(*) FROM orders GROUP BY status"
+        )
+        assert sum(int(row[1]) for row in statuses) == 60
 
 
 def test_tidings_demo_command_runs_the_example_from_a_checkout(tmp_path: Path) -> None:

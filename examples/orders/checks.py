@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from examples.orders.services import orders
-from tidings import Broker, Service, TopicPartition, event_from_record
+from tidings import Broker, DecodeError, Service, TopicPartition, event_from_record
 from tidings.dlq import list_dead_letters
 
 
@@ -21,7 +21,8 @@ class Check:
 
 class LogCounter:
     """Counts the distinct events in the log per (topic, type), reading only what is new each
-    time. A relay may publish an event twice (at-least-once); it is one event."""
+    time. A relay may publish an event twice (at-least-once); it is one event. Records that do
+    not decode into an event (a hostile producer's) are no events."""
 
     def __init__(self, broker: Broker, topics: tuple[str, ...]) -> None:
         self.broker = broker
@@ -48,7 +49,10 @@ class LogCounter:
                     if not records:
                         break
                     for record in records:
-                        event = event_from_record(record)
+                        try:
+                            event = event_from_record(record)
+                        except DecodeError:
+                            continue
                         if (topic, event.id) not in self.seen:
                             self.seen.add((topic, event.id))
                             self.counts[(topic, event.type)] += 1

@@ -1,5 +1,6 @@
 """Analytics service: consumes every topic with one `Event`-annotated handler and keeps
-counters per event type and revenue per minute (from PAYMENT_CHARGED)."""
+counters per event type and revenue per minute (from PAYMENT_CHARGED). It takes events as they
+come, of any version: one whose data it cannot read is counted, not failed."""
 
 from __future__ import annotations
 
@@ -43,14 +44,15 @@ def create(settings: Settings) -> Service:
             " ON CONFLICT(topic, event_type) DO UPDATE SET n = counters.n + 1",
             (topic, event.type),
         )
-        if event.type == "PAYMENT_CHARGED":
-            amount = float(event.data.get("amount", 0.0))
-            currency = str(event.data.get("currency", "?"))
+        data = event.data if isinstance(event.data, dict) else {}
+        amount = data.get("amount")
+        if event.type == "PAYMENT_CHARGED" and isinstance(amount, int | float):
+            currency = str(data.get("currency", "?"))
             ctx.defer(
                 "INSERT INTO revenue(minute, currency, amount, orders) VALUES (?, ?, ?, 1)"
                 " ON CONFLICT(minute, currency) DO UPDATE SET"
                 " amount = revenue.amount + excluded.amount, orders = revenue.orders + 1",
-                (event.time.strftime("%Y-%m-%dT%H:%M"), currency, amount),
+                (event.time.strftime("%Y-%m-%dT%H:%M"), currency, float(amount)),
             )
 
     return service
