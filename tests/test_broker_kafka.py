@@ -24,7 +24,7 @@ from typing import Any
 
 import confluent_kafka as ck
 import pytest
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, ConfigResource, ConfigSource, ResourceType
 from confluent_kafka.cimpl import NewTopic
 from typer.testing import CliRunner
 
@@ -38,7 +38,7 @@ from tests.contract.broker_contract import (
 )
 from tidings.brokers import connect
 from tidings.brokers._kafka_records import KafkaRecords, build_records, split_runs
-from tidings.brokers.base import Batch, Message, Record, TopicPartition
+from tidings.brokers.base import UNLIMITED, Batch, Message, Record, TopicPartition
 from tidings.brokers.kafka import (
     CONSUMER_DEFAULTS,
     PASSWORD_ENV,
@@ -329,6 +329,48 @@ def test_cli_topic_and_group_admin_work_on_kafka(url: str) -> None:
     replayed = cli("replay", "cli", "--to", "earliest", "--json")
     assert {o["offset"] for o in replayed["offsets"]} == {0}
     assert cli("groups", "describe", "cli", "--json")["lag"] == 10
+
+
+# durability ----------------------------------------------------------------------------------
+
+
+def _topic_config(topic: str) -> dict[str, Any]:
+    """The topic's effective configuration entries, as Kafka's admin API describes them."""
+    admin = _admin()  # kept until the answer arrives
+    resource = ConfigResource(ResourceType.TOPIC, topic)
+    entries: dict[str, Any] = admin.describe_configs([resource])[resource].result(timeout=10)
+    return entries
+
+
+async def test_created_topics_get_durable_replication_and_the_retention_asked_for(
+    url: str,
+) -> None:
+    """Replication factor min(3, brokers) and min.insync.replicas min(2, replicas), set on the
+    topic (1 and 1 on this single-broker cluster); UNLIMITED retention is -1 (never delete)."""
+    plain, forever, hour = topic_name(), topic_name(), topic_name()
+    async with connect(url) as broker:
+        admin = broker.admin
+        await admin.create_topic(plain, 3)
+        created = await admin.create_topic(
+            forever, 1, retention_ms=UNLIMITED, retention_bytes=UNLIMITED
+        )
+        assert (created.retention_ms, created.retention_bytes) == (None, None)
+        assert (await admin.describe_topic(forever)).retention_ms is None
+        assert (await admin.create_topic(hour, 1, retention_ms=3_600_000)).retention_ms == 3_600_000
+        for bad in (0, -2, True):
+            with pytest.raises(ConfigError, match="retention_bytes"):
+                await admin.create_topic(topic_name(), 1, retention_bytes=bad)
+    metadata = _admin().list_topics(timeout=10)
+    replicas = min(3, len(metadata.brokers))
+    for topic in (plain, forever, hour):
+        assert {len(p.replicas) for p in metadata.topics[topic].partitions.values()} == {replicas}
+        insync = _topic_config(topic)["min.insync.replicas"]
+        assert insync.value == str(min(2, replicas))
+        assert insync.source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value  # set, not inherited
+    config = _topic_config(forever)
+    assert (config["retention.ms"].value, config["retention.bytes"].value) == ("-1", "-1")
+    assert _topic_config(hour)["retention.ms"].value == "3600000"
+    assert _topic_config(plain)["retention.ms"].source != ConfigSource.DYNAMIC_TOPIC_CONFIG.value
 
 
 def test_url_settings(monkeypatch: pytest.MonkeyPatch) -> None:

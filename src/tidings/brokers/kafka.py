@@ -45,6 +45,14 @@ a message without key or partition goes where librdkafka's sticky partitioner pu
 "Durable when it returns" means acknowledged by all in-sync replicas (Kafka's `acks=all`;
 Kafka itself does not fsync per write).
 
+Topics
+------
+`create_topic` gives a topic replication factor min(3, brokers in the cluster) and
+`min.insync.replicas` min(2, replication factor), so that with `acks=all` a publish is on two
+brokers when it returns (one on a single-broker cluster). `retention_ms` / `retention_bytes` set
+`retention.ms` / `retention.bytes` (UNLIMITED sets -1: never delete); None leaves the cluster's
+default.
+
 Consumer
 --------
 `subscribe` returns a group member with the semantics of the embedded broker's consumer. One
@@ -160,6 +168,7 @@ from tidings.brokers.base import (
     check_sizes,
     check_subscription,
     validate_partitions,
+    validate_retention,
     validate_topic_name,
 )
 from tidings.errors import (
@@ -1024,8 +1033,9 @@ class KafkaAdmin(Admin):
         retention_bytes: int | None = None,
         exist_ok: bool = False,
     ) -> TopicInfo:
-        """Create a topic (replication: the broker's default) and wait until every partition
-        has a leader. With `exist_ok`, an existing topic is returned unchanged."""
+        """Create a topic with the durability settings of the module docs ("Topics") and wait
+        until every partition has a leader. With `exist_ok`, an existing topic is returned
+        unchanged."""
         validate_topic_name(name)
         validate_partitions(partitions)
         config: dict[str, str] = {}
@@ -1033,13 +1043,12 @@ class KafkaAdmin(Admin):
             ("retention_ms", "retention.ms", retention_ms),
             ("retention_bytes", "retention.bytes", retention_bytes),
         ):
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{label} must be a positive integer or None, got {value!r}")
-            config[key] = str(value)
+            if validate_retention(label, value) is not None:
+                config[key] = str(value)
+        replicas = min(3, await self._brokers())
+        config["min.insync.replicas"] = str(min(2, replicas))
         futures = self._client.create_topics(
-            [NewTopic(name, partitions, config=config)],
+            [NewTopic(name, partitions, replicas, config=config)],
             request_timeout=self._timeout,
             operation_timeout=self._timeout,
         )
@@ -1061,6 +1070,15 @@ class KafkaAdmin(Admin):
                 raise TopicError(f"Kafka refused topic {name!r}: {_describe(exc)}") from None
             raise self._broker.error(exc, f"creating topic {name!r}") from None
         return await self._describe_when_ready(name, partitions)
+
+    async def _brokers(self) -> int:
+        """How many brokers the cluster's metadata lists."""
+        future = self._client.describe_cluster(request_timeout=self._timeout)
+        try:
+            cluster = await asyncio.wrap_future(future)
+        except ck.KafkaException as exc:
+            raise self._broker.error(exc, "describing the cluster") from None
+        return len(cluster.nodes)
 
     async def _describe_when_ready(self, name: str, partitions: int | None) -> TopicInfo:
         """Describe `name` once the broker's metadata shows it with leaders (KRaft applies a
