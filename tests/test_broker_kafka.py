@@ -373,6 +373,26 @@ async def test_created_topics_get_durable_replication_and_the_retention_asked_fo
     assert _topic_config(plain)["retention.ms"].source != ConfigSource.DYNAMIC_TOPIC_CONFIG.value
 
 
+async def test_durability_warnings_name_the_topic_and_the_setting(url: str) -> None:
+    ours, unclean = topic_name(), topic_name()
+    admin = _admin()
+    new = NewTopic(unclean, 1, config={"unclean.leader.election.enable": "true"})
+    admin.create_topics([new], request_timeout=10)[unclean].result()
+    try:
+        async with connect(url) as broker:
+            await broker.admin.create_topic(ours, 2)
+            deadline = time.monotonic() + 30  # KRaft shows a new topic a little later
+            while unclean not in admin.list_topics(timeout=10).topics:
+                assert time.monotonic() < deadline, f"{unclean} not in the cluster's metadata"
+                await asyncio.sleep(0.05)
+            missing = f"missing-{uuid.uuid4().hex[:8]}"
+            assert await broker.admin.durability_warnings([ours, missing]) == []
+            [warning] = await broker.admin.durability_warnings([ours, unclean, missing])
+    finally:
+        admin.delete_topics([unclean], request_timeout=10)[unclean].result()
+    assert repr(unclean) in warning and "unclean.leader.election.enable=true" in warning
+
+
 def test_url_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = parse_settings(
         "kafka://a:1,b?security.protocol=SASL_SSL&sasl.mechanism=PLAIN&sasl.username=u"

@@ -51,7 +51,9 @@ Topics
 `min.insync.replicas` min(2, replication factor), so that with `acks=all` a publish is on two
 brokers when it returns (one on a single-broker cluster). `retention_ms` / `retention_bytes` set
 `retention.ms` / `retention.bytes` (UNLIMITED sets -1: never delete); None leaves the cluster's
-default.
+default. `durability_warnings` names the settings of existing topics under which an acknowledged
+publish can be lost: fewer replicas than min(3, brokers), an effective `min.insync.replicas`
+below min(2, replicas), `unclean.leader.election.enable=true`.
 
 Consumer
 --------
@@ -1080,6 +1082,40 @@ class KafkaAdmin(Admin):
             raise self._broker.error(exc, "describing the cluster") from None
         return len(cluster.nodes)
 
+    async def durability_warnings(self, topics: Sequence[str]) -> list[str]:
+        """For each of `topics` that exists, a sentence per setting under which an acknowledged
+        publish can be lost (see the module docs, "Topics")."""
+        md = await self._broker.metadata()
+        names = [n for n in dict.fromkeys(topics) if n in md.topics and md.topics[n].error is None]
+        configs = await self._configs(names, skip_missing=True)
+        warnings = []
+        for name, config in configs.items():
+            partitions = md.topics[name].partitions.values()
+            replicas = min((len(p.replicas) for p in partitions), default=0)
+            wanted = min(3, len(md.brokers))
+            if replicas < wanted:
+                warnings.append(
+                    f"topic {name!r} has replication factor {replicas} on a cluster of "
+                    f"{len(md.brokers)} brokers: losing {replicas} of them loses acknowledged "
+                    f"events; recreate it with replication factor {wanted}"
+                )
+            entry = config.get("min.insync.replicas")
+            insync = int(entry.value) if entry is not None and entry.value is not None else 1
+            if insync < min(2, replicas):
+                warnings.append(
+                    f"topic {name!r} has min.insync.replicas={insync} with replication factor "
+                    f"{replicas}: a publish is acknowledged when one broker has it, and lost if "
+                    f"that broker fails before another copies it; set min.insync.replicas="
+                    f"{min(2, replicas)}"
+                )
+            entry = config.get("unclean.leader.election.enable")
+            if entry is not None and str(entry.value).lower() == "true":
+                warnings.append(
+                    f"topic {name!r} has unclean.leader.election.enable=true: a replica that is "
+                    "out of sync can become leader and drop acknowledged events; set it to false"
+                )
+        return warnings
+
     async def _describe_when_ready(self, name: str, partitions: int | None) -> TopicInfo:
         """Describe `name` once the broker's metadata shows it with leaders (KRaft applies a
         new topic asynchronously after CreateTopics returns)."""
@@ -1137,20 +1173,32 @@ class KafkaAdmin(Admin):
             for name in names
         ]
 
+    async def _configs(
+        self, names: Sequence[str], *, skip_missing: bool = False
+    ) -> dict[str, Mapping[str, Any]]:
+        """The effective configuration entries (ConfigEntry by name) of each topic. Raises
+        UnknownTopicError for a topic that does not exist, unless `skip_missing`."""
+        if not names:
+            return {}
+        resources = [ConfigResource(ResourceType.TOPIC, n) for n in names]
+        futures = self._client.describe_configs(resources, request_timeout=self._timeout)
+        result: dict[str, Mapping[str, Any]] = {}
+        for resource in resources:
+            try:
+                result[resource.name] = await asyncio.wrap_future(futures[resource])
+            except ck.KafkaException as exc:
+                if _code(exc) not in _UNKNOWN_TOPIC:
+                    raise self._broker.error(exc, f"describing topic {resource.name!r}") from None
+                if not skip_missing:
+                    raise UnknownTopicError(f"topic {resource.name!r} does not exist") from None
+        return result
+
     async def _retention(
         self, names: Sequence[str]
     ) -> dict[str, tuple[int | None, int | None, bool]]:
         """(retention.ms, retention.bytes, cleanup.policy includes delete) per topic."""
-        resources = [ConfigResource(ResourceType.TOPIC, n) for n in names]
-        futures = self._client.describe_configs(resources, request_timeout=self._timeout)
         result: dict[str, tuple[int | None, int | None, bool]] = {}
-        for resource in resources:
-            try:
-                entries = await asyncio.wrap_future(futures[resource])
-            except ck.KafkaException as exc:
-                if _code(exc) in _UNKNOWN_TOPIC:
-                    raise UnknownTopicError(f"topic {resource.name!r} does not exist") from None
-                raise self._broker.error(exc, f"describing topic {resource.name!r}") from None
+        for name, entries in (await self._configs(names)).items():
 
             def number(key: str, entries: Mapping[str, Any] = entries) -> int | None:
                 entry = entries.get(key)
@@ -1161,7 +1209,7 @@ class KafkaAdmin(Admin):
 
             policy = entries.get("cleanup.policy")
             deletes = policy is None or "delete" in str(policy.value)
-            result[resource.name] = (number("retention.ms"), number("retention.bytes"), deletes)
+            result[name] = (number("retention.ms"), number("retention.bytes"), deletes)
         return result
 
     async def list_groups(self) -> list[str]:
