@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tidings import Message, StorageError, connect
-from tidings.brokers.base import UNLIMITED, Published, Record, SeekTo
+from tidings.brokers.base import UNLIMITED, Published, Record, SeekTo, TopicPartition
 from tidings.brokers.sqlite import MAX_ROW_BYTES, ROW_HEADROOM, SQLiteBroker
 from tidings.errors import ConfigError, MessageTooLargeError
 
@@ -301,3 +301,26 @@ async def test_a_broker_that_does_not_fsync_warns_that_power_cuts_lose_publishes
 async def test_a_broker_that_fsyncs_has_no_durability_warning(tmp_path: Path, level: str) -> None:
     async with SQLiteBroker(f"sqlite:///{tmp_path}/bus.db?synchronous={level}") as broker:
         assert await broker.admin.durability_warnings(["t"]) == []
+
+
+@pytest.mark.parametrize("url", ["memory://", "sqlite"])
+async def test_a_message_not_made_of_bytes_is_refused_before_anything_is_written(
+    url: str, tmp_path: Path
+) -> None:
+    """Was: a str value was stored, and every later read of its partition failed."""
+    if url == "sqlite":
+        url = f"sqlite:///{tmp_path}/bus.db"
+    async with connect(url) as broker:
+        await broker.admin.create_topic("t", 1)
+        for bad in (
+            Message("text"),  # type: ignore[arg-type]
+            Message(b"v", key="k"),  # type: ignore[arg-type]
+            Message(b"v", headers=(("h", "text"),)),  # type: ignore[arg-type]
+            Message(b"v", headers=[("h", b"v")]),  # type: ignore[arg-type]
+            Message(b"v", headers=(("h",),)),  # type: ignore[arg-type]
+        ):
+            with pytest.raises(TypeError, match="must be bytes"):
+                await broker.publish("t", [Message(b"ok"), bad])
+        await broker.publish("t", [Message(b"fine")])
+        records = await broker.read(TopicPartition("t", 0), 0, 10)
+        assert [r.value for r in records] == [b"fine"]

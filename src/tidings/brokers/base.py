@@ -455,16 +455,39 @@ def validate_retention(label: str, value: int | None) -> int | None:
 
 
 def check_sizes(topic: str, messages: Sequence[Message], max_bytes: int) -> None:
-    """Raise MessageTooLargeError naming the first message over `max_bytes`."""
+    """Raise TypeError naming the first message that is not made of bytes (a `Message` does
+    not check its fields when built, and one stored that way would be unreadable for every
+    consumer), MessageTooLargeError naming the first one over `max_bytes`."""
     from tidings.errors import MessageTooLargeError
 
     for index, message in enumerate(messages):
+        if not _well_formed(message):
+            raise TypeError(
+                f"message {index} for topic {topic!r}: value and key must be bytes (key may be "
+                "None) and headers a tuple of (str, bytes) pairs (nothing of this publish was "
+                f"written); got {message!r:.200}"
+            )
         size = message.size
         if size > max_bytes:
             raise MessageTooLargeError(
                 f"message {index} for topic {topic!r} is {size} bytes; the maximum is "
                 f"{max_bytes} (nothing of this publish was written)"
             )
+
+
+def _well_formed(message: Message) -> bool:
+    key, headers = message.key, message.headers
+    if message.value.__class__ is not bytes or not (key is None or key.__class__ is bytes):
+        return False
+    if headers.__class__ is not tuple:
+        return False
+    try:
+        for name, value in headers:
+            if name.__class__ is not str or value.__class__ is not bytes:
+                return False
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def check_subscription(

@@ -81,6 +81,8 @@ log = logging.getLogger("tidings.sqlite")
 SCHEMA_VERSION = 1
 RETENTION_CHECK_S = 5.0
 MAX_WRITE_GROUP = 100_000
+CLOSE_JOIN_S = 2.0
+"""How long `close` waits for the publishing thread to finish what it is writing."""
 MAX_RECORDS_PER_ROW = 500
 MAX_ROW_BYTES = 4 * 1024 * 1024
 """A stored row holds records until the next would take it over MAX_RECORDS_PER_ROW records or
@@ -721,8 +723,16 @@ class _Writer:
             self._closed = True
             self._queue.put(None)
             thread = self._thread
-        thread.join()
+        thread.join(CLOSE_JOIN_S)
         _fail(self._drain(), BrokerClosedError("broker is closed"))  # left by a stopped thread
+        if thread.is_alive():
+            # still writing: waiting for a lock another process holds, say. Its publish may yet
+            # commit or roll back (at-least-once either way); a daemon, it ends with the process.
+            log.warning(
+                "%s: the publishing thread is still writing; the broker closes without it",
+                self._log.path,
+            )
+            return
         self._db.close()
 
     def _drain(self) -> list[_Publish]:
