@@ -1,4 +1,4 @@
-"""`python -m bench pipeline` and `python -m bench kafka` run end to end with `--quick` and print
+"""`python -m bench pipeline`, `kafka` and `poison` run end to end with `--quick` and print
 every metric their issue names, with the work complete: every event's effect applied exactly
 once (the effects table holds one row per event; none lost, none twice).
 Whether a figure meets its target is for BENCHMARKS.md, measured on a quiet machine, not for a
@@ -93,3 +93,17 @@ def test_kafka_benchmark_reports_every_target(tmp_path: Path) -> None:
     assert isinstance(drain["value"], int | float), drain
     assert drain["applied"] == drain["events"] > e2e["events"]  # the whole topic, once
     assert metrics["cleanup"]["value"] is True, metrics["cleanup"]
+
+
+@pytest.mark.timeout(200)
+def test_poison_benchmark_reports_every_target(tmp_path: Path) -> None:
+    metrics = run_bench("poison", "--quick", "--dir", str(tmp_path), timeout=180)
+    for name in ("clean_events_per_s", "poisoned_events_per_s", "poisoned_vs_clean"):
+        assert isinstance(metrics[name]["value"], int | float), metrics[name]
+        assert metrics[name]["value"] > 0
+    clean, poisoned = metrics["clean_events_per_s"], metrics["poisoned_events_per_s"]
+    assert poisoned["hostile_records"] > 0
+    assert poisoned["orders"] == clean["orders"] == 200  # each run ends when every order is final
+    for name in ("move_on_p50_ms", "move_on_p99_ms", "move_on_max_ms"):
+        assert isinstance(metrics[name]["value"], int | float), metrics[name]
+        assert metrics[name]["samples"] > 0
