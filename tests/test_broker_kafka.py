@@ -173,6 +173,21 @@ async def test_a_message_kafka_refuses_as_too_large_raises(url: str) -> None:
         admin.delete_topics([topic])[topic].result()
 
 
+async def test_what_publish_accepts_fits_a_topic_with_kafkas_default_limit(url: str) -> None:
+    """A message of exactly the default max_message_bytes, with headers, is taken by Kafka on a
+    topic with its default max.message.bytes (which also counts the record batch's framing)."""
+    topic = topic_name()
+    headers = tuple((f"h{i}", b"v") for i in range(20))
+    async with connect(url) as broker:
+        await broker.admin.create_topic(topic, 1)
+        framing = Message(b"", key=b"order-1", headers=headers).size
+        value = b"x" * (broker.max_message_bytes - framing)
+        await broker.publish(topic, [Message(value, key=b"order-1", headers=headers)])
+        [record] = await broker.read(TopicPartition(topic, 0), 0, 1)
+        assert (record.value, record.headers) == (value, headers)
+    assert _topic_config(topic)["max.message.bytes"].value == "1048588"  # Kafka's default
+
+
 async def test_unreachable_bootstrap_fails_within_the_request_timeout() -> None:
     async with connect("kafka://127.0.0.1:9,127.0.0.1:7?request_timeout=2") as broker:
         started = time.monotonic()

@@ -12,10 +12,11 @@ warns about producer settings given to a consumer and vice versa). `sasl.passwor
 the environment variable `TIDINGS_KAFKA_SASL_PASSWORD` when not given (preferred: the URL is
 shown by tooling); secrets are never logged and are masked in `broker.url`. tidings' own options:
 
-* `max_message_bytes` (default 1 MiB): larger messages are refused before anything is produced.
-  The topic's `max.message.bytes` (broker default 1 MiB + 12 bytes per record *batch*) still
-  applies: a message close to the limit may be refused by Kafka, which raises
-  MessageTooLargeError too.
+* `max_message_bytes` (default 1 MiB - 1 KiB): larger messages are refused before anything is
+  produced. The topic's `max.message.bytes` still applies to the record *batch*, framing
+  included (up to 74 bytes plus 6 per header for a batch of one record): the default fits
+  Kafka's default (1 MiB + 12 bytes) for messages of up to about 150 headers, uncompressed.
+  A message Kafka refuses raises MessageTooLargeError too.
 * `request_timeout` (seconds, default 15): bound of every metadata and admin request; an
   unreachable cluster raises StorageError naming the bootstrap servers after this long.
 * `revoke_timeout` (seconds, default 10): how long a rebalance waits for the in-flight batch of
@@ -195,6 +196,7 @@ DEFAULT_PORT: Final = 9092
 DEFAULT_REQUEST_TIMEOUT: Final = 15.0
 DEFAULT_REVOKE_TIMEOUT: Final = 10.0
 DEFAULT_MAX_BUFFER_BYTES: Final = 64 * 1024 * 1024
+KAFKA_MAX_MESSAGE_BYTES: Final = DEFAULT_MAX_MESSAGE_BYTES - 1024
 METADATA_TTL: Final = 30.0
 COMMIT_INTERVAL: Final = 1.0
 """Seconds between the consumer's background commits of acked offsets."""
@@ -305,7 +307,7 @@ class KafkaSettings:
     common: dict[str, Any] = field(repr=False)
     producer: dict[str, Any] = field(repr=False)
     consumer: dict[str, Any] = field(repr=False)
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_message_bytes: int = KAFKA_MAX_MESSAGE_BYTES
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT
     revoke_timeout: float = DEFAULT_REVOKE_TIMEOUT
     group_prefix: str = ""
@@ -385,7 +387,7 @@ def parse_settings(url: str, options: Mapping[str, Any]) -> KafkaSettings:
         producer=producer,
         consumer=consumer,
         max_message_bytes=_positive_int(
-            "max_message_bytes", own.get("max_message_bytes"), DEFAULT_MAX_MESSAGE_BYTES
+            "max_message_bytes", own.get("max_message_bytes"), KAFKA_MAX_MESSAGE_BYTES
         ),
         request_timeout=_positive_float(
             "request_timeout", own.get("request_timeout"), DEFAULT_REQUEST_TIMEOUT
