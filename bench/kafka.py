@@ -885,14 +885,15 @@ async def pg_place_order(s: Settings, cleanup: Cleanup) -> None:
     """Request code on PostgreSQL: one business row and one `ctx.publish`, committed."""
     schema = f"bench_{s.run_id}_orders"
     cleanup.schemas.append(schema)
+    topic = f"bench-{s.run_id}-placed"  # the relay is not running: nothing reaches Kafka
     service = Service(
         f"bench-{s.run_id}-orders",
         broker=s.kafka_url,
         store=_pg_url(s.dsn, schema),
         migrations=["CREATE TABLE orders (id TEXT PRIMARY KEY, total_cents BIGINT NOT NULL)"],
+        topics={topic: PARTITIONS},
     )
     pool, _ = build_pool(service.name)
-    topic = f"bench-{s.run_id}-placed"  # the relay is not running: nothing reaches Kafka
     count = 300 if s.quick else PLACE_ORDERS
     times: list[float] = []
     try:

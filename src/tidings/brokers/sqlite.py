@@ -784,19 +784,25 @@ class _Writer:
                 if stop:
                     return
         except BaseException as exc:
+            # Fail what this thread took (it may be half done: only SQLite knows); what is still
+            # queued goes to a new thread, started now unless the broker is closing.
+            with self._lock:
+                if self._closed:
+                    group += self._drain()
+                elif self._queue.empty():
+                    self._stopped = True  # the next submit starts a new one
+                else:
+                    self._thread = self._start()
             log.critical(
-                "%s: the publishing thread stopped; the next publish starts a new one",
+                "%s: the publishing thread stopped; a new one takes over",
                 self._log.path,
                 exc_info=True,
             )
-            with self._lock:
-                self._stopped = True
-                held = group + self._drain()
             _fail(
-                held,
+                group,
                 StorageError(
-                    f"{self._log.path}: the publishing thread stopped ({exc!r}) while this"
-                    " publish waited; it may not have been written"
+                    f"{self._log.path}: the publishing thread stopped ({exc!r}) while writing "
+                    "this publish; it may or may not have been written"
                 ),
             )
 

@@ -45,6 +45,8 @@ class ServiceRunner:
         self._inflight: dict[TopicPartition, asyncio.Task[None]] = {}
         self._slots = asyncio.Semaphore(service.concurrency)
         self.ready = asyncio.Event()
+        """Set once the service consumes (its consumer joined the group) and relays."""
+        self._joined = asyncio.Event()
 
     async def run(self) -> None:
         service = self.service
@@ -58,6 +60,10 @@ class ServiceRunner:
             tasks.append(consume)
             tasks.append(asyncio.create_task(self._cleanup_inbox(), name="inbox-cleanup"))
             tasks.append(asyncio.create_task(self.dispatcher.watch(relay_stopping), name="watch"))
+        if service.handlers:  # ready once the consumer has joined its group (or failed)
+            joined = asyncio.create_task(self._joined.wait())
+            await asyncio.wait({joined, tasks[1]}, return_when=asyncio.FIRST_COMPLETED)
+            joined.cancel()
         self.ready.set()
         log.info("%s: running (%d handler(s))", service.name, len(service.handlers))
         try:
@@ -125,6 +131,7 @@ class ServiceRunner:
             session_timeout=service.session_timeout,
         )
         async with consumer:
+            self._joined.set()
             while not self.stopping.is_set():
                 batch = await consumer.fetch(timeout=0.25)
                 if batch is None:
