@@ -202,7 +202,9 @@ async def _settle(services: dict[str, Service], broker: Broker) -> None:
         await asyncio.sleep(0.02)
 
 
-def move_on_ms(run: Run, acks: Acks, outcome: str) -> tuple[list[float], list[float]]:
+def move_on_ms(
+    run: Run, acks: Acks, outcome: str, by_group: dict[str, list[float]] | None = None
+) -> tuple[list[float], list[float]]:
     """Per hostile record of `outcome` and consuming group: how long it held its partition
     (from when the group reached it - its publish, or the acknowledgement of the batch before,
     whichever is later - to the acknowledgement of the batch holding it), and the time from
@@ -216,6 +218,8 @@ def move_on_ms(run: Run, acks: Acks, outcome: str) -> tuple[list[float], list[fl
             if at is not None:
                 held.append((at - max(appended, before or appended)) * 1000)
                 since_publish.append((at - appended) * 1000)
+                if by_group is not None:
+                    by_group.setdefault(group, []).append(held[-1])
     return sorted(held), sorted(since_publish)
 
 
@@ -266,8 +270,17 @@ async def run(args: argparse.Namespace) -> None:
         target=TARGETS["poisoned_vs_clean"],
         meets_target=ratio >= TARGETS["poisoned_vs_clean"],
     )
-    undecodable, undecodable_since = move_on_ms(poisoned, acks, UNDECODABLE)
+    by_group: dict[str, list[float]] = {}
+    undecodable, undecodable_since = move_on_ms(poisoned, acks, UNDECODABLE, by_group)
     report("move_on", undecodable, "ms")
+    emit(
+        BENCH,
+        "move_on_p99_ms_by_service",
+        {group: round(percentile(sorted(v), 99), 1) for group, v in sorted(by_group.items())},
+        "ms",
+        note="a hostile record holds its partition as long as the batch it is in takes: the "
+        "slowest service's batches dominate the p99",
+    )
     if undecodable:
         p99 = percentile(undecodable, 99)
         emit(
