@@ -11,7 +11,8 @@ from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
 
-from tidings.brokers.base import Broker, Record, TopicPartition
+from tidings.brokers.base import Broker
+from tidings.records import Record, TopicPartition
 
 
 def server_setting(variable: str, start: str) -> str:

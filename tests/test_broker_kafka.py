@@ -38,7 +38,7 @@ from tests.contract.broker_contract import (
 )
 from tidings.brokers import connect
 from tidings.brokers._kafka_records import KafkaRecords, build_records, split_runs
-from tidings.brokers.base import UNLIMITED, Batch, Message, Record, TopicPartition
+from tidings.brokers.base import UNLIMITED
 from tidings.brokers.kafka import (
     CONSUMER_DEFAULTS,
     PASSWORD_ENV,
@@ -56,6 +56,7 @@ from tidings.errors import (
     UnknownTopicError,
 )
 from tidings.partitioner import partition_for_key
+from tidings.records import Batch, Message, Record, TopicPartition
 
 BOOTSTRAP = os.environ.get("TIDINGS_KAFKA_BOOTSTRAP", "")
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,9 +16,9 @@ import pytest
 from typer.testing import CliRunner, Result
 
 import tidings
-from tidings.brokers.base import Message
 from tidings.cli import app
 from tidings.event import Event, event_to_message
+from tidings.records import Message
 
 Cli = Callable[..., Result]
 TIDINGS = Path(sys.executable).with_name("tidings")

@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tidings import DecodeError, Event, Record, event_from_record
-from tidings.brokers.base import UNREADABLE_HEADERS
 from tidings.event import MAX_ID_LENGTH, encode_event, event_to_message
+from tidings.records import UNREADABLE_HEADERS
 
 CE = {"specversion": "1.0", "id": "e-1", "source": "s", "type": "T"}
 

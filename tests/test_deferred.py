@@ -18,8 +18,8 @@ import pytest
 
 from tests.support import server_setting
 from tidings import Event, dlq
-from tidings.brokers.base import Batch, Record
 from tidings.event import event_to_message
+from tidings.records import Batch, Record
 from tidings.retry import Retry
 from tidings.runtime.dispatch import Dispatcher
 from tidings.schema import EventModel

@@ -15,8 +15,9 @@ from typer.testing import CliRunner, Result
 import tidings.cli
 from tests.support import eventually, read_topic
 from tidings import ConfigError, Event, Message, connect, dlq, event_to_message
-from tidings.brokers.base import Broker, Record
+from tidings.brokers.base import Broker
 from tidings.cli import app
+from tidings.records import Record
 from tidings.retry import PermanentError, Retry
 from tidings.schema import EventModel
 from tidings.service import Context, Service

@@ -12,7 +12,6 @@ from typing import Any
 import msgspec
 import pytest
 
-from tidings.brokers.base import Message, Record
 from tidings.errors import DecodeError, TidingsError
 from tidings.event import (
     STRUCTURED_CONTENT_TYPE,
@@ -27,6 +26,7 @@ from tidings.event import (
     to_cloudevent,
     to_kafka_binary,
 )
+from tidings.records import Message, Record
 
 FIXED_TIME = datetime(2024, 5, 1, 12, 30, 45, 123456, tzinfo=UTC)
 RECORD_TIMESTAMP_MS = 1_700_000_000_123

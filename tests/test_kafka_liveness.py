@@ -25,10 +25,10 @@ from tests.kafka_raw import produce_raw
 from tests.support import server_setting
 from tidings.brokers import connect
 from tidings.brokers._kafka_records import KafkaRecords
-from tidings.brokers.base import UNREADABLE_HEADERS, Message, Record, TopicPartition
 from tidings.brokers.kafka import KafkaConsumer
 from tidings.errors import DecodeError
 from tidings.event import event_from_record
+from tidings.records import UNREADABLE_HEADERS, Message, Record, TopicPartition
 
 
 @dataclass

@@ -95,7 +95,7 @@ async def test_readme_service_runs_unchanged_on_every_backend(
     import uuid
 
     from tidings import Event, connect, event_from_record
-    from tidings.brokers.base import TopicPartition
+    from tidings.records import TopicPartition
 
     env = {**os.environ}
     if broker_kind == "kafka":

@@ -124,7 +124,7 @@ async def test_rows_published_before_a_failure_are_never_published_again(
 
 
 async def test_a_dead_letter_of_a_near_limit_record_is_truncated_to_fit() -> None:
-    from tidings.brokers.base import Record
+    from tidings.records import Record
 
     record = Record("a", 0, 5, 0, b"v" * (LIMIT - 1500), b"k", ())
     headers = dlq.describe(

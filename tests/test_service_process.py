@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 from tidings import connect, event_from_record
-from tidings.brokers.base import Broker, TopicPartition
+from tidings.brokers.base import Broker
+from tidings.records import TopicPartition
 from tidings.schema import EventModel
 
 SERVICE = textwrap.dedent(

@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 
 from tidings import Message, StorageError, connect
-from tidings.brokers.base import UNLIMITED, Published, Record, SeekTo, TopicPartition
+from tidings.brokers.base import UNLIMITED
 from tidings.brokers.sqlite import MAX_ROW_BYTES, ROW_HEADROOM, SQLiteBroker
 from tidings.errors import ConfigError, MessageTooLargeError
+from tidings.records import Published, Record, SeekTo, TopicPartition
 
 ROOT = Path(__file__).resolve().parents[1]
 

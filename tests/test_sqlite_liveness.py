@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from tidings import Message, StorageError
-from tidings.brokers.base import Published
 from tidings.brokers.sqlite import SQLiteBroker
+from tidings.records import Published
 
 LIVENESS_S = 60.0
 """How long a publish may take before the test calls it hung (generous: a bound, not a goal)."""

@@ -28,12 +28,18 @@ from psycopg import sql
 
 from tests.contract.store_contract import BUSINESS, StoreContract, message, relay_all
 from tidings import Event, connect, event_from_record
-from tidings.brokers.base import Message, Record, TopicPartition
-from tidings.errors import ConfigError, IntegrityError, StorageError, TransactionAbortedError
+from tidings.errors import (
+    ConfigError,
+    InboxConflictError,
+    IntegrityError,
+    StorageError,
+    TransactionAbortedError,
+)
+from tidings.records import Message, Record, TopicPartition
 from tidings.retry import Retry
 from tidings.service import Context, Service, SyncContext
 from tidings.stores import connect_store
-from tidings.stores.base import InboxConflictError, Store
+from tidings.stores.base import Store
 from tidings.stores.postgres import PostgresStore, translate_placeholders
 
 DSN_ENV = "TIDINGS_POSTGRES_DSN"
@@ -390,8 +396,8 @@ async def test_concurrent_redelivery_to_two_dispatchers_applies_each_effect_once
     """The same batch handled by two consumers at once (a rebalance race): both look the inbox
     up before either commits and both run the handlers; the second to insert its inbox rows
     fails, rolls back and re-applies the batch per record, where every event is a duplicate."""
-    from tidings.brokers.base import Batch
     from tidings.event import event_to_message
+    from tidings.records import Batch
     from tidings.runtime.dispatch import Dispatcher
 
     service = Service(
@@ -784,7 +790,7 @@ async def test_a_deferred_constraint_failing_at_commit_is_its_handlers_failure(
     is the handler's own - its event alone is dead-lettered, and the batch is acked (not
     redelivered forever)."""
     from tests.test_deferred import Acks, records
-    from tidings.brokers.base import Batch
+    from tidings.records import Batch
     from tidings.runtime.dispatch import Dispatcher
 
     service = Service(

@@ -8,7 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from examples.orders.services import orders
-from tidings import Broker, DecodeError, Service, TopicPartition, event_from_record
+from tidings import (
+    Broker,
+    CanRead,
+    DecodeError,
+    Service,
+    TopicPartition,
+    event_from_record,
+    require,
+)
 from tidings.dlq import list_dead_letters
 
 
@@ -45,7 +53,9 @@ class LogCounter:
                 tp = TopicPartition(topic, p.partition)
                 offset = max(self.positions.get(tp, p.start_offset), p.start_offset)
                 while offset < p.end_offset:
-                    records = await self.broker.read(tp, offset, 1000)
+                    records = await require(self.broker, CanRead, "read the log").read(
+                        tp, offset, 1000
+                    )
                     if not records:
                         break
                     for record in records:

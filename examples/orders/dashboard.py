@@ -8,7 +8,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 
 from examples.orders.checks import Check, LogCounter, dead_letters
-from tidings import Service
+from tidings import CanInspect, Service, require
 
 
 @dataclass(slots=True)
@@ -26,7 +26,7 @@ async def take(services: dict[str, Service], log: LogCounter) -> Snapshot:
     dead = await dead_letters(log.broker, services)
     groups = []
     for name, service in services.items():
-        info = await log.broker.admin.describe_group(name)
+        info = await require(log.broker.admin, CanInspect, "tell lag").describe_group(name)
         groups.append((name, info.lag, dead[service.dead_letter_topic]))
     return Snapshot(
         orders=[(str(s), int(n), float(t or 0)) for s, n, t in rows],

@@ -58,19 +58,10 @@ from rich.text import Text
 
 from tidings import dlq
 from tidings.brokers import connect
-from tidings.brokers.base import (
-    Batch,
-    Broker,
-    Consumer,
-    GroupInfo,
-    OffsetReset,
-    Record,
-    SeekTo,
-    TopicInfo,
-    TopicPartition,
-)
+from tidings.brokers.base import Broker, CanInspect, CanResetOffsets, CanSeek, Consumer, require
 from tidings.errors import ConfigError, DecodeError, TidingsError
 from tidings.event import Event, event_from_record
+from tidings.records import Batch, GroupInfo, OffsetReset, Record, SeekTo, TopicInfo, TopicPartition
 
 DEFAULT_BROKER = "sqlite:///.tidings/bus.db"
 TAIL_POLL_S = 0.5
@@ -226,7 +217,7 @@ def _topic_json(info: TopicInfo) -> dict[str, Any]:
 @topics_app.command("list")
 def topics_list(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """Every topic: partitions, records, offsets and retention."""
-    infos = _run(ctx, lambda broker: broker.admin.list_topics())
+    infos = _run(ctx, lambda broker: _inspect(broker).list_topics())
     if as_json:
         _print_json([_topic_json(info) for info in infos])
         return
@@ -322,9 +313,9 @@ async def _describe_groups(broker: Broker) -> list[tuple[str, GroupInfo | None]]
     """Every listed group with its description; None for a group listed but not describable
     (the broker lists groups that only have leftover assignment rows)."""
     described: list[tuple[str, GroupInfo | None]] = []
-    for name in await broker.admin.list_groups():
+    for name in await _inspect(broker).list_groups():
         try:
-            described.append((name, await broker.admin.describe_group(name)))
+            described.append((name, await _inspect(broker).describe_group(name)))
         except ConfigError:
             described.append((name, None))
     return described
@@ -392,7 +383,7 @@ def groups_describe(
     as_json: JsonOption = False,
 ) -> None:
     """One group: its live members and, per partition, committed offset, end offset and lag."""
-    info = _run(ctx, lambda broker: broker.admin.describe_group(group))
+    info = _run(ctx, lambda broker: _inspect(broker).describe_group(group))
     if as_json:
         _print_json(_group_json(info))
         return
@@ -426,13 +417,14 @@ async def _replay(
     broker: Broker, group: str, topics: list[str], to: SeekTo
 ) -> dict[TopicPartition, int]:
     if not topics:
-        info = await broker.admin.describe_group(group)
+        info = await _inspect(broker).describe_group(group)
         topics = sorted({p.topic for p in info.partitions if p.committed is not None})
         if not topics:
             raise ConfigError(
                 f"consumer group {group!r} has no committed offsets; name topics with --topic"
             )
-    return await broker.admin.reset_offsets(group, topics, to)
+    admin = require(broker.admin, CanResetOffsets, "reset a group's offsets")
+    return await admin.reset_offsets(group, topics, to)
 
 
 @app.command()
@@ -907,9 +899,10 @@ class _Progress:
         `batch` unless it came from such a partition (seeking discarded it)."""
         if self.seek_to is None:
             return batch
-        fresh = consumer.assignment() - self.next.keys()
+        seeker = require(consumer, CanSeek, "move its partitions")
+        fresh = seeker.assignment() - self.next.keys()
         for tp in fresh:
-            self.next[tp] = await consumer.seek(tp, self.seek_to)
+            self.next[tp] = await seeker.seek(tp, self.seek_to)
         return None if batch is not None and batch.tp in fresh else batch
 
     def advance(self, tp: TopicPartition, offset: int) -> None:
@@ -1129,3 +1122,7 @@ def demo(ctx: typer.Context) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _inspect(broker: Broker) -> CanInspect:
+    return require(broker.admin, CanInspect, "list topics and groups")

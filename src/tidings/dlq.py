@@ -29,17 +29,10 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from tidings.brokers.base import (
-    UNLIMITED,
-    Broker,
-    Headers,
-    Message,
-    Record,
-    TopicInfo,
-    TopicPartition,
-)
+from tidings.brokers.base import UNLIMITED, Broker, CanInspect, CanRead, require
 from tidings.errors import DecodeError, TidingsError, UnknownTopicError
 from tidings.event import Event, event_from_record
+from tidings.records import Headers, Message, Record, TopicInfo, TopicPartition
 
 PREFIX = "tidings-dlq-"
 REASON = "tidings-dlq-reason"
@@ -335,9 +328,10 @@ async def list_dead_letters(
     `include_resolved`). Filters (all optional, combined with AND): `service` (its topic is
     `<service>.dlq`), `reason` (e.g. `retries-exhausted`), `handler` (`service.handler`, or
     just the handler's name), `event_type`, and `topic` (the original topic)."""
+    admin = require(broker.admin, CanInspect, "list topics, so it cannot find dead letters")
     infos = [
         info
-        for info in await broker.admin.list_topics()
+        for info in await admin.list_topics()
         if is_dead_letter_topic(info.name)
         and (service is None or info.name == service + DLQ_SUFFIX)
     ]
@@ -452,12 +446,13 @@ _resolution_decoder = msgspec.json.Decoder(_ResolutionRecord)
 async def _read_all(broker: Broker, info: TopicInfo) -> list[Record]:
     """Every retained record of a topic, partition by partition, up to its end offset in
     `info` (records appended since are left for the next call)."""
+    reader = require(broker, CanRead, "read records without a consumer group")
     records: list[Record] = []
     for p in info.partitions:
         tp = TopicPartition(info.name, p.partition)
         offset = p.start_offset
         while offset < p.end_offset:
-            page = await broker.read(tp, offset, min(READ_PAGE, p.end_offset - offset))
+            page = await reader.read(tp, offset, min(READ_PAGE, p.end_offset - offset))
             page = [r for r in page if r.offset < p.end_offset]
             if not page:
                 break

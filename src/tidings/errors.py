@@ -58,6 +58,11 @@ class DuplicateEventError(TidingsError):
     rolled back."""
 
 
+class InboxConflictError(TidingsError):
+    """`inbox_add_all` met a (consumer, event id) pair that already has an inbox row - another
+    transaction recorded it first, or this one did. The transaction must be rolled back."""
+
+
 class MigrationError(TidingsError):
     """A schema migration failed or an applied migration was changed."""
 

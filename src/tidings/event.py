@@ -39,8 +39,8 @@ import msgspec
 from msgspec.structs import force_setattr
 
 from tidings._ids import uuid7
-from tidings.brokers.base import UNREADABLE_HEADERS, Headers, Message, Record
 from tidings.errors import DecodeError
+from tidings.records import UNREADABLE_HEADERS, Headers, Message, Record
 
 __all__ = [
     "MAX_ID_LENGTH",
@@ -135,6 +135,10 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
             _check_headers(headers)
         if not self.correlation_id:
             force_setattr(self, "correlation_id", self.id)
+
+    def to_message(self, *, binary: bool = False) -> Message:
+        """This event as a message (`event_to_message`): what `Broker.publish_events` sends."""
+        return event_to_message(self, binary=binary)
 
     def caused(
         self,

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, get_type_hints
 import msgspec
 
 from tidings.brokers import connect
-from tidings.brokers.base import UNLIMITED, Broker, Published, validate_topic_name
+from tidings.brokers.base import UNLIMITED, Broker, validate_topic_name
 from tidings.errors import (
     ConfigError,
     ContextClosedError,
@@ -46,6 +46,7 @@ from tidings.errors import (
     UnknownTopicError,
 )
 from tidings.event import Event, event_to_message
+from tidings.records import Published
 from tidings.retry import Retry
 from tidings.schema import EventModel
 from tidings.stores import connect_store

@@ -21,14 +21,7 @@ from pathlib import Path
 import pytest
 
 from tidings.brokers import connect
-from tidings.brokers.base import (
-    Batch,
-    Broker,
-    Consumer,
-    Message,
-    SeekTo,
-    TopicPartition,
-)
+from tidings.brokers.base import Broker, Consumer
 from tidings.errors import (
     ConfigError,
     MessageTooLargeError,
@@ -36,6 +29,7 @@ from tidings.errors import (
     TopicExistsError,
     UnknownTopicError,
 )
+from tidings.records import Batch, Message, SeekTo, TopicPartition
 
 
 def topic_name() -> str:

@@ -12,15 +12,16 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tidings.brokers.base import Message
 from tidings.errors import (
     DuplicateEventError,
+    InboxConflictError,
     IntegrityError,
     MigrationError,
     TransactionAbortedError,
 )
+from tidings.records import Message
 from tidings.stores import connect_store
-from tidings.stores.base import InboxConflictError, InboxStatus, Store, Transaction
+from tidings.stores.base import InboxStatus, Store, Transaction
 
 BUSINESS = "CREATE TABLE orders (id TEXT PRIMARY KEY, total REAL NOT NULL)"
 UNIQUE_VIOLATION = r"(?i)unique|duplicate"  # SQLite: "UNIQUE constraint", PG: "duplicate key"

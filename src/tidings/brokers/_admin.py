@@ -6,14 +6,8 @@ import time
 from collections.abc import Callable, Collection, Sequence
 
 from tidings.brokers import _groups
-from tidings.brokers.base import (
-    GroupInfo,
-    MemberInfo,
-    PartitionLag,
-    SeekTo,
-    TopicPartition,
-)
 from tidings.errors import ConfigError, UnknownTopicError
+from tidings.records import GroupInfo, MemberInfo, PartitionLag, SeekTo, TopicPartition
 
 PartitionCounts = Callable[[Collection[str]], dict[str, int]]
 Watermarks = Callable[[Collection[TopicPartition]], dict[TopicPartition, tuple[int, int]]]

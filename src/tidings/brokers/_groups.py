@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
-from tidings.brokers.base import TopicPartition
+from tidings.records import TopicPartition
 
 
 @dataclass(slots=True)

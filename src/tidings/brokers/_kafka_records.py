@@ -20,7 +20,7 @@ from typing import Any, Final, overload
 
 import confluent_kafka as ck
 
-from tidings.brokers.base import UNREADABLE_HEADERS, Headers, Record
+from tidings.records import UNREADABLE_HEADERS, Headers, Record
 
 _KEY: Final = ck.Message.key
 _HEADERS: Final = ck.Message.headers

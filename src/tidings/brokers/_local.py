@@ -24,16 +24,13 @@ from typing import Protocol, TypeVar
 
 from tidings.brokers import _groups
 from tidings.brokers.base import (
-    Batch,
     Broker,
+    CanSeek,
     Consumer,
-    OffsetReset,
-    Record,
-    SeekTo,
-    TopicPartition,
     check_subscription,
 )
 from tidings.errors import BrokerClosedError, CommitFailedError, ConfigError
+from tidings.records import Batch, OffsetReset, Record, SeekTo, TopicPartition
 
 log = logging.getLogger("tidings.consumer")
 
@@ -88,7 +85,7 @@ class LocalLog(Protocol):
     def remove_listener(self, listener: Listener) -> None: ...
 
 
-class LocalConsumer(Consumer):
+class LocalConsumer(Consumer, CanSeek):
     """A group member over a LocalLog. Create through `Broker.subscribe`."""
 
     def __init__(

@@ -1,7 +1,7 @@
 """The Broker interface: the transport every backend (memory, sqlite, kafka) implements.
 
-A broker stores *records* in named, partitioned, append-only topics. It knows nothing about
-events; `tidings.event` maps events to and from records. Guarantees every backend gives:
+A broker stores *records* in named, partitioned, append-only topics; it knows nothing about
+events. Guarantees every backend gives:
 
 * **Publish** is at-least-once and durable when it returns (per the backend's durability
   setting). Records of one call that land on the same partition keep their order; a key always
@@ -13,24 +13,37 @@ events; `tidings.event` maps events to and from records. Guarantees every backen
 * **Commit** stores, per partition, the offset of the next record to process. A restarted
   consumer resumes exactly there: no gap, and no duplicate after a clean close. Commits for
   partitions the member no longer owns are refused (fencing).
+
+A backend implements the core - `Broker` (publish, subscribe, close, admin), `Consumer` (start,
+fetch, ack, nack, commit, close) and `Admin` (create_topic, describe_topic): what services need
+to run - and declares what else it can do for tooling by also deriving from capabilities:
+`CanRead` (a broker reading records without a group: `tidings tail`, dead letters),
+`CanSeek` (a consumer moving its partitions), `CanInspect` (an admin listing topics and groups
+and telling lag), `CanResetOffsets` (`tidings replay`) and `CanEnforceRetention`. `require`
+says clearly which one is missing.
 """
 
 from __future__ import annotations
 
 import abc
-import enum
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import Self, TypeVar
 
-import msgspec
+from tidings.records import (
+    Batch,
+    GroupInfo,
+    Message,
+    OffsetReset,
+    Publishable,
+    Published,
+    Record,
+    SeekTo,
+    TopicInfo,
+    TopicPartition,
+)
 
-if TYPE_CHECKING:
-    from tidings.event import Event
-
-Headers = tuple[tuple[str, bytes], ...]
+C = TypeVar("C")
 
 DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
 
@@ -38,194 +51,8 @@ UNLIMITED = -1
 """`retention_ms` / `retention_bytes` of `Admin.create_topic`: never delete records (None means
 the backend's default: unlimited on the embedded brokers, the cluster's default on Kafka)."""
 
-UNREADABLE_HEADERS = "tidings-unreadable-headers"
-"""A header a consumer puts on a record whose original headers it could not read (say, a Kafka
-header name that is not UTF-8), in place of those headers; its value says why. Such a record
-never decodes into an event: it is dead-lettered with that reason, and the partition moves on."""
 
-
-@dataclass(frozen=True, slots=True)
-class TopicPartition:
-    topic: str
-    partition: int
-
-    def __str__(self) -> str:
-        return f"{self.topic}[{self.partition}]"
-
-
-class Message(msgspec.Struct, frozen=True, gc=False):
-    """A record to publish. `partition=None` lets the broker choose: by key, else round-robin."""
-
-    value: bytes
-    key: bytes | None = None
-    headers: Headers = ()
-    partition: int | None = None
-
-    @property
-    def size(self) -> int:
-        """Bytes counted against the broker's maximum message size."""
-        size = len(self.value)
-        if self.key is not None:
-            size += len(self.key)
-        for name, value in self.headers:
-            size += len(name) + len(value)
-        return size
-
-
-class Record(msgspec.Struct, frozen=True, gc=False):
-    """A record read back from a topic; `timestamp` is its append time in epoch milliseconds."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    value: bytes
-    key: bytes | None = None
-    headers: Headers = ()
-
-    def header(self, name: str) -> bytes | None:
-        """The last value of header `name`, or None."""
-        for k, v in reversed(self.headers):
-            if k == name:
-                return v
-        return None
-
-
-@dataclass(frozen=True, slots=True)
-class Batch:
-    """Consecutive records of one partition, in offset order."""
-
-    topic: str
-    partition: int
-    records: Sequence[Record]
-
-    @property
-    def tp(self) -> TopicPartition:
-        return TopicPartition(self.topic, self.partition)
-
-    @property
-    def first_offset(self) -> int:
-        return self.records[0].offset
-
-    @property
-    def next_offset(self) -> int:
-        """The offset to commit once every record of this batch is processed."""
-        return self.records[-1].offset + 1
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-
-class Published(msgspec.Struct, frozen=True, gc=False):
-    """Where one published message landed."""
-
-    partition: int
-    offset: int
-
-
-class OffsetReset(enum.StrEnum):
-    """Where a group without a committed offset starts."""
-
-    EARLIEST = "earliest"
-    LATEST = "latest"
-
-
-@dataclass(frozen=True, slots=True)
-class SeekTo:
-    """A position to seek to: exactly one of earliest, latest, a timestamp or an offset."""
-
-    earliest: bool = False
-    latest: bool = False
-    timestamp: datetime | None = None
-    offset: int | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> SeekTo:
-        """`earliest`, `latest`, an integer offset or an ISO-8601 time (naive means UTC)."""
-        from datetime import UTC
-
-        from tidings.errors import ConfigError
-
-        value = text.strip()
-        if value == "earliest":
-            return cls(earliest=True)
-        if value == "latest":
-            return cls(latest=True)
-        try:
-            offset = int(value)
-        except ValueError:
-            pass
-        else:
-            if offset < 0:
-                raise ConfigError(f"offset must be >= 0, got {offset}")
-            return cls(offset=offset)
-        try:
-            when = datetime.fromisoformat(value)
-        except ValueError:
-            raise ConfigError(
-                f"cannot seek to {text!r}: expected earliest, latest, an offset or an ISO time"
-            ) from None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        return cls(timestamp=when)
-
-
-@dataclass(frozen=True, slots=True)
-class PartitionInfo:
-    partition: int
-    start_offset: int
-    end_offset: int
-
-    @property
-    def records(self) -> int:
-        return self.end_offset - self.start_offset
-
-
-@dataclass(frozen=True, slots=True)
-class TopicInfo:
-    name: str
-    partitions: tuple[PartitionInfo, ...]
-    retention_ms: int | None = None
-    retention_bytes: int | None = None
-
-    @property
-    def records(self) -> int:
-        return sum(p.records for p in self.partitions)
-
-
-@dataclass(frozen=True, slots=True)
-class PartitionLag:
-    topic: str
-    partition: int
-    committed: int | None
-    start_offset: int
-    end_offset: int
-    owner: str | None
-
-    @property
-    def lag(self) -> int:
-        """Retained records the group has not committed yet."""
-        position = self.start_offset if self.committed is None else self.committed
-        return max(0, self.end_offset - max(position, self.start_offset))
-
-
-@dataclass(frozen=True, slots=True)
-class MemberInfo:
-    member_id: str
-    client: str
-    topics: tuple[str, ...]
-    partitions: tuple[TopicPartition, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class GroupInfo:
-    name: str
-    members: tuple[MemberInfo, ...]
-    partitions: tuple[PartitionLag, ...] = field(default=())
-
-    @property
-    def lag(self) -> int:
-        return sum(p.lag for p in self.partitions)
+# core ------------------------------------------------------------------------------------
 
 
 class Consumer(abc.ABC):
@@ -270,14 +97,6 @@ class Consumer(abc.ABC):
         Raises CommitFailedError if a partition with an acked offset is no longer owned."""
 
     @abc.abstractmethod
-    async def seek(self, tp: TopicPartition, to: SeekTo) -> int:
-        """Move an owned partition's position; returns the new offset. Drops any in-flight batch."""
-
-    @abc.abstractmethod
-    def assignment(self) -> frozenset[TopicPartition]:
-        """The partitions this member owns right now."""
-
-    @abc.abstractmethod
     async def close(self) -> None:
         """Commit acked offsets, release partitions and leave the group. Idempotent."""
 
@@ -295,13 +114,7 @@ class Consumer(abc.ABC):
 
 
 class Admin(abc.ABC):
-    """Topic and group administration."""
-
-    @abc.abstractmethod
-    async def enforce_retention(self) -> int:
-        """Delete records past their topic's retention now; returns how many were deleted.
-
-        Backends also do this on their own in the background; this forces it."""
+    """What a service needs of topic administration: its topics exist."""
 
     @abc.abstractmethod
     async def create_topic(
@@ -317,32 +130,13 @@ class Admin(abc.ABC):
         `retention_*` None means the backend's default; UNLIMITED (-1) never deletes."""
 
     @abc.abstractmethod
-    async def list_topics(self) -> list[TopicInfo]: ...
-
-    @abc.abstractmethod
     async def describe_topic(self, name: str) -> TopicInfo:
         """Raises UnknownTopicError if the topic does not exist."""
-
-    @abc.abstractmethod
-    async def list_groups(self) -> list[str]: ...
-
-    @abc.abstractmethod
-    async def describe_group(self, name: str) -> GroupInfo:
-        """Members and, per partition of every topic the group has committed to or subscribes
-        to, the committed offset, end offset and lag."""
 
     async def durability_warnings(self, topics: Sequence[str]) -> list[str]:
         """Settings of `topics` (or of the broker) under which an acknowledged publish can
         still be lost, each as a sentence for a log line; none by default."""
         return []
-
-    @abc.abstractmethod
-    async def reset_offsets(
-        self, group: str, topics: Sequence[str], to: SeekTo
-    ) -> dict[TopicPartition, int]:
-        """Set the group's committed offsets for every partition of `topics`; returns them.
-
-        Refused (ConfigError) while the group has live members."""
 
 
 class Broker(abc.ABC):
@@ -361,23 +155,15 @@ class Broker(abc.ABC):
     async def publish(self, topic: str, messages: Sequence[Message]) -> list[Published]:
         """Append `messages` to `topic`; returns where each landed, in order.
 
-        Raises UnknownTopicError, MessageTooLargeError (nothing of the call written) or a
-        backend error. Durable when it returns."""
-
-    @abc.abstractmethod
-    async def read(self, tp: TopicPartition, offset: int, max_records: int) -> list[Record]:
-        """Up to `max_records` records of one partition from `offset` on, without a consumer
-        group (for tooling: tail, dead letters). Starts at the oldest retained record if
-        `offset` was removed by retention."""
+        Raises UnknownTopicError, MessageTooLargeError (nothing of the call written), TypeError
+        for a message not made of bytes, or a backend error. Durable when it returns."""
 
     async def publish_events(
-        self, topic: str, events: Sequence[Event], *, binary: bool = False
+        self, topic: str, events: Sequence[Publishable], *, binary: bool = False
     ) -> list[Published]:
         """Publish events as CloudEvents records (structured JSON, or the Kafka binary binding
         with `binary=True`); same guarantees as `publish`. Partitioned by `event.key`."""
-        from tidings.event import event_to_message
-
-        return await self.publish(topic, [event_to_message(e, binary=binary) for e in events])
+        return await self.publish(topic, [e.to_message(binary=binary) for e in events])
 
     @abc.abstractmethod
     def subscribe(
@@ -410,6 +196,80 @@ class Broker(abc.ABC):
     ) -> None:
         await self.close()
 
+
+# capabilities ----------------------------------------------------------------------------
+
+
+class CanRead(abc.ABC):
+    """A broker that reads records without a consumer group (tooling: tail, dead letters)."""
+
+    @abc.abstractmethod
+    async def read(self, tp: TopicPartition, offset: int, max_records: int) -> list[Record]:
+        """Up to `max_records` records of one partition from `offset` on. Starts at the oldest
+        retained record if `offset` was removed by retention."""
+
+
+class CanSeek(abc.ABC):
+    """A consumer that moves its own partitions."""
+
+    @abc.abstractmethod
+    async def seek(self, tp: TopicPartition, to: SeekTo) -> int:
+        """Move an owned partition's position; returns the new offset. Drops any in-flight batch."""
+
+    @abc.abstractmethod
+    def assignment(self) -> frozenset[TopicPartition]:
+        """The partitions this member owns right now."""
+
+
+class CanInspect(abc.ABC):
+    """An admin that lists topics and groups and tells a group's lag."""
+
+    @abc.abstractmethod
+    async def list_topics(self) -> list[TopicInfo]: ...
+
+    @abc.abstractmethod
+    async def list_groups(self) -> list[str]: ...
+
+    @abc.abstractmethod
+    async def describe_group(self, name: str) -> GroupInfo:
+        """Members and, per partition of every topic the group has committed to or subscribes
+        to, the committed offset, end offset and lag."""
+
+
+class CanResetOffsets(abc.ABC):
+    """An admin that sets a group's committed offsets (`tidings replay`)."""
+
+    @abc.abstractmethod
+    async def reset_offsets(
+        self, group: str, topics: Sequence[str], to: SeekTo
+    ) -> dict[TopicPartition, int]:
+        """Set the group's committed offsets for every partition of `topics`; returns them.
+
+        Refused (ConfigError) while the group has live members."""
+
+
+class CanEnforceRetention(abc.ABC):
+    """An admin that deletes records past their topic's retention on demand."""
+
+    @abc.abstractmethod
+    async def enforce_retention(self) -> int:
+        """Delete records past their topic's retention now; returns how many were deleted.
+
+        Backends also do this on their own in the background; this forces it."""
+
+
+def require(obj: object, capability: type[C], doing: str) -> C:
+    """`obj` as `capability`, or ConfigError saying that its backend cannot do `doing`."""
+    from tidings.errors import ConfigError
+
+    if not isinstance(obj, capability):
+        raise ConfigError(
+            f"{type(obj).__name__} cannot {doing}: it does not implement {capability.__name__}"
+        )
+    return obj
+
+
+# helpers for backends ----------------------------------------------------------------------
 
 _TOPIC_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 

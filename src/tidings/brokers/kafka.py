@@ -154,20 +154,13 @@ from tidings.brokers._kafka_records import (
 from tidings.brokers.base import (
     DEFAULT_MAX_MESSAGE_BYTES,
     Admin,
-    Batch,
     Broker,
+    CanEnforceRetention,
+    CanInspect,
+    CanRead,
+    CanResetOffsets,
+    CanSeek,
     Consumer,
-    GroupInfo,
-    MemberInfo,
-    Message,
-    OffsetReset,
-    PartitionInfo,
-    PartitionLag,
-    Published,
-    Record,
-    SeekTo,
-    TopicInfo,
-    TopicPartition,
     check_sizes,
     check_subscription,
     validate_partitions,
@@ -185,6 +178,20 @@ from tidings.errors import (
     UnknownTopicError,
 )
 from tidings.partitioner import partition_for_key
+from tidings.records import (
+    Batch,
+    GroupInfo,
+    MemberInfo,
+    Message,
+    OffsetReset,
+    PartitionInfo,
+    PartitionLag,
+    Published,
+    Record,
+    SeekTo,
+    TopicInfo,
+    TopicPartition,
+)
 
 log = logging.getLogger("tidings.kafka")
 _rdkafka_log = logging.getLogger("tidings.kafka.librdkafka")
@@ -599,7 +606,7 @@ class _ProducerThread:
 # broker --------------------------------------------------------------------------------------
 
 
-class KafkaBroker(Broker):
+class KafkaBroker(Broker, CanRead):
     """A connection to a Kafka cluster. Safe to share between the tasks of one event loop.
 
     Creating it does not contact Kafka; the first operation does, and raises StorageError naming
@@ -1014,7 +1021,7 @@ class KafkaBroker(Broker):
 # admin ---------------------------------------------------------------------------------------
 
 
-class KafkaAdmin(Admin):
+class KafkaAdmin(Admin, CanInspect, CanResetOffsets, CanEnforceRetention):
     """Topic and group administration through Kafka's admin API (see the module docs)."""
 
     def __init__(self, broker: KafkaBroker) -> None:
@@ -1411,7 +1418,7 @@ class KafkaAdmin(Admin):
 # consumer ------------------------------------------------------------------------------------
 
 
-class KafkaConsumer(Consumer):
+class KafkaConsumer(Consumer, CanSeek):
     """A member of a Kafka consumer group. Create through `KafkaBroker.subscribe`.
 
     The asyncio side (fetch/ack/nack/commit/seek) and the polling thread share the state below

@@ -26,6 +26,18 @@ from tidings.brokers.base import (
     DEFAULT_MAX_MESSAGE_BYTES,
     UNLIMITED,
     Admin,
+    CanEnforceRetention,
+    CanInspect,
+    CanRead,
+    CanResetOffsets,
+    check_sizes,
+    validate_partitions,
+    validate_retention,
+    validate_topic_name,
+)
+from tidings.errors import BrokerClosedError, ConfigError, TopicExistsError, UnknownTopicError
+from tidings.partitioner import partition_for_key
+from tidings.records import (
     GroupInfo,
     Message,
     PartitionInfo,
@@ -34,13 +46,7 @@ from tidings.brokers.base import (
     SeekTo,
     TopicInfo,
     TopicPartition,
-    check_sizes,
-    validate_partitions,
-    validate_retention,
-    validate_topic_name,
 )
-from tidings.errors import BrokerClosedError, ConfigError, TopicExistsError, UnknownTopicError
-from tidings.partitioner import partition_for_key
 
 
 @dataclass(slots=True)
@@ -267,7 +273,7 @@ _shared: dict[str, MemoryLog] = {}
 _shared_lock = threading.Lock()
 
 
-class MemoryBroker(LocalBroker):
+class MemoryBroker(LocalBroker, CanRead):
     """The in-memory broker. See the module docstring for sharing by name."""
 
     client = "memory"
@@ -312,7 +318,7 @@ class MemoryBroker(LocalBroker):
         await self._close_consumers()
 
 
-class MemoryAdmin(Admin):
+class MemoryAdmin(Admin, CanInspect, CanResetOffsets, CanEnforceRetention):
     def __init__(self, log_: MemoryLog) -> None:
         self._log = log_
 

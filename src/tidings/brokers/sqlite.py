@@ -52,15 +52,10 @@ from tidings.brokers.base import (
     DEFAULT_MAX_MESSAGE_BYTES,
     UNLIMITED,
     Admin,
-    GroupInfo,
-    Headers,
-    Message,
-    PartitionInfo,
-    Published,
-    Record,
-    SeekTo,
-    TopicInfo,
-    TopicPartition,
+    CanEnforceRetention,
+    CanInspect,
+    CanRead,
+    CanResetOffsets,
     check_sizes,
     validate_partitions,
     validate_retention,
@@ -75,6 +70,17 @@ from tidings.errors import (
     UnknownTopicError,
 )
 from tidings.partitioner import partition_for_key
+from tidings.records import (
+    GroupInfo,
+    Headers,
+    Message,
+    PartitionInfo,
+    Published,
+    Record,
+    SeekTo,
+    TopicInfo,
+    TopicPartition,
+)
 
 log = logging.getLogger("tidings.sqlite")
 
@@ -835,7 +841,7 @@ class _Writer:
                 future.set_result(outcome)
 
 
-class SQLiteBroker(LocalBroker):
+class SQLiteBroker(LocalBroker, CanRead):
     """The embedded broker. Safe to share between tasks and threads of one process; several
     processes may open the same file."""
 
@@ -908,7 +914,7 @@ class SQLiteBroker(LocalBroker):
         await asyncio.to_thread(self.log.close)
 
 
-class SQLiteAdmin(Admin):
+class SQLiteAdmin(Admin, CanInspect, CanResetOffsets, CanEnforceRetention):
     def __init__(self, log_: SQLiteLog, synchronous: str) -> None:
         self._log = log_
         self._synchronous = synchronous

@@ -28,20 +28,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tidings import dlq
-from tidings.brokers.base import Batch, Consumer, Message, Record, TopicPartition
+from tidings.brokers.base import Consumer
 from tidings.errors import (
     BrokerClosedError,
     DecodeError,
     DuplicateEventError,
     HandlerTimeoutError,
+    InboxConflictError,
     IntegrityError,
     StorageError,
 )
 from tidings.event import Event, event_from_record
+from tidings.records import Batch, Message, Record, TopicPartition
 from tidings.schema import SchemaError
 from tidings.service import Context, Handler, Service, Stats, SyncContext
 from tidings.stores.base import (
-    InboxConflictError,
     InboxKey,
     InboxStatus,
     Position,

@@ -17,8 +17,9 @@ import os
 import signal
 import time
 
-from tidings.brokers.base import Batch, Consumer, TopicPartition
+from tidings.brokers.base import CanInspect, Consumer
 from tidings.errors import StorageError
+from tidings.records import Batch, TopicPartition
 from tidings.runtime.dispatch import Dispatcher
 from tidings.runtime.relay import Relay
 from tidings.service import Service
@@ -160,14 +161,24 @@ class ServiceRunner:
         await asyncio.gather(*pending, return_exceptions=True)
 
     async def _cleanup_inbox(self) -> None:
+        """Delete old inbox rows below the group's committed offsets, which a broker that can
+        tell them (CanInspect) gives; without it, inbox rows are kept."""
         service = self.service
+        admin = service.broker.admin
+        if not isinstance(admin, CanInspect):
+            log.info(
+                "%s: %s cannot tell committed offsets; inbox rows are kept",
+                service.name,
+                type(admin).__name__,
+            )
+            return
         while not self.stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), INBOX_CLEANUP_S)
             if self.stopping.is_set():
                 return
             try:
-                info = await service.broker.admin.describe_group(service.name)
+                info = await admin.describe_group(service.name)
                 committed = {
                     (p.topic, p.partition): p.committed
                     for p in info.partitions

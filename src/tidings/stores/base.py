@@ -28,8 +28,8 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
-from tidings.brokers.base import Message
-from tidings.errors import StorageError, TidingsError, TransactionAbortedError
+from tidings.errors import StorageError, TransactionAbortedError
+from tidings.records import Message
 
 Row = tuple[Any, ...]
 Params = Sequence[Any] | dict[str, Any]
@@ -47,11 +47,6 @@ InboxKey = tuple[str, str]
 
 Position = tuple[str, int, int]
 """(topic, partition, offset) of the record an inbox row was written for."""
-
-
-class InboxConflictError(TidingsError):
-    """`inbox_add_all` met a (consumer, event id) pair that already has an inbox row - another
-    transaction recorded it first, or this one did. The transaction must be rolled back."""
 
 
 @dataclass(frozen=True, slots=True)

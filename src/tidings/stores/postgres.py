@@ -80,17 +80,17 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
-from tidings.brokers.base import Headers, Message
 from tidings.errors import (
     ConfigError,
     DuplicateEventError,
+    InboxConflictError,
     IntegrityError,
     MigrationError,
     StorageError,
     TransactionAbortedError,
 )
+from tidings.records import Headers, Message
 from tidings.stores.base import (
-    InboxConflictError,
     InboxKey,
     InboxStatus,
     OutboxRow,

@@ -41,10 +41,15 @@ import msgspec
 from tidings import _sqlite
 from tidings._notify import SCHEMA as LISTENERS_SCHEMA
 from tidings._notify import Notifier
-from tidings.brokers.base import Headers, Message
-from tidings.errors import DuplicateEventError, IntegrityError, MigrationError, StorageError
-from tidings.stores.base import (
+from tidings.errors import (
+    DuplicateEventError,
     InboxConflictError,
+    IntegrityError,
+    MigrationError,
+    StorageError,
+)
+from tidings.records import Headers, Message
+from tidings.stores.base import (
     InboxKey,
     InboxStatus,
     OutboxRow,

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import msgspec
 
-from tidings.brokers.base import Message
 from tidings.event import MAX_ID_LENGTH, Event, event_to_message
+from tidings.records import Message
 
 UNDECODABLE = "undecodable"
 INVALID = "invalid-event"
