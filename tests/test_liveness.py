@@ -24,7 +24,7 @@ from tidings import (
     event_to_message,
 )
 from tidings.errors import ContextClosedError
-from tidings.runtime import dispatch
+from tidings.runtime import dispatch, watch
 from tidings.schema import EventModel
 from tidings.service import Context, Service, SyncContext
 
@@ -224,7 +224,7 @@ async def test_a_partition_that_does_not_advance_is_logged(
     caplog: pytest.LogCaptureFixture,
     running: Callable[[Service], Awaitable[None]],
 ) -> None:
-    monkeypatch.setattr(dispatch, "STALL_WARNING_S", 0.2)
+    monkeypatch.setattr(watch, "STALL_WARNING_S", 0.2)
     service = Service(
         "slow",
         broker=broker_url,

@@ -23,6 +23,7 @@ handler's inbox skips an event it has processed), never hide one that was not re
 from __future__ import annotations
 
 import time
+import traceback
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -143,6 +144,21 @@ def unpublishable(
     if letter.size <= max_bytes:
         return letter
     return fit(Message(b"", None, (*encoded, omitted)), max_bytes)
+
+
+def letter(
+    record: Record, *, reason: str, error: BaseException, handler: str | None, attempts: int
+) -> Message:
+    """The dead letter of `record`: the record as it was, with `describe`'s headers."""
+    headers = describe(
+        record,
+        reason=reason,
+        error=error,
+        traceback_text="".join(traceback.format_exception(error)),
+        handler=handler,
+        attempts=attempts,
+    )
+    return Message(value=record.value, key=record.key, headers=strip(record.headers) + headers)
 
 
 def strip(headers: Headers) -> Headers:

@@ -24,36 +24,32 @@ import os
 import re
 from collections.abc import (
     AsyncIterator,
-    Awaitable,
     Callable,
     Collection,
-    Iterator,
     Mapping,
     Sequence,
 )
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar, get_type_hints
-
-import msgspec
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar, get_type_hints
 
 from tidings.brokers import connect
-from tidings.brokers.base import UNLIMITED, Broker, validate_topic_name
+from tidings.brokers.base import UNLIMITED, Broker
 from tidings.errors import (
     ConfigError,
-    ContextClosedError,
-    MessageTooLargeError,
     UnknownTopicError,
 )
 from tidings.event import Event, event_to_message
 from tidings.records import Published
 from tidings.retry import Retry
+from tidings.runtime.context import Context, SyncContext
+from tidings.runtime.handlers import Handler, Middleware
+from tidings.runtime.outcomes import Observer, Stats
+from tidings.runtime.runner import ServiceRunner, run_service
 from tidings.schema import EventModel
 from tidings.stores import connect_store
-from tidings.stores.base import Params, Row, Store, Transaction
+from tidings.stores.base import Store
 
-if TYPE_CHECKING:
-    from tidings.runtime.runner import ServiceRunner
+__all__ = ["Context", "Service", "SyncContext"]
 
 log = logging.getLogger("tidings.service")
 
@@ -63,241 +59,6 @@ DEFAULT_PARTITIONS = 4
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,120}$")
 
 H = TypeVar("H", bound=Callable[..., Any])
-
-
-class Context:
-    """What a handler or request code works with: the current transaction and publishing.
-
-    `execute`/`fetchone`/`fetchall` run SQL in the transaction, `defer` queues a statement whose
-    result is not needed; `publish` queues an event into the outbox of the same transaction (it
-    reaches the broker only if the transaction commits). Once the handler or request block
-    ends, every call raises ContextClosedError.
-    """
-
-    def __init__(
-        self,
-        service: Service,
-        tx: Transaction,
-        *,
-        event: Event | None = None,
-        correlation_id: str | None = None,
-        attempt: int = 1,
-        position: tuple[str, int, int] | None = None,
-    ) -> None:
-        self.service = service
-        self.tx = tx
-        self.event = event
-        self.correlation_id = correlation_id or (event.correlation_id if event else None)
-        self.attempt = attempt
-        self.position = position
-        self.published: list[Event] = []
-        self.unverified_topics: set[str] = set()
-        """Topics published to that the service has not seen exist yet (`verify_topics`)."""
-        self._closed = False
-
-    def close(self) -> None:
-        """End this context: every later call raises ContextClosedError."""
-        self._closed = True
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise ContextClosedError(
-                "this context's transaction has ended (the handler returned, failed or timed "
-                "out); it can no longer be used"
-            )
-
-    async def verify_topics(self) -> None:
-        """UnknownTopicError if an event was published to a topic that does not exist (checked
-        once per topic and service), so that its transaction fails here rather than its outbox
-        row at the relay."""
-        if self.unverified_topics:
-            topics, self.unverified_topics = self.unverified_topics, set()
-            await self.service.check_topics(topics)
-
-    async def execute(self, sql: str, params: Params = ()) -> int:
-        """Run a statement; returns the affected row count."""
-        self._check_open()
-        return await self.tx.execute(sql, params)
-
-    def defer(self, sql: str, params: Params = ()) -> None:
-        """Queue a statement whose result you do not need (an INSERT of an effect, say);
-        `params` are copied now. It runs in this transaction before its next statement, at
-        the end of a savepoint, before the outbox is written and before the commit, in order
-        with everything else. On PostgreSQL the statements queued until then share one round
-        trip, so a batch of events whose handlers only defer pays one round trip for all
-        their writes. If it fails, its error is raised where it ran, and the transaction can
-        then only roll back (later statements and the commit raise TransactionAbortedError).
-        In a handler the failure is always the deferring handler's own: the dispatcher
-        re-applies the batch with a savepoint per handler, whose end runs what it deferred."""
-        self._check_open()
-        self.tx.defer(sql, params)
-
-    async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
-        self._check_open()
-        return await self.tx.fetchall(sql, params)
-
-    async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
-        self._check_open()
-        return await self.tx.fetchone(sql, params)
-
-    def savepoint(self) -> AbstractAsyncContextManager[None]:
-        """`async with ctx.savepoint():` - a nested unit of this transaction. If the block
-        raises, what it did (statements, deferred statements, publishes) is rolled back, the
-        error propagates, and the transaction carries on; the way to go on after a statement's
-        error, on every store. Without it, a failed statement leaves the transaction able only
-        to roll back even if the code catches the error (TransactionAbortedError from then
-        on); a block that catches its own statement's error raises TransactionAbortedError at
-        its end, rolled back like any block that raises."""
-        self._check_open()
-        return self.tx.savepoint()
-
-    def publish(
-        self,
-        topic: str,
-        event: EventModel | Event,
-        *,
-        key: str | None = None,
-        headers: Mapping[str, str] | None = None,
-        binary: bool = False,
-    ) -> Event:
-        """Queue `event` for `topic` in this transaction's outbox; returns the envelope.
-
-        An `EventModel` gets this service as source, the current correlation id, and the
-        handled event's id as causation id. `key` defaults to the handled event's key.
-        Raises TopicError for an invalid topic name and MessageTooLargeError for an event the
-        broker would refuse; a topic that does not exist fails the transaction before it
-        commits (UnknownTopicError): an event that could never be relayed is never committed."""
-        self._check_open()
-        service = self.service
-        if topic not in service.known_topics:
-            validate_topic_name(topic)
-            self.unverified_topics.add(topic)
-        if key is None and self.event is not None:
-            key = self.event.key
-        causation = self.event.id if self.event is not None else None
-        if isinstance(event, EventModel):
-            envelope = event.to_event(
-                key=key,
-                source=self.service.name,
-                headers=dict(headers) if headers else None,
-                correlation_id=self.correlation_id,
-                causation_id=causation,
-            )
-        elif isinstance(event, Event):
-            changes: dict[str, Any] = {}
-            if self.correlation_id and event.correlation_id == event.id:
-                changes["correlation_id"] = self.correlation_id
-            if causation and event.causation_id is None:
-                changes["causation_id"] = causation
-            if not event.source:
-                changes["source"] = self.service.name
-            if key is not None and event.key is None:
-                changes["key"] = key
-            if headers:
-                changes["headers"] = {**event.headers, **headers}
-            envelope = msgspec.structs.replace(event, **changes) if changes else event
-        else:
-            raise TypeError(
-                f"publish() takes an EventModel or an Event, not {type(event).__name__}"
-            )
-        message = event_to_message(envelope, binary=binary)
-        limit = service.broker.max_message_bytes
-        if len(message.value) > limit or message.size > limit:
-            raise MessageTooLargeError(
-                f"event {envelope.id} ({envelope.type}) for topic {topic!r} is {message.size} "
-                f"bytes; the broker accepts at most {limit} (nothing was published)"
-            )
-        self.tx.add_outbox(topic, envelope.id, message)
-        self.published.append(envelope)
-        return envelope
-
-
-class SyncContext:
-    """The Context for `def` handlers, which run on a worker thread: the same operations,
-    blocking. Not usable from the event loop thread."""
-
-    def __init__(self, context: Context, loop: asyncio.AbstractEventLoop) -> None:
-        self._context = context
-        self._loop = loop
-        self.service = context.service
-        self.event = context.event
-        self.correlation_id = context.correlation_id
-        self.attempt = context.attempt
-        self.position = context.position
-
-    def _wait(self, coro: Awaitable[Any]) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()  # type: ignore[arg-type]
-
-    def execute(self, sql: str, params: Params = ()) -> int:
-        result: int = self._wait(self._context.execute(sql, params))
-        return result
-
-    def defer(self, sql: str, params: Params = ()) -> None:
-        self._context.defer(sql, params)
-
-    def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
-        result: list[Row] = self._wait(self._context.fetchall(sql, params))
-        return result
-
-    def fetchone(self, sql: str, params: Params = ()) -> Row | None:
-        result: Row | None = self._wait(self._context.fetchone(sql, params))
-        return result
-
-    @contextmanager
-    def savepoint(self) -> Iterator[None]:
-        """`with ctx.savepoint():` - Context.savepoint for `def` handlers."""
-        block = self._context.savepoint()
-        self._wait(block.__aenter__())
-        try:
-            yield
-        except BaseException as exc:
-            self._wait(block.__aexit__(type(exc), exc, exc.__traceback__))
-            raise
-        self._wait(block.__aexit__(None, None, None))
-
-    def publish(
-        self,
-        topic: str,
-        event: EventModel | Event,
-        *,
-        key: str | None = None,
-        headers: Mapping[str, str] | None = None,
-        binary: bool = False,
-    ) -> Event:
-        return self._context.publish(topic, event, key=key, headers=headers, binary=binary)
-
-
-@dataclass(frozen=True, slots=True)
-class Handler:
-    """A registered handler. `consumer` (service.name) keys its inbox rows."""
-
-    name: str
-    consumer: str
-    topics: tuple[str, ...]
-    model: type[EventModel] | None
-    function: Callable[..., Any]
-    is_async: bool
-    retry: Retry
-
-    def accepts(self, event_type: str) -> bool:
-        return self.model is None or self.model.event_type == event_type
-
-    def parse(self, event: Event) -> EventModel | Event:
-        """The argument for the handler: the typed model (upcast, validated) or the envelope."""
-        return event if self.model is None else self.model.from_event(event)
-
-
-@dataclass(slots=True)
-class Stats:
-    """Counters of one running service (this process)."""
-
-    processed: int = 0
-    duplicates: int = 0
-    skipped: int = 0
-    retried: int = 0
-    dead_lettered: int = 0
-    relayed: int = 0
-    by_type: dict[str, int] = field(default_factory=dict)
 
 
 class Service:
@@ -317,6 +78,8 @@ class Service:
         session_timeout: float = 10.0,
         max_batch: int = 500,
         concurrency: int = 16,
+        middleware: Sequence[Middleware] = (),
+        observers: Sequence[Observer] = (),
     ) -> None:
         if not isinstance(name, str) or not _NAME.match(name):
             raise ConfigError(
@@ -340,6 +103,11 @@ class Service:
         self.concurrency = concurrency
         self.handlers: list[Handler] = []
         self.stats = Stats()
+        self.middleware: list[Middleware] = list(middleware)
+        """Wrappers around every handler attempt (see `tidings.runtime.handlers.Middleware`),
+        the first outermost; `use()` adds one."""
+        self.observers: list[Observer] = list(observers)
+        """Told what became of each event (see `tidings.runtime.outcomes.Observer`)."""
         self._broker: Broker | None = None
         self._store: Store | None = None
         self._start_lock: asyncio.Lock | None = None
@@ -350,6 +118,11 @@ class Service:
         """Topics this service has seen exist (created or checked); `check_topics` adds."""
 
     # declaration ------------------------------------------------------------------------
+
+    def use(self, middleware: Middleware) -> Middleware:
+        """Add handler middleware (innermost of those added so far); usable as a decorator."""
+        self.middleware.append(middleware)
+        return middleware
 
     def handler(
         self,
@@ -521,11 +294,13 @@ class Service:
     ) -> None:
         """Run consumers and the outbox relay until SIGTERM/SIGINT or `stop()`, then close the
         broker and store. See `tidings.runtime.runner` for the shutdown guarantees."""
-        from tidings.runtime.runner import run_service
-
-        await run_service(
-            self, grace_period=grace_period, install_signal_handlers=install_signal_handlers
-        )
+        runner = ServiceRunner(self, grace_period=grace_period)
+        self.runner = runner
+        try:
+            await run_service(runner, install_signal_handlers=install_signal_handlers)
+        finally:
+            self.runner = None
+            self.stats.relayed = runner.relay.published
 
     async def run_in_background(self, *, grace_period: float = 30.0) -> asyncio.Task[None]:
         """Start `run()` as a task of this event loop (no signal handlers: the caller owns

@@ -22,7 +22,7 @@ from tidings.errors import StorageError
 from tidings.records import Batch, TopicPartition
 from tidings.runtime.dispatch import Dispatcher
 from tidings.runtime.relay import Relay
-from tidings.service import Service
+from tidings.runtime.spec import ServiceSpec
 
 log = logging.getLogger("tidings.runtime")
 
@@ -33,7 +33,7 @@ START_RETRY_MAX_S = 30.0
 class ServiceRunner:
     """The running parts of one service in this process."""
 
-    def __init__(self, service: Service, *, grace_period: float = 30.0) -> None:
+    def __init__(self, service: ServiceSpec, *, grace_period: float = 30.0) -> None:
         self.service = service
         self.grace_period = grace_period
         self.stopping = asyncio.Event()
@@ -60,7 +60,8 @@ class ServiceRunner:
             consume.add_done_callback(lambda _: relay_stopping.set())
             tasks.append(consume)
             tasks.append(asyncio.create_task(self._cleanup_inbox(), name="inbox-cleanup"))
-            tasks.append(asyncio.create_task(self.dispatcher.watch(relay_stopping), name="watch"))
+            watch = self.dispatcher.watch.run(service.handlers, relay_stopping)
+            tasks.append(asyncio.create_task(watch, name="watch"))
         if service.handlers:  # ready once the consumer has joined its group (or failed)
             joined = asyncio.create_task(self._joined.wait())
             await asyncio.wait({joined, tasks[1]}, return_when=asyncio.FIRST_COMPLETED)
@@ -73,7 +74,6 @@ class ServiceRunner:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            service.stats.relayed = self.relay.published
 
     async def _relay(self, stopping: asyncio.Event) -> None:
         """Run the relay; once `stopping`, give it what is left of the grace period to drain
@@ -193,12 +193,10 @@ class ServiceRunner:
                 log.exception("%s: inbox cleanup failed; will retry", service.name)
 
 
-async def run_service(
-    service: Service, *, grace_period: float = 30.0, install_signal_handlers: bool = True
-) -> None:
-    """Run `service` until a signal (see module docstring) or cancellation."""
-    runner = ServiceRunner(service, grace_period=grace_period)
-    service.runner = runner
+async def run_service(runner: ServiceRunner, *, install_signal_handlers: bool = True) -> None:
+    """Run `runner` until a signal (see module docstring), `stop()` or cancellation, then close
+    the service's broker and store."""
+    service = runner.service
     loop = asyncio.get_running_loop()
     signals = 0
 
@@ -225,5 +223,4 @@ async def run_service(
         if install_signal_handlers:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
-        service.runner = None
         await service.close()
