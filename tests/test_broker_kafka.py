@@ -28,14 +28,6 @@ from confluent_kafka.admin import AdminClient, ConfigResource, ConfigSource, Res
 from confluent_kafka.cimpl import NewTopic
 from typer.testing import CliRunner
 
-from tests.contract.broker_contract import (
-    BrokerContract,
-    ProcessContract,
-    drain,
-    messages,
-    topic_name,
-    values,
-)
 from tidings.brokers import connect
 from tidings.brokers._kafka_records import KafkaRecords, build_records, split_runs
 from tidings.brokers.base import UNLIMITED
@@ -57,6 +49,14 @@ from tidings.errors import (
 )
 from tidings.partitioner import partition_for_key
 from tidings.records import Batch, Message, Record, TopicPartition
+from tidings.testing.broker_contract import (
+    BrokerContract,
+    ProcessContract,
+    drain,
+    messages,
+    topic_name,
+    values,
+)
 
 BOOTSTRAP = os.environ.get("TIDINGS_KAFKA_BOOTSTRAP", "")
 ROOT = Path(__file__).resolve().parents[1]

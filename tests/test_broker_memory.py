@@ -4,7 +4,7 @@ import uuid
 
 import pytest
 
-from tests.contract.broker_contract import BrokerContract
+from tidings.testing.broker_contract import BrokerContract
 
 
 class TestMemoryBroker(BrokerContract):

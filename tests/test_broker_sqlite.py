@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.contract.broker_contract import BrokerContract, ProcessContract
+from tidings.testing.broker_contract import BrokerContract, ProcessContract
 
 
 class TestSQLiteBroker(BrokerContract, ProcessContract):

@@ -20,7 +20,6 @@ import confluent_kafka as ck
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from tests.contract.broker_contract import topic_name
 from tests.kafka_raw import produce_raw
 from tests.support import server_setting
 from tidings.brokers import connect
@@ -29,6 +28,7 @@ from tidings.brokers.kafka import KafkaConsumer
 from tidings.errors import DecodeError
 from tidings.event import event_from_record
 from tidings.records import UNREADABLE_HEADERS, Message, Record, TopicPartition
+from tidings.testing.broker_contract import topic_name
 
 
 @dataclass

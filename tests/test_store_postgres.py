@@ -26,7 +26,6 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests.contract.store_contract import BUSINESS, StoreContract, message, relay_all
 from tidings import Event, connect, event_from_record
 from tidings.errors import (
     ConfigError,
@@ -41,6 +40,7 @@ from tidings.service import Context, Service, SyncContext
 from tidings.stores import connect_store
 from tidings.stores.base import Store
 from tidings.stores.postgres import PostgresStore, translate_placeholders
+from tidings.testing.store_contract import BUSINESS, StoreContract, message, relay_all
 
 DSN_ENV = "TIDINGS_POSTGRES_DSN"
 

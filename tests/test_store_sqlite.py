@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.contract.store_contract import StoreContract
 from tidings.stores.sqlite import CHECKPOINT_INTERVAL_S, SQLiteStore, SQLiteTransaction
+from tidings.testing.store_contract import StoreContract
 
 
 class TestSQLiteStore(StoreContract):

@@ -900,7 +900,7 @@ class _Progress:
         if self.seek_to is None:
             return batch
         seeker = require(consumer, CanSeek, "move its partitions")
-        fresh = seeker.assignment() - self.next.keys()
+        fresh = consumer.assignment() - self.next.keys()
         for tp in fresh:
             self.next[tp] = await seeker.seek(tp, self.seek_to)
         return None if batch is not None and batch.tp in fresh else batch

@@ -14,9 +14,10 @@ events. Guarantees every backend gives:
   consumer resumes exactly there: no gap, and no duplicate after a clean close. Commits for
   partitions the member no longer owns are refused (fencing).
 
-A backend implements the core - `Broker` (publish, subscribe, close, admin), `Consumer` (start,
-fetch, ack, nack, commit, close) and `Admin` (create_topic, describe_topic): what services need
-to run - and declares what else it can do for tooling by also deriving from capabilities:
+A backend implements the core - `Broker` (publish, subscribe, close, admin), `Consumer`
+(start, fetch, ack, nack, commit, assignment, close) and `Admin` (create_topic,
+describe_topic): what services need to run - and declares what else it can do for tooling by
+also deriving from capabilities:
 `CanRead` (a broker reading records without a group: `tidings tail`, dead letters),
 `CanSeek` (a consumer moving its partitions), `CanInspect` (an admin listing topics and groups
 and telling lag), `CanResetOffsets` (`tidings replay`) and `CanEnforceRetention`. `require`
@@ -95,6 +96,10 @@ class Consumer(abc.ABC):
         """Ack `batch` (if given) and durably commit every acked offset now.
 
         Raises CommitFailedError if a partition with an acked offset is no longer owned."""
+
+    @abc.abstractmethod
+    def assignment(self) -> frozenset[TopicPartition]:
+        """The partitions this member owns right now."""
 
     @abc.abstractmethod
     async def close(self) -> None:
@@ -215,10 +220,6 @@ class CanSeek(abc.ABC):
     @abc.abstractmethod
     async def seek(self, tp: TopicPartition, to: SeekTo) -> int:
         """Move an owned partition's position; returns the new offset. Drops any in-flight batch."""
-
-    @abc.abstractmethod
-    def assignment(self) -> frozenset[TopicPartition]:
-        """The partitions this member owns right now."""
 
 
 class CanInspect(abc.ABC):

@@ -509,7 +509,7 @@ class StoreContract:
     async def test_on_outbox_wakes_when_an_outbox_transaction_commits(self, store: Store) -> None:
         woken = asyncio.Event()
         loop = asyncio.get_running_loop()
-        store.on_outbox(lambda: loop.call_soon_threadsafe(woken.set))
+        store.on_outbox(lambda: (loop.call_soon_threadsafe(woken.set), None)[1])
         async with store.transaction() as tx:
             await tx.execute("INSERT INTO orders(id, total) VALUES ('no-event', 1)")
         await asyncio.sleep(0.05)

@@ -1,6 +1,6 @@
 """A consumer-group member run as its own OS process by the contract suite.
 
-Usage: python -m tests.contract.member_process URL GROUP TOPIC OUT SESSION_TIMEOUT
+Usage: python -m tidings.testing._member_process URL GROUP TOPIC OUT SESSION_TIMEOUT
 
 Appends `pid partition offset value` per processed record to OUT (flushed before the commit),
 then commits the batch, so OUT shows everything this member processed.
