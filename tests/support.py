@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
 
+from tidings import testing
 from tidings.brokers.base import Broker
 from tidings.records import Record, TopicPartition
 
@@ -29,10 +28,7 @@ def server_setting(variable: str, start: str) -> str:
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 20) -> None:
     """Poll `check` until it is true; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
+    await testing.eventually(check, timeout, interval=0.02)
 
 
 async def read_topic(broker: Broker, topic: str) -> list[Record]:

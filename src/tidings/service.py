@@ -178,6 +178,17 @@ class Service:
 
     # resources --------------------------------------------------------------------------
 
+    def bind(self, *, broker: str | Broker | None = None, store: str | Store | None = None) -> None:
+        """Use these backends instead of the ones configured (`broker=`/`store=`, environment,
+        defaults) - for tests: `tidings.testing.ServiceHarness` binds `memory://` ones. Only
+        before the service starts."""
+        if self._started or self._broker is not None or self._store is not None:
+            raise ConfigError(f"service {self.name!r}: bind() its backends before it starts")
+        if broker is not None:
+            self._broker_spec = broker
+        if store is not None:
+            self._store_spec = store
+
     @property
     def broker(self) -> Broker:
         """From `broker=`, else the `TIDINGS_BROKER` environment variable, else

@@ -2,6 +2,7 @@
 
 * `sqlite:///path/to/service.db` - the embedded default.
 * `postgresql://user:password@host:port/dbname?schema=name` (or `postgres://`) - PostgreSQL.
+* `memory://` - a throwaway store for tests (SQLite in a private temporary directory).
 """
 
 from __future__ import annotations
@@ -29,4 +30,10 @@ def connect_store(url: str, **options: Any) -> Store:
         from tidings.stores.postgres import PostgresStore
 
         return PostgresStore(url, **options)
-    raise ConfigError(f"unknown store scheme {scheme!r}; supported: sqlite://, postgresql://")
+    if scheme == "memory":
+        from tidings.stores.memory import MemoryStore
+
+        return MemoryStore(url, **options)
+    raise ConfigError(
+        f"unknown store scheme {scheme!r}; supported: sqlite://, postgresql://, memory://"
+    )
