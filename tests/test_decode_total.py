@@ -72,6 +72,8 @@ attributes = st.dictionaries(
             "causationid",
             "typeversion",
             "tidingsheaders",
+            "traceparent",
+            "tracestate",
         ]
     ),
     json_values,
@@ -186,3 +188,22 @@ def test_valid_events_still_round_trip_in_both_modes() -> None:
         rec = Record("t", 0, 0, 0, message.value, message.key, message.headers)
         assert event_from_record(rec) == event
     assert encode_event(event)
+
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["structured", "binary"])
+def test_trace_context_travels_with_the_event_and_a_malformed_one_is_dropped(
+    binary: bool,
+) -> None:
+    event = Event(type="T", traceparent=TRACEPARENT, tracestate="vendor=abc")
+    message = event_to_message(event, binary=binary)
+    decoded = event_from_record(Record("t", 0, 0, 0, message.value, None, message.headers))
+    assert decoded.traceparent == TRACEPARENT and decoded.tracestate == "vendor=abc"
+    for bad in ("00-" + "0" * 32 + "-00f067aa0ba902b7-01", "ff-xyz", TRACEPARENT.upper()):
+        dropped = Event(type="T", traceparent=bad, tracestate="vendor=abc")
+        assert dropped.traceparent is None and dropped.tracestate is None
+    from_other = structured(traceparent="nonsense", tracestate="a=b")
+    decoded = event_from_record(record(from_other))
+    assert decoded.traceparent is None  # ignored, as W3C requires, not undecodable

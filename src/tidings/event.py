@@ -12,7 +12,9 @@ Attribute mapping (CloudEvents name <- Event field):
   `source` (CloudEvents requires a non-empty source, so an empty `source` is written as
   `urn:tidings:unknown` and read back as "");
 * `datacontenttype` "application/json" and `data`, or `data_base64` when `data` is bytes;
-* extensions: `partitionkey` (Partitioning extension) <- `key`, `correlationid`, `causationid`,
+* extensions: `traceparent` and `tracestate` (the Distributed Tracing extension: W3C trace
+  context, so a trace follows the event across services; a malformed one is dropped, as W3C
+  requires), `partitionkey` (Partitioning extension) <- `key`, `correlationid`, `causationid`,
   `typeversion` (integer) <- `version`, and `tidingsheaders` (a JSON string of `headers`,
   written only when there are headers, since extension values must be primitive).
 
@@ -77,6 +79,9 @@ MAX_VERSION = 2**31 - 1
 _NOT_A_STRING = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 """What a CloudEvents String may not contain: control characters and surrogates."""
 _NOT_A_VALUE = re.compile("[\x00\ud800-\udfff]")
+_TRACEPARENT = re.compile("00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
+"""A W3C traceparent of version 00 with a valid trace and parent id."""
+MAX_TRACESTATE = 512
 
 
 def _new_id() -> str:
@@ -106,6 +111,9 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
     correlation_id: str | None = None
     causation_id: str | None = None
     headers: dict[str, str] = msgspec.field(default_factory=dict)
+    traceparent: str | None = None
+    """W3C trace context of the span that published the event (set by tracing, if on)."""
+    tracestate: str | None = None
 
     def __post_init__(self) -> None:
         _check_text("type", self.type, MAX_ID_LENGTH)
@@ -135,6 +143,17 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
             _check_headers(headers)
         if not self.correlation_id:
             force_setattr(self, "correlation_id", self.id)
+        if self.traceparent is not None and not _TRACEPARENT.fullmatch(self.traceparent):
+            force_setattr(self, "traceparent", None)
+        if self.traceparent is None or (
+            self.tracestate is not None
+            and (
+                len(self.tracestate) > MAX_TRACESTATE
+                or not self.tracestate.isascii()
+                or not self.tracestate.isprintable()
+            )
+        ):
+            force_setattr(self, "tracestate", None)
 
     def to_message(self, *, binary: bool = False) -> Message:
         """This event as a message (`event_to_message`): what `Broker.publish_events` sends."""
@@ -235,6 +254,8 @@ class _CloudEventIn(msgspec.Struct):
     causationid: str | None = None
     typeversion: _TypeVersion | None = None
     tidingsheaders: str | None = None
+    traceparent: str | None = None
+    tracestate: str | None = None
 
 
 class _CloudEventOut(msgspec.Struct, omit_defaults=True, kw_only=True):
@@ -254,6 +275,8 @@ class _CloudEventOut(msgspec.Struct, omit_defaults=True, kw_only=True):
     causationid: str | None = None
     typeversion: int
     tidingsheaders: str | None = None
+    traceparent: str | None = None
+    tracestate: str | None = None
 
 
 _json_encoder = msgspec.json.Encoder()
@@ -289,6 +312,8 @@ def _to_wire(event: Event) -> _CloudEventOut:
         causationid=event.causation_id,
         typeversion=event.version,
         tidingsheaders=_json_encoder.encode(headers).decode() if headers else None,
+        traceparent=event.traceparent,
+        tracestate=event.tracestate,
     )
 
 
@@ -318,6 +343,8 @@ def _from_wire(wire: _CloudEventIn, headers: dict[str, str] | None, record: Reco
             correlation_id=wire.correlationid,
             causation_id=wire.causationid,
             headers=headers,
+            traceparent=wire.traceparent,
+            tracestate=wire.tracestate,
         )
     except ValueError as exc:
         raise DecodeError(f"invalid event: {exc}") from None
@@ -409,6 +436,10 @@ def to_kafka_binary(event: Event) -> tuple[Headers, bytes]:
     if event.causation_id is not None:
         headers.append(("ce_causationid", event.causation_id.encode()))
     headers.append(("ce_typeversion", str(event.version).encode()))
+    if event.traceparent is not None:
+        headers.append(("ce_traceparent", event.traceparent.encode()))
+        if event.tracestate is not None:
+            headers.append(("ce_tracestate", event.tracestate.encode()))
     data = event.data
     if data is None:
         value = b""
