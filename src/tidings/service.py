@@ -41,13 +41,14 @@ from tidings.errors import (
 from tidings.event import Event, event_to_message
 from tidings.records import Published
 from tidings.retry import Retry
-from tidings.runtime.context import Context, SyncContext
+from tidings.runtime.context import Context, PublishHook, SyncContext
 from tidings.runtime.handlers import Handler, Middleware
 from tidings.runtime.outcomes import Observer, Stats
 from tidings.runtime.runner import ServiceRunner, run_service
 from tidings.schema import EventModel
 from tidings.stores import connect_store
 from tidings.stores.base import Store
+from tidings.telemetry import auto_instrument
 
 __all__ = ["Context", "Service", "SyncContext"]
 
@@ -108,6 +109,10 @@ class Service:
         the first outermost; `use()` adds one."""
         self.observers: list[Observer] = list(observers)
         """Told what became of each event (see `tidings.runtime.outcomes.Observer`)."""
+        self.publish_hooks: list[PublishHook] = []
+        """Called on every event published through a Context (see `PublishHook`)."""
+        self.extensions: dict[str, object] = {}
+        """What plugins (tracing, metrics) keep for this service, by name."""
         self._broker: Broker | None = None
         self._store: Store | None = None
         self._start_lock: asyncio.Lock | None = None
@@ -304,7 +309,9 @@ class Service:
         self, *, grace_period: float = 30.0, install_signal_handlers: bool = True
     ) -> None:
         """Run consumers and the outbox relay until SIGTERM/SIGINT or `stop()`, then close the
-        broker and store. See `tidings.runtime.runner` for the shutdown guarantees."""
+        broker and store. See `tidings.runtime.runner` for the shutdown guarantees. Telemetry
+        the environment asks for is turned on first (`tidings.telemetry.auto_instrument`)."""
+        auto_instrument(self)
         runner = ServiceRunner(self, grace_period=grace_period)
         self.runner = runner
         try:

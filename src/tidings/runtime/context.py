@@ -4,7 +4,7 @@ that transaction's outbox. `SyncContext` is the same for `def` handlers on a wor
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Collection, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, contextmanager
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -20,11 +20,17 @@ if TYPE_CHECKING:
     from tidings.brokers.base import Broker
 
 
+PublishHook = Callable[[str, Event], Event]
+"""Called by `Context.publish` with the topic and the envelope about to go into the outbox;
+returns the envelope to use (tracing puts its trace context in it)."""
+
+
 class ContextOwner(Protocol):
     """What a Context needs of its service."""
 
     name: str
     known_topics: set[str]
+    publish_hooks: list[PublishHook]
 
     @property
     def broker(self) -> Broker: ...
@@ -167,6 +173,8 @@ class Context:
             raise TypeError(
                 f"publish() takes an EventModel or an Event, not {type(event).__name__}"
             )
+        for hook in service.publish_hooks:
+            envelope = hook(topic, envelope)
         message = event_to_message(envelope, binary=binary)
         limit = service.broker.max_message_bytes
         if len(message.value) > limit or message.size > limit:

@@ -1,0 +1,247 @@
+"""Distributed tracing with OpenTelemetry (`pip install 'tidings[otel]'`), following its
+messaging semantic conventions.
+
+`instrument(service)` plugs into a service's seams, nothing else: a publish hook makes a
+`create <topic>` span (PRODUCER) for every event published through a Context and puts its W3C
+trace context in the event (`traceparent`, stored with the outbox row, so the trace survives
+however long the event waits); a middleware makes a `process <topic>` span (CONSUMER) for every
+handler attempt, a child of the event's trace context - one span per event and handler, also
+in batch transactions - with retries as span events; an observer marks dead letters (a
+`dead_letter <topic>` span with error status and the reason); the relay's hook makes one
+`send <topic>` span (PRODUCER) per publish, linked to the events it carries.
+
+Tracing is on when `configured()`: the OpenTelemetry SDK is installed, `OTEL_SDK_DISABLED` is not
+true, and either the application set its own tracer provider (respected as it is) or an
+exporter is configured with the standard variables (`OTEL_EXPORTER_OTLP_ENDPOINT`,
+`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or `OTEL_TRACES_EXPORTER`). Then tidings makes one tracer
+provider per service, named `OTEL_SERVICE_NAME` or the service's name, exporting over OTLP/HTTP,
+sampled per `OTEL_TRACES_SAMPLER`. Off, nothing is installed and nothing is paid.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from tidings.event import Event
+from tidings.records import Message
+from tidings.runtime.handlers import Invocation, Next
+from tidings.runtime.outcomes import Outcome, Settled
+
+if TYPE_CHECKING:
+    from tidings.service import Service
+
+_propagator = TraceContextTextMapPropagator()
+_EXPORTER_VARIABLES = (
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_TRACES_EXPORTER",
+)
+
+
+def configured() -> bool:
+    """Whether tracing should be on (see the module docstring)."""
+    if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return False
+    if os.environ.get("OTEL_TRACES_EXPORTER", "").lower() == "none":
+        return False
+    own = not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    return own or any(os.environ.get(name) for name in _EXPORTER_VARIABLES)
+
+
+def _provider(service_name: str) -> trace.TracerProvider:
+    """The application's tracer provider if it set one, else one of this service's own."""
+    current = trace.get_tracer_provider()
+    if not isinstance(current, trace.ProxyTracerProvider):
+        return current
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    name = os.environ.get("OTEL_SERVICE_NAME") or service_name
+    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: name}))
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    return provider
+
+
+def parent_of(event: Event) -> otel_context.Context | None:
+    """The trace context an event carries, or None."""
+    if event.traceparent is None:
+        return None
+    carrier = {"traceparent": event.traceparent}
+    if event.tracestate is not None:
+        carrier["tracestate"] = event.tracestate
+    return _propagator.extract(carrier)
+
+
+def _event_attributes(event: Event) -> dict[str, Any]:
+    attributes: dict[str, Any] = {
+        "messaging.message.id": event.id,
+        "messaging.message.conversation_id": event.correlation_id or event.id,
+        "tidings.event.type": event.type,
+        "tidings.event.version": event.version,
+    }
+    if event.causation_id is not None:
+        attributes["tidings.causation_id"] = event.causation_id
+    if event.key is not None:
+        attributes["messaging.kafka.message.key"] = event.key
+    return attributes
+
+
+class Tracing:
+    """The tracing of one service: its publish hook, middleware, observer and relay hook."""
+
+    def __init__(self, service: Service, provider: trace.TracerProvider | None = None) -> None:
+        self.service = service
+        self.provider = provider or _provider(service.name)
+        self.tracer = self.provider.get_tracer("tidings")
+        self.system = "kafka" if service.broker.url.startswith("kafka") else "tidings"
+
+    def _common(self, operation: str, kind: str, topic: str) -> dict[str, Any]:
+        return {
+            "messaging.system": self.system,
+            "messaging.operation.type": kind,
+            "messaging.operation.name": operation,
+            "messaging.destination.name": topic,
+        }
+
+    # create: where an event is published into the outbox --------------------------------
+
+    def on_publish(self, topic: str, event: Event) -> Event:
+        """A `create` span for `event`, its context put in the event (the publish hook)."""
+        attributes = self._common("publish", "create", topic) | _event_attributes(event)
+        with self.tracer.start_as_current_span(
+            f"create {topic}", kind=SpanKind.PRODUCER, attributes=attributes
+        ):
+            carrier: dict[str, str] = {}
+            _propagator.inject(carrier)
+        traceparent = carrier.get("traceparent")
+        if traceparent is None:
+            return event
+        import msgspec
+
+        return msgspec.structs.replace(
+            event, traceparent=traceparent, tracestate=carrier.get("tracestate")
+        )
+
+    # process: one span per handler attempt ------------------------------------------------
+
+    async def middleware(self, call: Invocation, next: Next) -> None:
+        event = call.event
+        position = call.position
+        topic = position[0] if position else ""
+        attributes = self._common("process", "process", topic) | _event_attributes(event)
+        attributes["messaging.consumer.group.name"] = self.service.name
+        attributes["tidings.handler"] = call.handler.consumer
+        attributes["tidings.attempt"] = call.attempt
+        if position is not None:
+            attributes["messaging.destination.partition.id"] = str(position[1])
+            attributes["messaging.kafka.offset"] = position[2]
+        with self.tracer.start_as_current_span(
+            f"process {topic}",
+            context=parent_of(event),
+            kind=SpanKind.CONSUMER,
+            attributes=attributes,
+            record_exception=True,
+            set_status_on_exception=True,
+        ) as span:
+            if call.attempt > 1:
+                span.add_event("retry", {"tidings.attempt": call.attempt})
+            await next(call)
+
+    # outcomes: dead letters as errors ---------------------------------------------------------
+
+    def settled(self, outcomes: Sequence[Settled]) -> None:
+        for outcome in outcomes:
+            if outcome.outcome is not Outcome.DEAD_LETTERED:
+                continue
+            topic = outcome.record.topic
+            attributes = self._common("dead_letter", "settle", topic)
+            attributes["messaging.consumer.group.name"] = self.service.name
+            attributes["tidings.dead_letter.reason"] = outcome.reason or ""
+            attributes["tidings.dead_letter.topic"] = self.service.dead_letter_topic
+            if outcome.event is not None:
+                attributes |= _event_attributes(outcome.event)
+            if outcome.handler is not None:
+                attributes["tidings.handler"] = outcome.handler.consumer
+            parent = parent_of(outcome.event) if outcome.event is not None else None
+            span = self.tracer.start_span(
+                f"dead_letter {topic}",
+                context=parent,
+                kind=SpanKind.INTERNAL,
+                attributes=attributes,
+            )
+            if outcome.error is not None:
+                span.record_exception(outcome.error)
+            span.set_status(Status(StatusCode.ERROR, f"dead-lettered: {outcome.reason}"))
+            span.end()
+
+    # send: the relay's publish of outbox rows ----------------------------------------------------
+
+    def relayed(self, topic: str, messages: Sequence[Message], started: float) -> None:
+        """A `send` span per relay publish, linked to the events' own spans; `started` is
+        `time.time()` when the publish began."""
+        links = []
+        for message in messages:
+            for name, value in message.headers:
+                if name == "ce_traceparent":
+                    links.append(_link({"traceparent": value.decode("ascii", "replace")}))
+                    break
+            else:
+                traceparent = _structured_traceparent(message.value)
+                if traceparent is not None:
+                    links.append(_link({"traceparent": traceparent}))
+        attributes = self._common("send", "send", topic)
+        attributes["messaging.batch.message_count"] = len(messages)
+        span = self.tracer.start_span(
+            f"send {topic}",
+            kind=SpanKind.PRODUCER,
+            attributes=attributes,
+            links=[link for link in links if link is not None],
+            start_time=int(started * 1e9),
+        )
+        span.end(end_time=time.time_ns())
+
+    def shutdown(self) -> None:
+        """Export what is buffered (a provider of tidings' own)."""
+        flush = getattr(self.provider, "force_flush", None)
+        if flush is not None:
+            flush()
+
+
+def _link(carrier: dict[str, str]) -> Link | None:
+    span_context = trace.get_current_span(_propagator.extract(carrier)).get_span_context()
+    return Link(span_context) if span_context.is_valid else None
+
+
+_TRACEPARENT_KEY = b'"traceparent":"'
+
+
+def _structured_traceparent(value: bytes) -> str | None:
+    """The traceparent of a structured-mode CloudEvent, found without decoding it all."""
+    start = value.find(_TRACEPARENT_KEY)
+    if start < 0:
+        return None
+    start += len(_TRACEPARENT_KEY)
+    return value[start : start + 55].decode("ascii", "replace")
+
+
+def instrument(service: Service, provider: trace.TracerProvider | None = None) -> Tracing:
+    """Trace `service` (see the module docstring); idempotent."""
+    existing = service.extensions.get("tracing")
+    if isinstance(existing, Tracing):
+        return existing
+    tracing = Tracing(service, provider)
+    service.publish_hooks.append(tracing.on_publish)
+    service.middleware.insert(0, tracing.middleware)
+    service.observers.append(tracing)
+    service.extensions["tracing"] = tracing
+    return tracing
