@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Awaitable
 
 from tidings.brokers.base import CanInspect, Consumer
 from tidings.errors import StorageError
@@ -48,6 +49,7 @@ class ServiceRunner:
         self.ready = asyncio.Event()
         """Set once the service consumes (its consumer joined the group) and relays."""
         self._joined = asyncio.Event()
+        self._tasks: dict[str, asyncio.Task[None]] = {}
 
     async def run(self) -> None:
         service = self.service
@@ -62,6 +64,7 @@ class ServiceRunner:
             tasks.append(asyncio.create_task(self._cleanup_inbox(), name="inbox-cleanup"))
             watch = self.dispatcher.watch.run(service.handlers, relay_stopping)
             tasks.append(asyncio.create_task(watch, name="watch"))
+        self._tasks = {task.get_name(): task for task in tasks}
         if service.handlers:  # ready once the consumer has joined its group (or failed)
             joined = asyncio.create_task(self._joined.wait())
             await asyncio.wait({joined, tasks[1]}, return_when=asyncio.FIRST_COMPLETED)
@@ -74,6 +77,36 @@ class ServiceRunner:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def readiness(self, timeout: float = 2.0) -> dict[str, str | None]:
+        """Per check, None if it passes, else why not: the service started (migrations
+        applied, topics created), its store and broker answer within `timeout`, its consumer
+        joined its group, its relay runs."""
+
+        async def answers(check: Awaitable[object], what: str) -> str | None:
+            try:
+                await asyncio.wait_for(check, timeout)
+            except TimeoutError:
+                return f"{what} did not answer within {timeout:g}s"
+            except Exception as exc:
+                return f"{what}: {exc}"
+            return None
+
+        service = self.service
+        checks: dict[str, str | None] = {}
+        checks["started"] = None if self.ready.is_set() else "starting (migrations, topics)"
+        checks["store"] = await answers(service.store.query("SELECT 1"), "the store")
+        topics = service.consumed_topics or [service.dead_letter_topic]
+        checks["broker"] = await answers(
+            service.broker.admin.describe_topic(topics[0]), "the broker"
+        )
+        if service.handlers:
+            consume = self._tasks.get("consume")
+            joined = self._joined.is_set() and consume is not None and not consume.done()
+            checks["consumer"] = None if joined else "the consumer has not joined its group"
+        relay = self._tasks.get("relay")
+        checks["relay"] = None if relay is not None and not relay.done() else "the relay stopped"
+        return checks
 
     async def _relay(self, stopping: asyncio.Event) -> None:
         """Run the relay; once `stopping`, give it what is left of the grace period to drain
