@@ -33,7 +33,7 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar, get_type_hints
 
 from tidings.brokers import connect
-from tidings.brokers.base import UNLIMITED, Broker
+from tidings.brokers.base import UNLIMITED, Broker, validate_topic_name
 from tidings.errors import (
     ConfigError,
     UnknownTopicError,
@@ -103,6 +103,8 @@ class Service:
         self.max_batch = max_batch
         self.concurrency = concurrency
         self.handlers: list[Handler] = []
+        self.publications: dict[str, list[type[EventModel]]] = {}
+        """The event models declared published per topic (`publishes`)."""
         self.stats = Stats()
         self.middleware: list[Middleware] = list(middleware)
         """Wrappers around every handler attempt (see `tidings.runtime.handlers.Middleware`),
@@ -167,6 +169,19 @@ class Service:
             return function
 
         return register
+
+    def publishes(self, topic: str, *models: type[EventModel]) -> None:
+        """Declare that the service publishes events of `models` to `topic`: the topic is
+        created at start like those of `topics=`, and the declaration goes into the schema
+        registry and the AsyncAPI document (`tidings asyncapi`). Publishing is not limited to
+        what is declared."""
+        validate_topic_name(topic)
+        for model in models:
+            if not (isinstance(model, type) and issubclass(model, EventModel)):
+                raise ConfigError(f"publishes() takes EventModel subclasses, got {model!r}")
+        declared = self.publications.setdefault(topic, [])
+        declared.extend(m for m in models if m not in declared)
+        self.topics.setdefault(topic, DEFAULT_PARTITIONS)
 
     def handlers_for(self, topic: str, event_type: str) -> list[Handler]:
         """The handlers for events of `event_type` on `topic`, in registration order."""

@@ -57,6 +57,8 @@ def create(settings: Settings) -> Service:
         retry=settings.retry,
     )
 
+    service.publishes(INVENTORY_EVENTS, InventoryReserved, InventoryReservationFailed)
+
     @service.handler(ORDER_EVENTS)
     async def reserve(event: OrderPlaced, ctx: Context) -> None:
         wanted: dict[str, int] = {}

@@ -172,6 +172,10 @@ def create(settings: Settings) -> Service:
         retry=settings.retry,
     )
 
+    service.publishes(
+        ORDER_EVENTS, OrderPlaced, OrderPlacedV1, OrderConfirmed, OrderRejected, OrderCancelled
+    )
+
     @service.handler("payment-events")
     async def confirm(event: PaymentCharged, ctx: Context) -> None:
         if not await _finish(ctx, event.order_id, "CONFIRMED", None):

@@ -71,6 +71,8 @@ def create(settings: Settings) -> Service:
         retry=settings.retry,
     )
 
+    service.publishes(PAYMENT_EVENTS, PaymentCharged, PaymentFailed)
+
     @service.handler(INVENTORY_EVENTS)
     async def charge(event: InventoryReserved, ctx: Context) -> None:
         try:
