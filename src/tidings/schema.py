@@ -47,6 +47,7 @@ __all__ = [
     "WireModel",
     "json_schema",
     "registered",
+    "upcasters",
 ]
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
@@ -315,6 +316,18 @@ def json_schema(model: type[EventModel]) -> dict[str, Any]:
     schema["title"] = model.event_type
     schema["x-tidings-version"] = model.event_version
     return schema
+
+
+def upcasters(type: str, from_version: int, to_version: int) -> list[Upcaster] | None:
+    """The upcasters that bring `type` data from `from_version` to `to_version`, in order, or
+    None if a step is missing."""
+    chain = []
+    for step in range(from_version, to_version):
+        upcaster = _upcasters.get((type, step))
+        if upcaster is None:
+            return None
+        chain.append(upcaster)
+    return chain
 
 
 def registered() -> list[tuple[str, int, type[EventModel]]]:
