@@ -3,7 +3,7 @@ it starts, inserted together before it commits."""
 
 from __future__ import annotations
 
-from tidings.stores.base import InboxKey, Position, Transaction
+from tidings.stores.inbox import InboxKey, InboxRows, Position
 
 
 class InboxBatch:
@@ -25,13 +25,13 @@ class InboxBatch:
         self.entries.append((consumer, event_id, position))
         return True
 
-    async def write(self, tx: Transaction) -> None:
+    async def write(self, tx: InboxRows) -> None:
         """Insert the queued rows (InboxConflictError if one was recorded meanwhile)."""
         if self.entries:
             entries, self.entries = self.entries, []
             await tx.inbox_add_all(entries)
 
-    async def add(self, tx: Transaction, consumer: str, event_id: str, position: Position) -> bool:
+    async def add(self, tx: InboxRows, consumer: str, event_id: str, position: Position) -> bool:
         """`tx.inbox_add`, after writing what is queued (so a pair claimed earlier in this
         transaction is seen as recorded)."""
         await self.write(tx)

@@ -37,7 +37,7 @@ import uuid
 from tidings import dlq
 from tidings.brokers.base import Broker
 from tidings.errors import MessageTooLargeError, UnknownTopicError
-from tidings.stores.base import OutboxRow, SetAside, Store
+from tidings.stores.outbox import Outbox, OutboxRow, SetAside
 
 log = logging.getLogger("tidings.relay")
 
@@ -54,7 +54,7 @@ set aside without another."""
 class Relay:
     def __init__(
         self,
-        store: Store,
+        store: Outbox,
         broker: Broker,
         *,
         batch: int = 1000,

@@ -101,6 +101,7 @@ from tidings.stores.base import (
     Store,
     Transaction,
 )
+from tidings.stores.transaction import OutboxEntry
 
 T = TypeVar("T")
 Conn = psycopg.AsyncConnection[TupleRow]
@@ -508,6 +509,9 @@ def _lock_key(*parts: str) -> int:
 class PostgresTransaction(Transaction):
     """A transaction on one pooled connection."""
 
+    driver_errors = (psycopg.Error,)
+    IMMEDIATE_CONSTRAINTS = "SET CONSTRAINTS ALL IMMEDIATE"
+
     def __init__(self, conn: Conn, store: PostgresStore) -> None:
         super().__init__()
         self._conn = conn
@@ -515,36 +519,17 @@ class PostgresTransaction(Transaction):
         self._cursor = conn.cursor()
         """One cursor for every statement (its adapters are looked up once per transaction);
         each caller reads a statement's results before the next statement runs."""
-        self.outbox: list[tuple[str, str, Message]] = []
-        self._flushed = 0
 
-    async def _exec(self, query: Any, params: Sequence[Any]) -> psycopg.AsyncCursor[TupleRow]:
-        self._raise_if_failed()
-        if self.deferred:
-            await self.run_deferred()
-        try:
-            return await self._cursor.execute(query, params)
-        except psycopg.Error as exc:
-            error = self._failed(exc)
-            if error is exc:
-                raise
-            raise error from exc
-        except BaseException:
-            # cancelled (a timeout, a shutdown) before the statement finished: PostgreSQL may
-            # have aborted the transaction, or be still running the statement
-            if self._conn.info.transaction_status != TransactionStatus.INTRANS:
-                self._statement_failed(
-                    TransactionAbortedError("a statement was cancelled before it finished")
-                )
-            raise
+    def _usable_after_interruption(self) -> bool:
+        # cancelled (a timeout, a shutdown) before the statement finished: PostgreSQL may have
+        # aborted the transaction, or be still running the statement
+        return self._conn.info.transaction_status == TransactionStatus.INTRANS
 
-    def _failed(self, exc: psycopg.Error) -> Exception:
-        """Record that a statement failed with `exc`; returns what to raise (translated)."""
-        error = self._statement_error(exc)
-        self._statement_failed(error)
-        return error
+    def _copy_params(self, params: Params) -> Params:
+        return tuple(_arguments(params))
 
-    def _statement_error(self, exc: Exception) -> Exception:
+    def _error(self, exc: Exception) -> Exception:
+        """`exc` translated: TransactionAbortedError, IntegrityError, StorageError, or itself."""
         if isinstance(exc, psycopg.errors.InFailedSqlTransaction):
             return TransactionAbortedError(
                 "PostgreSQL had aborted the transaction at an earlier statement; it can only be"
@@ -553,34 +538,41 @@ class PostgresTransaction(Transaction):
         if isinstance(exc, psycopg.IntegrityError):
             return IntegrityError(str(exc), exc)
         if isinstance(exc, psycopg.OperationalError):
-            return self._translated(exc)
+            return self._store._translate(exc, "in a transaction; it was rolled back")
         return exc
 
-    def _translated(self, exc: psycopg.OperationalError) -> Exception:
-        return self._store._translate(exc, "in a transaction; it was rolled back")
+    async def _exec(self, query: Any, params: Sequence[Any]) -> psycopg.AsyncCursor[TupleRow]:
+        try:
+            return await self._cursor.execute(query, params)
+        except psycopg.Error as exc:
+            error = self._error(exc)
+            if error is exc:
+                raise
+            raise error from exc
 
-    def defer(self, sql: str, params: Params = ()) -> None:
-        self.deferred.append((sql, tuple(_arguments(params))))
+    async def _run(self, statement: str, params: Params) -> psycopg.AsyncCursor[TupleRow]:
+        return await self._exec(translate_placeholders(statement), _arguments(params))
 
-    async def check_constraints_immediately(self) -> None:
-        await self._exec("SET CONSTRAINTS ALL IMMEDIATE", ())
+    async def _execute(self, sql: str, params: Params) -> int:
+        return (await self._run(sql, params)).rowcount
 
-    async def run_deferred(self) -> None:
+    async def _fetchall(self, sql: str, params: Params) -> list[Row]:
+        cursor = await self._run(sql, params)
+        if cursor.description is None:
+            return []
+        return await cursor.fetchall()
+
+    async def _run_deferred(self, pending: Sequence[tuple[str, Params]]) -> None:
         """One pipeline: consecutive runs of the same statement as one `executemany`, one
         round trip for the lot (instead of one per statement). Without pipeline support in
         libpq (before version 14), one round trip per statement."""
-        self._raise_if_failed()
-        pending, self.deferred = self.deferred, []
-        if not pending:
-            return
         try:
             await self._send(pending)
         except Exception as exc:
-            error = self._statement_error(exc)
-            signal = self._deferred_failed(pending, error)
-            if signal is exc:
+            error = self._error(exc)
+            if error is exc:
                 raise
-            raise signal from (exc if signal is error else error)
+            raise error from exc
 
     async def _send(self, pending: Sequence[tuple[str, Params]]) -> None:
         if not _PIPELINES:
@@ -602,48 +594,22 @@ class PostgresTransaction(Transaction):
         for statement, run in itertools.groupby(pending, key=operator.itemgetter(0)):
             await self._cursor.executemany(translate_placeholders(statement), [p for _, p in run])
 
-    async def _run(self, statement: str, params: Params) -> psycopg.AsyncCursor[TupleRow]:
-        return await self._exec(translate_placeholders(statement), _arguments(params))
-
-    async def execute(self, sql: str, params: Params = ()) -> int:
-        return (await self._run(sql, params)).rowcount
-
-    async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
-        cursor = await self._run(sql, params)
-        if cursor.description is None:
-            return []
-        return await cursor.fetchall()
-
-    def add_outbox(self, topic: str, event_id: str, message: Message) -> None:
-        self.outbox.append((topic, event_id, message))
-
-    async def flush(self) -> None:
-        """Run deferred statements, then write the outbox rows queued since the last flush
-        (and always before COMMIT).
-
-        After a DuplicateEventError the transaction (or the enclosing savepoint) is aborted,
-        as after any failed statement: it must be rolled back."""
-        self._raise_if_failed()
-        if self.deferred:
-            await self.run_deferred()
-        pending = self.outbox[self._flushed :]
-        if not pending:
-            return
+    async def _write_outbox(self, rows: Sequence[OutboxEntry]) -> None:
+        """One statement for the lot, which also queues the NOTIFY that wakes relays."""
         try:
             await self._cursor.execute(
                 _OUTBOX_ADD_ALL,
                 (
-                    [topic for topic, _, _ in pending],
-                    [event_id for _, event_id, _ in pending],
-                    [m.key for _, _, m in pending],
-                    [m.value for _, _, m in pending],
-                    [_encoded_headers(m.headers) for _, _, m in pending],
+                    [topic for topic, _, _ in rows],
+                    [event_id for _, event_id, _ in rows],
+                    [m.key for _, _, m in rows],
+                    [m.value for _, _, m in rows],
+                    [_encoded_headers(m.headers) for _, _, m in rows],
                     CHANNEL,
                     self._store.schema,
                 ),
             )
         except psycopg.Error as exc:
-            error = self._failed(exc)
             if (
                 isinstance(exc, psycopg.errors.UniqueViolation)
                 and exc.diag.constraint_name == OUTBOX_UNIQUE
@@ -652,17 +618,13 @@ class PostgresTransaction(Transaction):
                     "an event id was published twice to one topic in this transaction or while "
                     f"still in the outbox ({exc.diag.message_detail or exc})"
                 ) from exc
+            error = self._error(exc)
             if error is exc:
                 raise
             raise error from exc
-        self._flushed = len(self.outbox)
 
-    async def inbox_add(
-        self,
-        consumer: str,
-        event_id: str,
-        position: tuple[str, int, int],
-        status: InboxStatus = InboxStatus.DONE,
+    async def _inbox_add(
+        self, consumer: str, event_id: str, position: Position, status: InboxStatus
     ) -> bool:
         cursor = await self._exec(
             'INSERT INTO tidings_inbox (consumer, event_id, status, topic, partition, "offset")'
@@ -671,17 +633,13 @@ class PostgresTransaction(Transaction):
         )
         return cursor.rowcount == 1
 
-    async def inbox_find(self, keys: Sequence[InboxKey]) -> set[InboxKey]:
-        if not keys:
-            return set()
+    async def _inbox_find(self, keys: Sequence[InboxKey]) -> set[InboxKey]:
         cursor = await self._exec(
             _INBOX_FIND, ([consumer for consumer, _ in keys], [event_id for _, event_id in keys])
         )
         return {(consumer, event_id) for consumer, event_id in await cursor.fetchall()}
 
-    async def inbox_add_all(self, entries: Sequence[tuple[str, str, Position]]) -> None:
-        if not entries:
-            return
+    async def _inbox_add_all(self, entries: Sequence[tuple[str, str, Position]]) -> None:
         try:
             await self._exec(
                 _INBOX_ADD_ALL,
@@ -705,7 +663,7 @@ class PostgresTransaction(Transaction):
                 f"({orig.diag.message_detail or orig})"
             ) from orig
 
-    async def inbox_get(self, consumer: str, event_id: str) -> InboxStatus | None:
+    async def _inbox_get(self, consumer: str, event_id: str) -> InboxStatus | None:
         cursor = await self._exec(
             "SELECT status FROM tidings_inbox WHERE consumer = %s AND event_id = %s",
             (consumer, event_id),
@@ -713,32 +671,11 @@ class PostgresTransaction(Transaction):
         row = await cursor.fetchone()
         return None if row is None else InboxStatus(row[0])
 
-    async def inbox_delete(self, consumer: str, event_id: str) -> None:
+    async def _inbox_delete(self, consumer: str, event_id: str) -> None:
         await self._exec(
             "DELETE FROM tidings_inbox WHERE consumer = %s AND event_id = %s",
             (consumer, event_id),
         )
-
-    @contextlib.asynccontextmanager
-    async def _savepoint(self) -> AsyncIterator[None]:
-        self._raise_if_failed()
-        if self.deferred:
-            await self.run_deferred()
-        mark = len(self.outbox)
-        try:
-            async with self._conn.transaction():
-                yield
-                if self.deferred:
-                    await self.run_deferred()
-                self._raise_if_failed()  # the block caught a statement's error
-        except BaseException:
-            del self.outbox[mark:]
-            self._flushed = min(self._flushed, mark)
-            self._forget_deferred()
-            raise
-
-    def savepoint(self) -> AbstractAsyncContextManager[None]:
-        return self._savepoint()
 
 
 # the store --------------------------------------------------------------------------------------
@@ -949,7 +886,7 @@ class PostgresStore(Store):
 
     # transactions -----------------------------------------------------------------------------
 
-    async def _begin(self) -> tuple[Conn, AbstractAsyncContextManager[Any]]:
+    async def _checkout(self) -> tuple[Conn, AbstractAsyncContextManager[Any]]:
         """A pooled connection inside BEGIN. Connection loss up to here is retried: nothing of
         the caller's transaction has run yet."""
         pool = self._pool
@@ -984,16 +921,15 @@ class PostgresStore(Store):
             delay = min(delay * 2, 2.0)
 
     @contextlib.asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[PostgresTransaction]:
+    async def _begin(self) -> AsyncIterator[PostgresTransaction]:
         await self.start()
         pool = self._pool
         assert pool is not None
-        conn, block = await self._begin()
+        conn, block = await self._checkout()
         try:
             tx = PostgresTransaction(conn, self)
             try:
                 yield tx
-                await tx.flush()
                 if conn.info.transaction_status == TransactionStatus.INERROR:
                     raise TransactionAbortedError(
                         "a statement of this transaction failed and its error was caught, but"
@@ -1014,9 +950,6 @@ class PostgresStore(Store):
                 raise error from exc
         finally:
             await pool.putconn(conn)
-
-    def transaction(self) -> AbstractAsyncContextManager[Transaction]:
-        return self._transaction()
 
     async def migrate(self, migrations: Sequence[str]) -> int:
         """Apply the migrations not applied yet, each in its own transaction, under a session

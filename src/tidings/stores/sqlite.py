@@ -33,7 +33,6 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractAsyncContextManager
 from typing import Any, NoReturn, TypeVar
 
 import msgspec
@@ -60,6 +59,7 @@ from tidings.stores.base import (
     Store,
     Transaction,
 )
+from tidings.stores.transaction import OutboxEntry
 
 T = TypeVar("T")
 log = logging.getLogger("tidings.store")
@@ -159,50 +159,40 @@ def _padded_size(count: int) -> int:
 
 
 class SQLiteTransaction(Transaction):
-    """A transaction on the store's writer connection; statements run inline."""
+    """A transaction on the store's writer connection; statements run inline (the write lock
+    is held)."""
+
+    driver_errors = (sqlite3.Error,)
 
     def __init__(self, conn: sqlite3.Connection, path: str) -> None:
         super().__init__()
         self._conn = conn
         self._path = path
-        self.outbox: list[tuple[str, str, Message]] = []
-        self._flushed = 0
-        self._savepoints = 0
 
-    def _run(self, sql: str, params: Params) -> sqlite3.Cursor:
-        self._raise_if_failed()
-        if self.deferred:
-            self.run_deferred_now()
+    def _cursor(self, sql: str, params: Params) -> sqlite3.Cursor:
         try:
             return self._conn.execute(sql, params)
         except sqlite3.Error as exc:
-            self._raise_failed(exc)
+            self._raise(exc)
 
-    def _raise_failed(self, exc: sqlite3.Error) -> NoReturn:
-        """Record that a statement failed with `exc`, and raise it (translated)."""
-        translated = self._translated(exc)
-        self._statement_failed(translated)
-        if translated is exc:
-            raise exc
-        raise translated from exc
-
-    def _translated(self, exc: sqlite3.Error) -> Exception:
+    def _raise(self, exc: sqlite3.Error) -> NoReturn:
+        """Raise `exc` translated: IntegrityError for a broken constraint, StorageError for
+        the file's own problems."""
         if isinstance(exc, sqlite3.IntegrityError):
-            return IntegrityError(str(exc), exc)
-        return _sqlite.translate(exc, self._path)
+            raise IntegrityError(str(exc), exc) from exc
+        error = _sqlite.translate(exc, self._path)
+        if error is exc:
+            raise exc
+        raise error from exc
 
-    async def run_deferred(self) -> None:
-        self.run_deferred_now()
+    async def _execute(self, sql: str, params: Params) -> int:
+        return self._cursor(sql, params).rowcount
 
-    async def check_constraints_immediately(self) -> None:
-        """Nothing to do: SQLite's only deferrable constraints are foreign keys, which it (as
-        it ships, and as tidings opens it) does not enforce."""
+    async def _fetchall(self, sql: str, params: Params) -> list[Row]:
+        return self._cursor(sql, params).fetchall()
 
-    def run_deferred_now(self) -> None:
-        """`run_deferred` on the calling thread: consecutive runs of one data-changing
-        statement as one `executemany`."""
-        self._raise_if_failed()
-        pending, self.deferred = self.deferred, []
+    async def _run_deferred(self, pending: Sequence[tuple[str, Params]]) -> None:
+        """Consecutive runs of one data-changing statement as one `executemany`."""
         try:
             for statement, run in itertools.groupby(pending, key=operator.itemgetter(0)):
                 params = [p for _, p in run]
@@ -212,29 +202,31 @@ class SQLiteTransaction(Transaction):
                     for item in params:
                         self._conn.execute(statement, item)
         except sqlite3.Error as exc:
-            error = self._translated(exc)
-            signal = self._deferred_failed(pending, error)
-            if signal is exc:
-                raise
-            raise signal from (exc if signal is error else error)
+            self._raise(exc)
 
-    async def execute(self, sql: str, params: Params = ()) -> int:
-        return self._run(sql, params).rowcount
+    async def _write_outbox(self, rows: Sequence[OutboxEntry]) -> None:
+        now = _now_ms()
+        try:
+            self._conn.executemany(
+                "INSERT INTO tidings_outbox(topic, event_id, key, value, headers, created_ms)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (topic, event_id, m.key, m.value, _encoded_headers(m.headers), now)
+                    for topic, event_id, m in rows
+                ],
+            )
+        except sqlite3.IntegrityError as exc:
+            raise DuplicateEventError(
+                f"an event id was published twice to one topic in this transaction or while "
+                f"still in the outbox ({exc})"
+            ) from exc
+        except sqlite3.Error as exc:
+            self._raise(exc)
 
-    async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
-        return self._run(sql, params).fetchall()
-
-    def add_outbox(self, topic: str, event_id: str, message: Message) -> None:
-        self.outbox.append((topic, event_id, message))
-
-    async def inbox_add(
-        self,
-        consumer: str,
-        event_id: str,
-        position: tuple[str, int, int],
-        status: InboxStatus = InboxStatus.DONE,
+    async def _inbox_add(
+        self, consumer: str, event_id: str, position: Position, status: InboxStatus
     ) -> bool:
-        cursor = self._run(
+        cursor = self._cursor(
             "INSERT INTO tidings_inbox"
             "(consumer, event_id, status, topic, partition, offset, processed_ms)"
             " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
@@ -242,7 +234,7 @@ class SQLiteTransaction(Transaction):
         )
         return cursor.rowcount == 1
 
-    async def inbox_find(self, keys: Sequence[InboxKey]) -> set[InboxKey]:
+    async def _inbox_find(self, keys: Sequence[InboxKey]) -> set[InboxKey]:
         by_consumer: dict[str, list[str]] = {}
         for consumer, event_id in keys:
             by_consumer.setdefault(consumer, []).append(event_id)
@@ -252,16 +244,11 @@ class SQLiteTransaction(Transaction):
                 chunk = event_ids[start : start + _INBOX_FIND_CHUNK]
                 size = _padded_size(len(chunk))
                 chunk += [chunk[-1]] * (size - len(chunk))
-                rows = self._run(_inbox_find_sql(size), (consumer, *chunk)).fetchall()
+                rows = self._cursor(_inbox_find_sql(size), (consumer, *chunk)).fetchall()
                 found.update((consumer, event_id) for (event_id,) in rows)
         return found
 
-    async def inbox_add_all(self, entries: Sequence[tuple[str, str, Position]]) -> None:
-        if not entries:
-            return
-        self._raise_if_failed()
-        if self.deferred:
-            await self.run_deferred()
+    async def _inbox_add_all(self, entries: Sequence[tuple[str, str, Position]]) -> None:
         now = _now_ms()
         try:
             self._conn.executemany(
@@ -274,86 +261,23 @@ class SQLiteTransaction(Transaction):
                 ],
             )
         except sqlite3.IntegrityError as exc:
-            self._statement_failed(self._translated(exc))
             raise InboxConflictError(
                 f"an inbox row already exists for one of {len(entries)} events ({exc})"
             ) from exc
         except sqlite3.Error as exc:
-            self._raise_failed(exc)
+            self._raise(exc)
 
-    async def inbox_get(self, consumer: str, event_id: str) -> InboxStatus | None:
-        row = self._run(
+    async def _inbox_get(self, consumer: str, event_id: str) -> InboxStatus | None:
+        row = self._cursor(
             "SELECT status FROM tidings_inbox WHERE consumer = ? AND event_id = ?",
             (consumer, event_id),
         ).fetchone()
         return None if row is None else InboxStatus(row[0])
 
-    async def inbox_delete(self, consumer: str, event_id: str) -> None:
-        self._run(
+    async def _inbox_delete(self, consumer: str, event_id: str) -> None:
+        self._cursor(
             "DELETE FROM tidings_inbox WHERE consumer = ? AND event_id = ?", (consumer, event_id)
         )
-
-    @contextlib.asynccontextmanager
-    async def _savepoint(self) -> AsyncIterator[None]:
-        self._savepoints += 1
-        name = f"sp{self._savepoints}"
-        mark = len(self.outbox)
-        self._run(f"SAVEPOINT {name}", ())
-        try:
-            yield
-            if self.deferred:
-                await self.run_deferred()
-            self._raise_if_failed()  # the block caught a statement's error
-        except BaseException:
-            self._forget_deferred()
-            self._run(f"ROLLBACK TO {name}", ())
-            self._run(f"RELEASE {name}", ())
-            del self.outbox[mark:]
-            self._flushed = min(self._flushed, mark)
-            raise
-        self._run(f"RELEASE {name}", ())
-
-    def savepoint(self) -> AbstractAsyncContextManager[None]:
-        return self._savepoint()
-
-    async def flush(self) -> None:
-        self.flush_outbox()
-
-    def flush_outbox(self) -> None:
-        """Run deferred statements, then write the outbox rows queued since the last flush
-        (and always before COMMIT)."""
-        self._raise_if_failed()
-        if self.deferred:
-            self.run_deferred_now()
-        pending = self.outbox[self._flushed :]
-        if not pending:
-            return
-        now = _now_ms()
-        try:
-            self._conn.executemany(
-                "INSERT INTO tidings_outbox(topic, event_id, key, value, headers, created_ms)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        topic,
-                        event_id,
-                        m.key,
-                        m.value,
-                        _encoded_headers(m.headers),
-                        now,
-                    )
-                    for topic, event_id, m in pending
-                ],
-            )
-            self._flushed = len(self.outbox)
-        except sqlite3.IntegrityError as exc:
-            self._statement_failed(self._translated(exc))
-            raise DuplicateEventError(
-                f"an event id was published twice to one topic in this transaction or while "
-                f"still in the outbox ({exc})"
-            ) from exc
-        except sqlite3.Error as exc:
-            self._raise_failed(exc)
 
 
 class SQLiteStore(Store):
@@ -489,7 +413,13 @@ class SQLiteStore(Store):
         return ran
 
     @contextlib.asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[SQLiteTransaction]:
+    async def _begin(self) -> AsyncIterator[SQLiteTransaction]:
+        """BEGIN IMMEDIATE under the store's lock: inline, unless another process holds the
+        write lock (then it waits on the worker thread). COMMIT - an fsync with
+        `synchronous=full` - runs inline while commits are fast (their recent average below
+        INLINE_COMMIT_MAX_S), since a hop to a thread and back costs more than a fast fsync
+        and the lock is held meanwhile; on a slow disk it runs on the worker thread, so the
+        event loop is never blocked long."""
         await self.start()
         assert self._lock is not None and self._conn is not None
         conn = self._conn
@@ -517,13 +447,10 @@ class SQLiteStore(Store):
             self.notifier.send(OUTBOX_COMMITTED, peers)
         self._maybe_checkpoint()
 
-    def transaction(self) -> AbstractAsyncContextManager[Transaction]:
-        return self._transaction()
-
     def _commit(self, tx: SQLiteTransaction) -> list[str]:
-        """Flush the outbox and COMMIT (on either thread); keeps the average commit time."""
+        """COMMIT (on either thread); keeps the average commit time. Returns the processes to
+        wake if the transaction wrote outbox rows."""
         with _sqlite.storage_errors(self.path):
-            tx.flush_outbox()
             peers = Notifier.peers(tx._conn) if tx.outbox else []
             started = time.perf_counter()
             tx._conn.execute("COMMIT")

@@ -21,7 +21,17 @@ from tidings.errors import (
 )
 from tidings.records import Message
 from tidings.stores import connect_store
-from tidings.stores.base import InboxStatus, Store, Transaction
+from tidings.stores.base import (
+    InboxCleanup,
+    InboxRows,
+    InboxStatus,
+    Outbox,
+    OutboxWriter,
+    Statements,
+    Store,
+    Transaction,
+    Transactions,
+)
 
 BUSINESS = "CREATE TABLE orders (id TEXT PRIMARY KEY, total REAL NOT NULL)"
 UNIQUE_VIOLATION = r"(?i)unique|duplicate"  # SQLite: "UNIQUE constraint", PG: "duplicate key"
@@ -438,6 +448,75 @@ class StoreContract:
             ("d",),
         ]
         assert await relay_all(store) == ["e-1"]
+
+    async def test_the_store_and_its_transactions_play_every_role(self, store: Store) -> None:
+        assert all(isinstance(store, role) for role in (Transactions, Outbox, InboxCleanup))
+        async with store.transaction() as tx:
+            assert all(isinstance(tx, role) for role in (Statements, OutboxWriter, InboxRows))
+
+    async def test_nested_savepoints_undo_only_their_own_block(self, store: Store) -> None:
+        async with store.transaction() as tx:
+            async with tx.savepoint():
+                await tx.execute("INSERT INTO orders(id, total) VALUES ('outer', 1)")
+                with pytest.raises(ValueError):
+                    async with tx.savepoint():
+                        await tx.execute("INSERT INTO orders(id, total) VALUES ('inner', 2)")
+                        tx.add_outbox("t", "inner", message(2))
+                        await tx.inbox_add("c", "inner", ("t", 0, 2))
+                        raise ValueError
+                tx.add_outbox("t", "outer", message(1))
+            assert await tx.inbox_get("c", "inner") is None
+        assert await store.query("SELECT id FROM orders") == [("outer",)]
+        assert await relay_all(store) == ["outer"]
+
+    async def test_a_duplicate_event_is_a_failed_statement(self, store: Store) -> None:
+        """DuplicateEventError leaves only a rollback, like any statement's error; in a
+        savepoint it takes the block's outbox rows with it and the transaction carries on."""
+        async with store.transaction() as tx:
+            tx.add_outbox("t", "e-1", message(1))
+        async with store.transaction() as tx:
+            tx.add_outbox("t", "kept", message(2))
+            with pytest.raises(DuplicateEventError):
+                async with tx.savepoint():
+                    tx.add_outbox("t", "e-1", message(3))
+                    await tx.flush()
+            await tx.execute("INSERT INTO orders(id, total) VALUES ('after', 1)")
+        assert await relay_all(store) == ["e-1", "kept"]
+        async with store.transaction() as tx:
+            tx.add_outbox("t", "e-2", message(1))
+        with pytest.raises(TransactionAbortedError, match="DuplicateEventError"):
+            async with store.transaction() as tx:
+                await tx.execute("INSERT INTO orders(id, total) VALUES ('undone', 2)")
+                tx.add_outbox("t", "e-2", message(2))
+                with pytest.raises(DuplicateEventError):
+                    await tx.flush()
+                with pytest.raises(TransactionAbortedError):
+                    await tx.fetchall("SELECT id FROM orders")
+        assert await store.query("SELECT id FROM orders") == [("after",)]
+        assert await store.outbox_size() == 1
+
+    async def test_an_inbox_conflict_is_a_failed_statement(self, store: Store) -> None:
+        async with store.transaction() as tx:
+            await tx.inbox_add("svc.h", "e-1", ("t", 0, 1))
+        with pytest.raises(TransactionAbortedError, match="InboxConflictError"):
+            async with store.transaction() as tx:
+                with pytest.raises(InboxConflictError):
+                    await tx.inbox_add_all([("svc.h", "e-1", ("t", 0, 1))])
+                with pytest.raises(TransactionAbortedError):
+                    await tx.inbox_get("svc.h", "e-1")
+        async with store.transaction() as tx:
+            with pytest.raises(InboxConflictError):
+                async with tx.savepoint():
+                    await tx.execute("INSERT INTO orders(id, total) VALUES ('undone', 1)")
+                    await tx.inbox_add_all(
+                        [("svc.h", "e-2", ("t", 0, 2)), ("svc.h", "e-1", ("t", 0, 1))]
+                    )
+            await tx.inbox_add_all([("svc.h", "e-3", ("t", 0, 3))])
+            await tx.execute("INSERT INTO orders(id, total) VALUES ('kept', 2)")
+        assert await store.query("SELECT id FROM orders") == [("kept",)]
+        async with store.transaction() as tx:
+            recorded = await tx.inbox_find([("svc.h", f"e-{n}") for n in (1, 2, 3)])
+        assert recorded == {("svc.h", "e-1"), ("svc.h", "e-3")}
 
     async def test_constraint_violations_raise_integrity_error(self, store: Store) -> None:
         """The same error type on every store (the driver's is `orig`)."""

@@ -1,0 +1,312 @@
+"""A store transaction: statements, outbox rows and inbox rows that commit together or not at all.
+
+`Transaction` is the one place that runs them, and so the one place that enforces what happens
+after a failed statement; a backend writes only its primitives (see `Transaction`).
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, ClassVar, TypeVar, final
+
+from tidings.errors import StorageError, TidingsError, TransactionAbortedError
+from tidings.records import Message
+from tidings.stores.inbox import InboxKey, InboxRows, InboxStatus, Position
+from tidings.stores.outbox import OutboxWriter
+
+T = TypeVar("T")
+
+Row = tuple[Any, ...]
+Params = Sequence[Any] | dict[str, Any]
+OutboxEntry = tuple[str, str, Message]
+"""(topic, event id, message) of an outbox row not written yet."""
+
+
+class StatementFailedElsewhere(BaseException):
+    """What a transaction with `deferred_errors_escape` set raises instead of `error`: the error
+    of a deferred statement where it runs, or TransactionAbortedError at any statement after a
+    failed one whose error some code caught. Not an Exception, so code that catches the errors
+    of its own statements cannot swallow a failure that is not its own. (The dispatcher sets it
+    while it applies a batch without savepoints, then re-applies the batch with a savepoint per
+    handler, where the failure is the failing handler's own.)"""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+class Statements(abc.ABC):
+    """SQL in a transaction."""
+
+    @abc.abstractmethod
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        """Run a statement with parameters; returns the affected row count."""
+
+    @abc.abstractmethod
+    async def fetchall(self, sql: str, params: Params = ()) -> list[Row]: ...
+
+    @abc.abstractmethod
+    async def fetchone(self, sql: str, params: Params = ()) -> Row | None: ...
+
+    @abc.abstractmethod
+    def defer(self, sql: str, params: Params = ()) -> None:
+        """Queue a statement whose result (row count, rows) nobody reads; `params` are copied
+        now. Queued statements run, in order, before any other statement of the transaction,
+        when a savepoint block ends and before COMMIT, so they keep their order relative to
+        everything else; their errors surface there. Backends with network round trips send
+        the statements queued until then together (PostgreSQL: one pipeline)."""
+
+    @abc.abstractmethod
+    async def run_deferred(self) -> None:
+        """Run the queued statements now, in order (nothing if none are queued)."""
+
+    @abc.abstractmethod
+    def savepoint(self) -> AbstractAsyncContextManager[None]:
+        """A nested unit: an exception inside rolls back only what the block did (SQL, outbox
+        rows, inbox rows, and deferred statements not run yet) and propagates; the transaction
+        carries on. Statements deferred before the block run when it starts (their errors are
+        raised there, and are not the block's); those deferred inside run before it ends."""
+
+    @abc.abstractmethod
+    async def check_constraints_immediately(self) -> None:
+        """From now on, check constraints declared DEFERRABLE INITIALLY DEFERRED at each
+        statement rather than at COMMIT, so that a violation fails the statement (and the
+        savepoint) that caused it."""
+
+
+class Transaction(Statements, OutboxWriter, InboxRows):
+    """One store transaction. Use from one task; not thread-safe.
+
+    **Once a statement failed, the transaction can only roll back** - queued with `defer` or
+    not, whether or not some code caught its error: every later statement, the end of an
+    enclosing savepoint block and the commit raise TransactionAbortedError, on every store.
+    (PostgreSQL aborts the transaction itself; SQLite would carry on, and is held to the same
+    rule so that code behaves the same on both.) A savepoint block that raises rolls back what
+    it did, its failure included, and the transaction carries on: the way to go on after a
+    statement's error.
+
+    The public methods here (final) enforce that rule and the order of deferred statements
+    and outbox rows for every backend. A backend implements only primitives that run its
+    driver and raise what the caller should see: `_execute`, `_fetchall`, `_run_deferred`,
+    `_write_outbox` and the `_inbox_*` ones; it names its driver's errors in `driver_errors`
+    and may set `IMMEDIATE_CONSTRAINTS`, `_copy_params` and `_usable_after_interruption`.
+    Savepoints are plain SAVEPOINT / ROLLBACK TO SAVEPOINT / RELEASE SAVEPOINT statements."""
+
+    driver_errors: ClassVar[tuple[type[Exception], ...]] = ()
+    """What the backend's primitives raise, besides TidingsErrors, when a statement failed."""
+    IMMEDIATE_CONSTRAINTS: ClassVar[str | None] = None
+    """The statement behind `check_constraints_immediately`; None on stores without
+    deferrable constraints."""
+
+    def __init__(self) -> None:
+        self.deferred: list[tuple[str, Params]] = []
+        self.outbox: list[OutboxEntry] = []
+        """Outbox rows added, in order (those up to `_flushed` are written)."""
+        self.failure: Exception | None = None
+        """The error of the statement that failed, if one did."""
+        self.deferred_errors_escape = False
+        """Raise StatementFailedElsewhere instead of a deferred statement's error, and of
+        TransactionAbortedError (StorageError excepted: the store itself failing is nobody's
+        statement)."""
+        self._flushed = 0
+        self._savepoints = 0
+
+    # statements ------------------------------------------------------------------------------
+
+    @final
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        return await self._statement(self._execute, sql, params)
+
+    @final
+    async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
+        return await self._statement(self._fetchall, sql, params)
+
+    @final
+    async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
+        rows = await self.fetchall(sql, params)
+        return rows[0] if rows else None
+
+    @final
+    def defer(self, sql: str, params: Params = ()) -> None:
+        self.deferred.append((sql, self._copy_params(params)))
+
+    @final
+    async def run_deferred(self) -> None:
+        self._raise_if_failed()
+        pending, self.deferred = self.deferred, []
+        if not pending:
+            return
+        try:
+            await self._run_deferred(pending)
+        except BaseException as exc:
+            self._failed(exc)
+            escapes = self.deferred_errors_escape and not isinstance(exc, StorageError)
+            if exc is self.failure and escapes:
+                raise StatementFailedElsewhere(exc) from exc
+            raise
+
+    @final
+    def savepoint(self) -> AbstractAsyncContextManager[None]:
+        return self._savepoint()
+
+    @contextlib.asynccontextmanager
+    async def _savepoint(self) -> AsyncIterator[None]:
+        self._savepoints += 1
+        name = f"sp{self._savepoints}"
+        mark = len(self.outbox)
+        await self.execute(f"SAVEPOINT {name}")
+        try:
+            yield
+            if self.deferred:
+                await self.run_deferred()
+            self._raise_if_failed()  # the block caught a statement's error
+        except BaseException:
+            self.deferred.clear()
+            self.failure = None
+            del self.outbox[mark:]
+            self._flushed = min(self._flushed, mark)
+            await self.execute(f"ROLLBACK TO SAVEPOINT {name}")
+            await self.execute(f"RELEASE SAVEPOINT {name}")
+            raise
+        await self.execute(f"RELEASE SAVEPOINT {name}")
+
+    @final
+    async def check_constraints_immediately(self) -> None:
+        if self.IMMEDIATE_CONSTRAINTS is not None:
+            await self.execute(self.IMMEDIATE_CONSTRAINTS)
+
+    # outbox ----------------------------------------------------------------------------------
+
+    @final
+    def add_outbox(self, topic: str, event_id: str, message: Message) -> None:
+        self.outbox.append((topic, event_id, message))
+
+    @final
+    async def flush(self) -> None:
+        """Deferred statements, then the outbox rows added since the last flush. The store
+        flushes every transaction before its COMMIT."""
+        self._raise_if_failed()
+        if self.deferred:
+            await self.run_deferred()
+        if self._flushed < len(self.outbox):
+            await self._statement(self._write_outbox, self.outbox[self._flushed :])
+            self._flushed = len(self.outbox)
+
+    # inbox -----------------------------------------------------------------------------------
+
+    @final
+    async def inbox_add(
+        self,
+        consumer: str,
+        event_id: str,
+        position: Position,
+        status: InboxStatus = InboxStatus.DONE,
+    ) -> bool:
+        return await self._statement(self._inbox_add, consumer, event_id, position, status)
+
+    @final
+    async def inbox_find(self, keys: Sequence[InboxKey]) -> set[InboxKey]:
+        if not keys:
+            return set()
+        return await self._statement(self._inbox_find, keys)
+
+    @final
+    async def inbox_add_all(self, entries: Sequence[tuple[str, str, Position]]) -> None:
+        if entries:
+            await self._statement(self._inbox_add_all, entries)
+
+    @final
+    async def inbox_get(self, consumer: str, event_id: str) -> InboxStatus | None:
+        return await self._statement(self._inbox_get, consumer, event_id)
+
+    @final
+    async def inbox_delete(self, consumer: str, event_id: str) -> None:
+        await self._statement(self._inbox_delete, consumer, event_id)
+
+    # the rule --------------------------------------------------------------------------------
+
+    async def _statement(self, primitive: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run one primitive as a statement: refused after a failed statement, after the
+        deferred ones, its own failure recorded."""
+        self._raise_if_failed()
+        if self.deferred:
+            await self.run_deferred()
+        try:
+            return await primitive(*args)
+        except BaseException as exc:
+            self._failed(exc)
+            raise
+
+    def _failed(self, exc: BaseException) -> None:
+        """Record `exc` as the transaction's failure if it is a statement's error, or an
+        interruption (a cancellation) that left the transaction unusable."""
+        if self.failure is not None:
+            return
+        statement_errors: tuple[type[Exception], ...] = (TidingsError, *self.driver_errors)
+        if isinstance(exc, statement_errors):
+            self.failure = exc
+        elif not self._usable_after_interruption():
+            self.failure = TransactionAbortedError("a statement was cancelled before it finished")
+
+    def _raise_if_failed(self) -> None:
+        failure = self.failure
+        if failure is None:
+            return
+        error = TransactionAbortedError(
+            f"an earlier statement of this transaction failed ({type(failure).__name__}: "
+            f"{failure}), so it can only be rolled back; to carry on after a statement's error, "
+            "run that statement in `async with ctx.savepoint():` and catch the error outside it"
+        )
+        error.__cause__ = failure
+        if self.deferred_errors_escape and not isinstance(failure, StorageError):
+            raise StatementFailedElsewhere(error)
+        raise error
+
+    # what a backend implements ---------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def _execute(self, sql: str, params: Params) -> int:
+        """Run a statement (`?` placeholders); the affected row count."""
+
+    @abc.abstractmethod
+    async def _fetchall(self, sql: str, params: Params) -> list[Row]: ...
+
+    @abc.abstractmethod
+    async def _run_deferred(self, pending: Sequence[tuple[str, Params]]) -> None:
+        """Run `pending` (at least one statement) in order."""
+
+    @abc.abstractmethod
+    async def _write_outbox(self, rows: Sequence[OutboxEntry]) -> None:
+        """Insert outbox rows, in order; DuplicateEventError if a (topic, event id) pair is in
+        the outbox already (or twice in `rows`)."""
+
+    @abc.abstractmethod
+    async def _inbox_add(
+        self, consumer: str, event_id: str, position: Position, status: InboxStatus
+    ) -> bool: ...
+
+    @abc.abstractmethod
+    async def _inbox_find(self, keys: Sequence[InboxKey]) -> set[InboxKey]:
+        """`inbox_find` of at least one key."""
+
+    @abc.abstractmethod
+    async def _inbox_add_all(self, entries: Sequence[tuple[str, str, Position]]) -> None:
+        """`inbox_add_all` of at least one entry."""
+
+    @abc.abstractmethod
+    async def _inbox_get(self, consumer: str, event_id: str) -> InboxStatus | None: ...
+
+    @abc.abstractmethod
+    async def _inbox_delete(self, consumer: str, event_id: str) -> None: ...
+
+    def _copy_params(self, params: Params) -> Params:
+        """`params` as `defer` keeps them (copied; a backend may refuse kinds here)."""
+        return dict(params) if isinstance(params, dict) else tuple(params)
+
+    def _usable_after_interruption(self) -> bool:
+        """Whether the transaction can go on after a primitive was interrupted (cancelled)
+        or raised an error that is no statement's (a Python error of the driver)."""
+        return True
