@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -426,3 +428,87 @@ def test_console_script(url: str) -> None:
     assert failed.returncode == 2
     assert "error: topic 'nope' does not exist" in failed.stderr
     assert "Traceback" not in failed.stderr
+
+
+# tidings demo --------------------------------------------------------------------------
+
+FAKE_EXAMPLE = """
+import json, os, signal, sys, time
+
+signal.signal(signal.SIGINT, lambda *_: (print("interrupted", flush=True), sys.exit(130)))
+print(json.dumps({"args": sys.argv[1:], "broker": os.environ.get("TIDINGS_BROKER"),
+                  "pid": os.getpid()}), flush=True)
+if "--wait" in sys.argv:
+    time.sleep(60)
+sys.exit(int(sys.argv[sys.argv.index("--code") + 1]) if "--code" in sys.argv else 0)
+"""
+
+
+@pytest.fixture
+def checkout(tmp_path: Path) -> Path:
+    """A directory that looks like a tidings checkout to `tidings demo`."""
+    (tmp_path / "examples" / "orders").mkdir(parents=True)
+    (tmp_path / "examples" / "__init__.py").write_text("")
+    (tmp_path / "examples" / "orders" / "__init__.py").write_text("")
+    (tmp_path / "examples" / "orders" / "__main__.py").write_text(FAKE_EXAMPLE)
+    return tmp_path
+
+
+def run_demo(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "TIDINGS_BROKER"}
+    return subprocess.run(
+        [str(TIDINGS), *args], cwd=directory, env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_demo_becomes_the_example_with_its_arguments_and_exit_status(checkout: Path) -> None:
+    plain = run_demo(checkout, "demo", "--orders", "3", "--exit")
+    assert plain.returncode == 0, plain.stderr
+    shown = json.loads(plain.stdout)
+    assert (shown["args"], shown["broker"]) == (["--orders", "3", "--exit"], None)
+
+    failed = run_demo(checkout, "--broker", "memory://x", "demo", "--code", "7")
+    assert failed.returncode == 7, failed.stderr
+    assert json.loads(failed.stdout)["broker"] == "memory://x"
+    assert json.loads(run_demo(checkout, "demo", "--help").stdout)["args"] == ["--help"]
+
+
+def test_demo_ctrl_c_reaches_the_example(checkout: Path) -> None:
+    process = subprocess.Popen(
+        [str(TIDINGS), "demo", "--wait"],
+        cwd=checkout,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=default_sigint,
+    )
+    try:
+        assert process.stdout is not None
+        assert json.loads(process.stdout.readline())["pid"] == process.pid  # the same process
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert (process.returncode, stdout) == (130, "interrupted\n"), stderr
+
+
+def test_demo_outside_a_checkout_or_without_the_extra_fails_clearly(
+    checkout: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    monkeypatch.chdir(elsewhere)
+    assert_clean_failure(
+        CliRunner().invoke(app, ["demo", "--orders", "1"]),
+        f"{elsewhere} has no examples/orders/__main__.py",
+        "run `tidings demo` from the repository root",
+    )
+    monkeypatch.chdir(checkout)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: None if name == "uvicorn" else real(name)
+    )
+    assert_clean_failure(
+        CliRunner().invoke(app, ["demo"]), "the demo needs uvicorn", "pip install -e '.[demo]'"
+    )

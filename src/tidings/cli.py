@@ -41,12 +41,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import importlib.util
 import os
 import sys
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import msgspec
@@ -1093,6 +1095,14 @@ def run(
         _fail(str(exc))
 
 
+EXAMPLE = Path("examples", "orders", "__main__.py")
+DEMO_EXTRA = ("starlette", "uvicorn", "httpx")
+DEMO_HINT = (
+    "run `tidings demo` from the repository root, with the demo extra installed "
+    "(pip install -e '.[demo]')"
+)
+
+
 @app.command(
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
     add_help_option=False,
@@ -1103,21 +1113,24 @@ def demo(ctx: typer.Context) -> None:
 
     It runs on the embedded default under ./.tidings; `tidings --broker kafka://... demo` or
     TIDINGS_BROKER / TIDINGS_STORE put it on Kafka and PostgreSQL."""
-    import os
-    import sys
-
-    if ctx.obj != DEFAULT_BROKER:
-        os.environ["TIDINGS_BROKER"] = str(ctx.obj)
-    sys.path.insert(0, os.getcwd())
-    try:
-        from examples.orders.run import main as run_demo  # type: ignore[import-not-found,unused-ignore]
-    except ImportError as exc:
+    # The library does not import the example: the command becomes `python -m examples.orders`
+    # (exec: arguments, signals, terminal and exit status are the example's).
+    root = Path.cwd()
+    if not (root / EXAMPLE).is_file():
         _fail(
-            f"the demo is the examples/orders package of a tidings source checkout ({exc}); "
-            "run `tidings demo` from the repository root, with the demo extra installed "
-            "(pip install -e '.[demo]')"
+            f"the demo is the examples/orders package of a tidings source checkout, and "
+            f"{root} has no {EXAMPLE}; {DEMO_HINT}"
         )
-    raise typer.Exit(run_demo(list(ctx.args)))
+    missing = [name for name in DEMO_EXTRA if importlib.util.find_spec(name) is None]
+    if missing:
+        _fail(f"the demo needs {', '.join(missing)}, which are not installed; {DEMO_HINT}")
+    env = dict(os.environ)
+    if ctx.obj != DEFAULT_BROKER:
+        env["TIDINGS_BROKER"] = str(ctx.obj)
+    argv = [sys.executable, "-m", "examples.orders", *ctx.args]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, argv, env)  # noqa: S606 (an argv list; no shell is wanted)
 
 
 if __name__ == "__main__":
