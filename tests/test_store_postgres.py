@@ -205,7 +205,7 @@ async def test_deferred_statements_without_pipeline_mode(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With a libpq older than 14 (no pipeline mode) deferred statements still run, in order."""
-    monkeypatch.setattr("tidings.stores.postgres._PIPELINES", False)
+    monkeypatch.setattr("tidings.stores.postgres._transaction._PIPELINES", False)
     async with store.transaction() as tx:
         tx.defer("INSERT INTO orders(id, total) VALUES (?, ?)", ("a", 1))
         tx.defer("INSERT INTO orders(id, total) VALUES (?, ?)", ("b", 2))

@@ -1,0 +1,200 @@
+"""The framework's tables in PostgreSQL, created or migrated on start, and the statements tidings
+runs on them."""
+
+from __future__ import annotations
+
+import hashlib
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import TupleRow
+
+from tidings.errors import StorageError
+from tidings.stores.postgres._errors import translate
+from tidings.stores.postgres._url import PostgresURL, scrub
+
+Conn = psycopg.AsyncConnection[TupleRow]
+
+CHANNEL = "tidings_outbox"
+"""Where a commit with outbox rows NOTIFYs (payload: the schema)."""
+SCHEMA_VERSION = 2
+OUTBOX_UNIQUE = "tidings_outbox_event"
+INBOX_PRIMARY_KEY = "tidings_inbox_pkey"
+
+# Framework schema, per version: version N's statements bring version N-1 to N.
+FRAMEWORK_MIGRATIONS: dict[int, list[str]] = {
+    1: [
+        """CREATE TABLE IF NOT EXISTS tidings_outbox (
+            seq bigint GENERATED ALWAYS AS IDENTITY (CACHE 1) PRIMARY KEY,
+            topic text NOT NULL,
+            event_id text NOT NULL,
+            key bytea,
+            value bytea NOT NULL,
+            headers bytea,
+            created timestamptz NOT NULL DEFAULT clock_timestamp(),
+            CONSTRAINT tidings_outbox_event UNIQUE (event_id, topic)
+        )""",
+        """CREATE TABLE IF NOT EXISTS tidings_inbox (
+            consumer text COLLATE "C" NOT NULL,
+            event_id text COLLATE "C" NOT NULL,
+            status text NOT NULL,
+            topic text NOT NULL,
+            partition integer NOT NULL,
+            "offset" bigint NOT NULL,
+            processed timestamptz NOT NULL DEFAULT clock_timestamp(),
+            PRIMARY KEY (consumer, event_id)
+        )""",
+        """CREATE TABLE IF NOT EXISTS tidings_relay_lease (
+            name text PRIMARY KEY,
+            holder text NOT NULL,
+            expires timestamptz NOT NULL
+        )""",
+        """CREATE TABLE IF NOT EXISTS tidings_migrations (
+            id integer PRIMARY KEY,
+            statement text NOT NULL,
+            applied timestamptz NOT NULL DEFAULT clock_timestamp()
+        )""",
+    ],
+    2: [
+        """CREATE TABLE IF NOT EXISTS tidings_outbox_unpublishable (
+            seq bigint PRIMARY KEY,
+            topic text NOT NULL,
+            event_id text NOT NULL,
+            key bytea,
+            value bytea NOT NULL,
+            headers bytea,
+            created timestamptz NOT NULL,
+            error text NOT NULL,
+            set_aside timestamptz NOT NULL DEFAULT clock_timestamp()
+        )""",
+    ],
+}
+
+# The rows, only while `holder` has a live lease: no row at all means no lease; one row of
+# NULLs means a lease and an empty outbox. Rows stop once those before add up to max_bytes.
+READ_WITH_LEASE = """
+    SELECT o.seq, o.topic, o.event_id, o.key, o.value, o.headers
+    FROM tidings_relay_lease l
+    LEFT JOIN LATERAL (
+        SELECT seq, topic, event_id, key, value, headers FROM (
+            SELECT *, sum(size) OVER (ORDER BY seq) - size AS before FROM (
+                SELECT seq, topic, event_id, key, value, headers,
+                    octet_length(value) + coalesce(octet_length(key), 0)
+                        + coalesce(octet_length(headers), 0) AS size
+                FROM tidings_outbox
+                WHERE seq <> ALL(%(exclude)s::bigint[])
+                ORDER BY seq LIMIT %(limit)s
+            ) first
+        ) sized
+        WHERE before < %(max_bytes)s
+    ) o ON true
+    WHERE l.name = 'outbox' AND l.holder = %(relay)s AND l.expires > clock_timestamp()
+"""
+# One statement for all of a flush's rows; seqs are assigned in the rows' order. Arrays go in
+# binary (%b): several times cheaper to build than text arrays of bytea.
+OUTBOX_ADD_ALL = """
+    WITH added AS (
+        INSERT INTO tidings_outbox (topic, event_id, key, value, headers)
+        SELECT topic, event_id, key, value, headers
+        FROM unnest(%b::text[], %b::text[], %b::bytea[], %b::bytea[], %b::bytea[])
+            WITH ORDINALITY AS r(topic, event_id, key, value, headers, n)
+        ORDER BY n
+        RETURNING 1
+    )
+    SELECT pg_notify(%s, %s) WHERE EXISTS (SELECT FROM added)
+"""
+"""Writes outbox rows and, in the same round trip, queues the NOTIFY that wakes relays (sent
+by PostgreSQL at commit, once per transaction however many flushes, dropped with a rollback)."""
+INBOX_FIND = """
+    SELECT i.consumer, i.event_id
+    FROM unnest(%b::text[], %b::text[]) AS k(consumer, event_id)
+    JOIN tidings_inbox i
+    ON i.consumer = k.consumer COLLATE "C" AND i.event_id = k.event_id COLLATE "C"
+"""
+# Rows go in in the given order: the dispatcher gives offset order, as its per-record path
+# inserts them, so concurrent redeliveries of one partition take the pairs' locks in one order.
+INBOX_ADD_ALL = """
+    INSERT INTO tidings_inbox (consumer, event_id, status, topic, partition, "offset")
+    SELECT consumer, event_id, 'done', topic, part, off
+    FROM unnest(%b::text[], %b::text[], %b::text[], %b::integer[], %b::bigint[])
+        AS e(consumer, event_id, topic, part, off)
+"""
+# Take or renew the lease atomically (judged on the server's clock), then read in one statement.
+CLAIM = """
+    WITH lease AS (
+        INSERT INTO tidings_relay_lease AS l (name, holder, expires)
+        VALUES ('outbox', %(relay)s, clock_timestamp() + make_interval(secs => %(lease_s)s))
+        ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires = excluded.expires
+        WHERE l.holder = excluded.holder OR l.expires <= clock_timestamp()
+        RETURNING holder
+    )
+    SELECT o.seq, o.topic, o.event_id, o.key, o.value, o.headers
+    FROM lease
+    LEFT JOIN LATERAL (
+        SELECT seq, topic, event_id, key, value, headers FROM (
+            SELECT *, sum(size) OVER (ORDER BY seq) - size AS before FROM (
+                SELECT seq, topic, event_id, key, value, headers,
+                    octet_length(value) + coalesce(octet_length(key), 0)
+                        + coalesce(octet_length(headers), 0) AS size
+                FROM tidings_outbox
+                WHERE seq <> ALL(%(exclude)s::bigint[])
+                ORDER BY seq LIMIT %(limit)s
+            ) first
+        ) sized
+        WHERE before < %(max_bytes)s
+    ) o ON true
+"""
+
+
+def lock_key(*parts: str) -> int:
+    """A stable advisory-lock key (bigint) for `parts`."""
+    digest = hashlib.blake2b("\0".join(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def search_path(schema: str) -> sql.Composed:
+    return sql.SQL("SET search_path TO {}").format(sql.Identifier(schema))
+
+
+async def create_schema(conn: Conn, config: PostgresURL) -> None:
+    """Create the schema and framework tables, or migrate them; several processes may do this
+    at once (serialized by a transaction-scoped advisory lock)."""
+    schema = config.schema
+    try:
+        async with conn.transaction():
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(%s)", (lock_key("tidings.schema", schema),)
+            )
+            cursor = await conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,))
+            if await cursor.fetchone() is None:
+                await conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+            await conn.execute(search_path(schema))
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS tidings_meta"
+                " (key text PRIMARY KEY, value text NOT NULL)"
+            )
+            cursor = await conn.execute("SELECT value FROM tidings_meta WHERE key = 'schema'")
+            row = await cursor.fetchone()
+            current = 0 if row is None else int(row[0])
+            if current > SCHEMA_VERSION:
+                raise StorageError(
+                    f"PostgreSQL at {config.where}, schema {schema!r}: written by a newer "
+                    f"tidings (store schema {current}); this version understands {SCHEMA_VERSION}"
+                )
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                for statement in FRAMEWORK_MIGRATIONS[version]:
+                    await conn.execute(statement)
+            if current < SCHEMA_VERSION:
+                await conn.execute(
+                    "INSERT INTO tidings_meta (key, value) VALUES ('schema', %s)"
+                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (str(SCHEMA_VERSION),),
+                )
+    except psycopg.Error as exc:
+        error = translate(exc, config, "creating the framework tables")
+        if error is exc:
+            raise StorageError(
+                f"PostgreSQL at {config.where}: cannot create the framework tables "
+                f"in schema {schema!r}: {scrub(str(exc), config.secrets)}"
+            ) from exc
+        raise error from exc

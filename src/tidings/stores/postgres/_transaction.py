@@ -1,0 +1,211 @@
+"""A transaction of the PostgreSQL store."""
+
+from __future__ import annotations
+
+import itertools
+import operator
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+from psycopg.pq import TransactionStatus
+from psycopg.rows import TupleRow
+
+from tidings.errors import (
+    DuplicateEventError,
+    InboxConflictError,
+    IntegrityError,
+    TransactionAbortedError,
+)
+from tidings.stores._codec import encode_headers
+from tidings.stores.inbox import InboxKey, InboxStatus, Position
+from tidings.stores.postgres._errors import translate
+from tidings.stores.postgres._placeholders import arguments, translate_placeholders
+from tidings.stores.postgres._sql import (
+    CHANNEL,
+    INBOX_ADD_ALL,
+    INBOX_FIND,
+    INBOX_PRIMARY_KEY,
+    OUTBOX_ADD_ALL,
+    OUTBOX_UNIQUE,
+    Conn,
+)
+from tidings.stores.postgres._url import PostgresURL
+from tidings.stores.transaction import OutboxEntry, Params, Row, Transaction
+
+_PIPELINES = psycopg.AsyncPipeline.is_supported()
+"""Whether libpq has pipeline mode (version 14+; psycopg[binary] bundles a recent one)."""
+
+
+class PostgresTransaction(Transaction):
+    """A transaction on one pooled connection (the store's `_begin`). Outbox rows are written
+    just before COMMIT (or at `flush()`) by one statement that also queues a NOTIFY, which
+    PostgreSQL delivers at commit to every process listening through `on_outbox`."""
+
+    driver_errors = (psycopg.Error,)
+    IMMEDIATE_CONSTRAINTS = "SET CONSTRAINTS ALL IMMEDIATE"
+
+    def __init__(self, conn: Conn, config: PostgresURL) -> None:
+        super().__init__()
+        self._conn = conn
+        self._config = config
+        self._cursor = conn.cursor()
+        """One cursor for every statement (its adapters are looked up once per transaction);
+        each caller reads a statement's results before the next statement runs."""
+
+    def _usable_after_interruption(self) -> bool:
+        # cancelled (a timeout, a shutdown) before the statement finished: PostgreSQL may have
+        # aborted the transaction, or be still running the statement
+        return self._conn.info.transaction_status == TransactionStatus.INTRANS
+
+    def _copy_params(self, params: Params) -> Params:
+        return tuple(arguments(params))
+
+    def _error(self, exc: Exception) -> Exception:
+        """`exc` translated: TransactionAbortedError, IntegrityError, StorageError, or itself."""
+        if isinstance(exc, psycopg.errors.InFailedSqlTransaction):
+            return TransactionAbortedError(
+                "PostgreSQL had aborted the transaction at an earlier statement; it can only be"
+                " rolled back"
+            )
+        if isinstance(exc, psycopg.IntegrityError):
+            return IntegrityError(str(exc), exc)
+        if isinstance(exc, psycopg.OperationalError):
+            return translate(exc, self._config, "in a transaction; it was rolled back")
+        return exc
+
+    async def _exec(self, query: Any, params: Sequence[Any]) -> psycopg.AsyncCursor[TupleRow]:
+        try:
+            return await self._cursor.execute(query, params)
+        except psycopg.Error as exc:
+            error = self._error(exc)
+            if error is exc:
+                raise
+            raise error from exc
+
+    async def _run(self, statement: str, params: Params) -> psycopg.AsyncCursor[TupleRow]:
+        return await self._exec(translate_placeholders(statement), arguments(params))
+
+    async def _execute(self, sql: str, params: Params) -> int:
+        return (await self._run(sql, params)).rowcount
+
+    async def _fetchall(self, sql: str, params: Params) -> list[Row]:
+        cursor = await self._run(sql, params)
+        if cursor.description is None:
+            return []
+        return await cursor.fetchall()
+
+    async def _run_deferred(self, pending: Sequence[tuple[str, Params]]) -> None:
+        """One pipeline: consecutive runs of the same statement as one `executemany`, one
+        round trip for the lot (instead of one per statement). Without pipeline support in
+        libpq (before version 14), one round trip per statement."""
+        try:
+            await self._send(pending)
+        except Exception as exc:
+            error = self._error(exc)
+            if error is exc:
+                raise
+            raise error from exc
+
+    async def _send(self, pending: Sequence[tuple[str, Params]]) -> None:
+        if not _PIPELINES:
+            await self._execute_runs(pending)
+            return
+        failure: psycopg.Error | None = None
+        try:
+            async with self._conn.pipeline():
+                try:
+                    await self._execute_runs(pending)
+                except psycopg.Error as exc:
+                    failure = exc  # raised below: leaving the pipeline would log it otherwise
+        except psycopg.Error as exc:
+            failure = failure or exc
+        if failure is not None:
+            raise failure
+
+    async def _execute_runs(self, pending: Sequence[tuple[str, Params]]) -> None:
+        for statement, run in itertools.groupby(pending, key=operator.itemgetter(0)):
+            await self._cursor.executemany(translate_placeholders(statement), [p for _, p in run])
+
+    async def _write_outbox(self, rows: Sequence[OutboxEntry]) -> None:
+        """One statement for the lot, which also queues the NOTIFY that wakes relays."""
+        try:
+            await self._cursor.execute(
+                OUTBOX_ADD_ALL,
+                (
+                    [topic for topic, _, _ in rows],
+                    [event_id for _, event_id, _ in rows],
+                    [m.key for _, _, m in rows],
+                    [m.value for _, _, m in rows],
+                    [encode_headers(m.headers) for _, _, m in rows],
+                    CHANNEL,
+                    self._config.schema,
+                ),
+            )
+        except psycopg.Error as exc:
+            if (
+                isinstance(exc, psycopg.errors.UniqueViolation)
+                and exc.diag.constraint_name == OUTBOX_UNIQUE
+            ):
+                raise DuplicateEventError(
+                    "an event id was published twice to one topic in this transaction or while "
+                    f"still in the outbox ({exc.diag.message_detail or exc})"
+                ) from exc
+            error = self._error(exc)
+            if error is exc:
+                raise
+            raise error from exc
+
+    async def _inbox_add(
+        self, consumer: str, event_id: str, position: Position, status: InboxStatus
+    ) -> bool:
+        cursor = await self._exec(
+            'INSERT INTO tidings_inbox (consumer, event_id, status, topic, partition, "offset")'
+            " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            (consumer, event_id, status.value, *position),
+        )
+        return cursor.rowcount == 1
+
+    async def _inbox_find(self, keys: Sequence[InboxKey]) -> set[InboxKey]:
+        cursor = await self._exec(
+            INBOX_FIND, ([consumer for consumer, _ in keys], [event_id for _, event_id in keys])
+        )
+        return {(consumer, event_id) for consumer, event_id in await cursor.fetchall()}
+
+    async def _inbox_add_all(self, entries: Sequence[tuple[str, str, Position]]) -> None:
+        try:
+            await self._exec(
+                INBOX_ADD_ALL,
+                (
+                    [consumer for consumer, _, _ in entries],
+                    [event_id for _, event_id, _ in entries],
+                    [topic for _, _, (topic, _, _) in entries],
+                    [partition for _, _, (_, partition, _) in entries],
+                    [offset for _, _, (_, _, offset) in entries],
+                ),
+            )
+        except IntegrityError as exc:
+            orig = exc.orig
+            if not (
+                isinstance(orig, psycopg.errors.UniqueViolation)
+                and orig.diag.constraint_name == INBOX_PRIMARY_KEY
+            ):
+                raise
+            raise InboxConflictError(
+                f"an inbox row already exists for one of {len(entries)} events "
+                f"({orig.diag.message_detail or orig})"
+            ) from orig
+
+    async def _inbox_get(self, consumer: str, event_id: str) -> InboxStatus | None:
+        cursor = await self._exec(
+            "SELECT status FROM tidings_inbox WHERE consumer = %s AND event_id = %s",
+            (consumer, event_id),
+        )
+        row = await cursor.fetchone()
+        return None if row is None else InboxStatus(row[0])
+
+    async def _inbox_delete(self, consumer: str, event_id: str) -> None:
+        await self._exec(
+            "DELETE FROM tidings_inbox WHERE consumer = %s AND event_id = %s",
+            (consumer, event_id),
+        )
