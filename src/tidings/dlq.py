@@ -1,23 +1,10 @@
-"""Dead letters: the headers that explain them, and the tooling to list, replay and purge them.
+"""Dead letters: the headers that explain them (written by the runtime and the relay), and
+reading them back, replaying and purging them (`tidings.ops` is the tooling's public face).
 
 A dead letter is the original record, unchanged (same value, key and headers, so the same
-event id), published to the service's dead-letter topic (`<service>.dlq`) with these headers
-added. Replaying one publishes it again to its original topic with `tidings-replay-for` naming
-the one handler that should run it; every other handler and service ignores it.
-
-The tooling works on any `Broker` (the CLI and a web console share it):
-
-* `list_dead_letters(broker, ...)` reads every dead-letter topic (every topic whose name ends in
-  `.dlq`) without a consumer group and returns the unresolved `DeadLetter`s, oldest first.
-* `replay(broker, letters)` re-delivers each one (the same event id) to its original topic for
-  its handler; `purge(broker, letters)` drops them.
-
-A log cannot delete single records, so replayed and purged letters stay in their topic and are
-marked *resolved* by a record in `tidings.dlq.resolutions` (one partition, created on demand):
-JSON `{"dlq", "partition", "offset", "action": "replayed"|"purged", "at"}` keyed by
-`<dlq-topic>:<partition>:<offset>`. Replay publishes first and records the resolution after, so
-a crash in between can only leave a replayed letter listed (replaying it again is harmless: the
-handler's inbox skips an event it has processed), never hide one that was not replayed.
+event id), published to its service's dead-letter topic `<service>.dlq` with `describe`'s
+headers added. A log cannot delete single records: replayed and purged letters stay in their
+topic and are marked resolved by a record in `tidings.dlq.resolutions`.
 """
 
 from __future__ import annotations
@@ -170,7 +157,7 @@ def strip(headers: Headers) -> Headers:
     )
 
 
-# tooling -------------------------------------------------------------------------------
+# reading back, replaying, purging (the tooling; its public face is tidings.ops) ----------
 
 DLQ_SUFFIX = ".dlq"
 RESOLUTIONS_TOPIC = "tidings.dlq.resolutions"
@@ -272,6 +259,42 @@ class Replayed:
     offset: int
 
 
+@dataclass(frozen=True, slots=True)
+class DeadLetterFilter:
+    """Which dead letters to take; every field None takes all, the given ones combine with AND.
+
+    `service` (its topic is `<service>.dlq`), `reason` (e.g. `retries-exhausted`), `handler`
+    (`service.handler`, or the handler's name), `event_type`, `topic` (the original topic)."""
+
+    service: str | None = None
+    reason: str | None = None
+    handler: str | None = None
+    event_type: str | None = None
+    topic: str | None = None
+
+    def given(self) -> bool:
+        """True if any filter is set."""
+        return any(
+            value is not None
+            for value in (self.service, self.reason, self.handler, self.event_type, self.topic)
+        )
+
+    def covers(self, dlq_topic: str) -> bool:
+        """True if `dlq_topic` is a dead-letter topic these filters read."""
+        return is_dead_letter_topic(dlq_topic) and (
+            self.service is None or dlq_topic == self.service + DLQ_SUFFIX
+        )
+
+    def matches(self, letter: DeadLetter) -> bool:
+        return (
+            self.covers(letter.dlq_topic)
+            and (self.reason is None or letter.reason == self.reason)
+            and (self.handler is None or _handler_matches(letter.handler, self.handler))
+            and (self.event_type is None or letter.event_type == self.event_type)
+            and (self.topic is None or letter.original_topic == self.topic)
+        )
+
+
 def dead_letter_from_record(record: Record, resolution: Resolution | None = None) -> DeadLetter:
     """`record` (read from a dead-letter topic) as a DeadLetter."""
     event: Event | None = None
@@ -340,32 +363,21 @@ async def list_dead_letters(
     topic: str | None = None,
     include_resolved: bool = False,
 ) -> list[DeadLetter]:
-    """Dead letters of every dead-letter topic, oldest first, without the resolved ones (unless
-    `include_resolved`). Filters (all optional, combined with AND): `service` (its topic is
-    `<service>.dlq`), `reason` (e.g. `retries-exhausted`), `handler` (`service.handler`, or
-    just the handler's name), `event_type`, and `topic` (the original topic)."""
+    """Dead letters of every dead-letter topic matching the filters (see `DeadLetterFilter`),
+    oldest first, without the resolved ones unless `include_resolved`. Reads every dead-letter
+    topic whole: `tidings.ops.dead_letter_page` reads one page."""
+    where = DeadLetterFilter(service, reason, handler, event_type, topic)
     admin = require(broker.admin, CanInspect, "list topics, so it cannot find dead letters")
-    infos = [
-        info
-        for info in await admin.list_topics()
-        if is_dead_letter_topic(info.name)
-        and (service is None or info.name == service + DLQ_SUFFIX)
-    ]
+    infos = [info for info in await admin.list_topics() if where.covers(info.name)]
     resolutions = await read_resolutions(broker)
     letters: list[DeadLetter] = []
     for info in infos:
         for record in await _read_all(broker, info):
-            key = f"{record.topic}:{record.partition}:{record.offset}"
-            resolution = resolutions.get(key)
+            resolution = resolutions.get(f"{record.topic}:{record.partition}:{record.offset}")
             if resolution is not None and not include_resolved:
                 continue
             letter = dead_letter_from_record(record, resolution)
-            if (
-                (reason is None or letter.reason == reason)
-                and (handler is None or _handler_matches(letter.handler, handler))
-                and (event_type is None or letter.event_type == event_type)
-                and (topic is None or letter.original_topic == topic)
-            ):
+            if where.matches(letter):
                 letters.append(letter)
     letters.sort(key=lambda x: (x.record.timestamp, x.dlq_topic, x.dlq_partition, x.dlq_offset))
     return letters
@@ -393,7 +405,8 @@ async def replay(broker: Broker, letters: Sequence[DeadLetter]) -> list[Replayed
     an undecodable record would only dead-letter it again; an `unpublishable` one, never
     delivered, is published as it was committed, unless its value had to be left out), is not
     resolved yet, and its original topic exists. Otherwise DeadLetterError, and nothing is
-    replayed."""
+    replayed. The resolution is recorded after the publish: a crash in between leaves the
+    letter listed (replaying it again is harmless, the inbox skips it), never hides one."""
     await _check_unresolved(broker, letters)
     topics: dict[str, TopicInfo] = {}
     for letter in letters:
@@ -449,6 +462,8 @@ async def purge(broker: Broker, letters: Sequence[DeadLetter]) -> list[DeadLette
 
 
 class _ResolutionRecord(msgspec.Struct):
+    """A record of RESOLUTIONS_TOPIC (one partition), keyed by the letter's position."""
+
     dlq: str
     partition: int
     offset: int
