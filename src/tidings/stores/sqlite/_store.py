@@ -1,283 +1,33 @@
-"""The SQLite store: a service's database in one SQLite file (WAL, durable by default).
-
-`sqlite:///path/to/service.db`; option `synchronous` (`full` by default: a committed
-transaction survives power loss).
-
-SQLite has one writer at a time, so transactions are serialized: within a process by an
-asyncio lock, across processes by `BEGIN IMMEDIATE` (which waits; never "database is locked").
-Because writers are serialized, outbox sequence numbers are assigned in commit order and the
-relay can never skip a row that commits late. Statements inside a transaction run inline on the
-calling thread: the write lock is already held, so they take microseconds. BEGIN runs inline
-too unless another process holds the lock (then it waits on the store's worker thread). COMMIT
-(an fsync with `synchronous=full`) runs inline while commits are fast - their recent average
-below `INLINE_COMMIT_MAX_S` - since a hop to a thread and back costs more than a fast fsync and
-the write lock is held meanwhile; on a slow disk it runs on the worker thread, so the event
-loop is never blocked long. The relay's reads and its short writes (lease, removals; they
-commit without fsync) run inline as well, falling back to the worker thread when SQLite reports
-the database busy. The store's connections do not checkpoint the WAL when they commit (that
-would block the event loop for the copy); a passive checkpoint runs on the worker thread
-instead, at most every `CHECKPOINT_INTERVAL_S`: it copies what it can without waiting for
-anyone - a long-lived reader of the file (a `sqlite3` shell, a backup) never holds up a
-transaction - and the next writer starts the WAL over once it was copied entirely.
-"""
+"""The SQLite store: a service's database in one SQLite file."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import itertools
 import logging
-import operator
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, NoReturn, TypeVar
-
-import msgspec
+from typing import Any, TypeVar
 
 from tidings import _sqlite
-from tidings._notify import SCHEMA as LISTENERS_SCHEMA
 from tidings._notify import Notifier
-from tidings.errors import (
-    DuplicateEventError,
-    InboxConflictError,
-    IntegrityError,
-    MigrationError,
-    StorageError,
-)
-from tidings.records import Headers, Message
-from tidings.stores.base import (
-    InboxKey,
-    InboxStatus,
-    OutboxRow,
-    Params,
-    Position,
-    Row,
-    SetAside,
-    Store,
-    Transaction,
-)
-from tidings.stores.transaction import OutboxEntry
+from tidings.errors import IntegrityError, MigrationError, StorageError
+from tidings.records import Message
+from tidings.stores._codec import decode_headers, encode_headers
+from tidings.stores.base import OutboxRow, Params, Row, SetAside, Store
+from tidings.stores.sqlite._schema import create_schema, now_ms, split_statements
+from tidings.stores.sqlite._transaction import SQLiteTransaction
 
 T = TypeVar("T")
 log = logging.getLogger("tidings.store")
 
-SCHEMA_VERSION = 2
 OUTBOX_COMMITTED = b"o"
 INLINE_COMMIT_MAX_S = 0.002
 """COMMIT runs on the event loop's thread while the recent average commit is faster."""
 CHECKPOINT_INTERVAL_S = 0.25
 """Least time between two WAL checkpoints (one is started after a commit)."""
-
-SCHEMA = [
-    "CREATE TABLE IF NOT EXISTS tidings_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    """CREATE TABLE IF NOT EXISTS tidings_outbox (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        topic TEXT NOT NULL,
-        event_id TEXT NOT NULL,
-        key BLOB,
-        value BLOB NOT NULL,
-        headers BLOB,
-        created_ms INTEGER NOT NULL,
-        UNIQUE (event_id, topic)
-    )""",
-    """CREATE TABLE IF NOT EXISTS tidings_inbox (
-        consumer TEXT NOT NULL,
-        event_id TEXT NOT NULL,
-        status TEXT NOT NULL,
-        topic TEXT NOT NULL,
-        partition INTEGER NOT NULL,
-        offset INTEGER NOT NULL,
-        processed_ms INTEGER NOT NULL,
-        PRIMARY KEY (consumer, event_id)
-    ) WITHOUT ROWID""",
-    """CREATE TABLE IF NOT EXISTS tidings_relay_lease (
-        name TEXT PRIMARY KEY,
-        holder TEXT NOT NULL,
-        expires_ms INTEGER NOT NULL
-    )""",
-    """CREATE TABLE IF NOT EXISTS tidings_outbox_unpublishable (
-        seq INTEGER PRIMARY KEY,
-        topic TEXT NOT NULL,
-        event_id TEXT NOT NULL,
-        key BLOB,
-        value BLOB NOT NULL,
-        headers BLOB,
-        created_ms INTEGER NOT NULL,
-        error TEXT NOT NULL,
-        set_aside_ms INTEGER NOT NULL
-    )""",
-    """CREATE TABLE IF NOT EXISTS tidings_migrations (
-        id INTEGER PRIMARY KEY,
-        statement TEXT NOT NULL,
-        applied_ms INTEGER NOT NULL
-    )""",
-    LISTENERS_SCHEMA,
-]
-
-_headers_encoder = msgspec.msgpack.Encoder()
-_headers_decoder = msgspec.msgpack.Decoder(Headers)
-
-
-@functools.lru_cache(maxsize=256)
-def _encoded_headers(headers: Headers) -> bytes | None:
-    """Headers as stored; cached, since most events carry the same few headers."""
-    return _headers_encoder.encode(headers) if headers else None
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-_INBOX_FIND_CHUNK = 512
-
-
-@functools.lru_cache(maxsize=16)
-def _inbox_find_sql(size: int) -> str:
-    """The lookup of `size` event ids of one consumer. Sizes are powers of two (the ids are
-    padded by repeating the last one), so a few statements stay in sqlite3's statement cache."""
-    placeholders = ", ".join("?" * size)
-    return f"SELECT event_id FROM tidings_inbox WHERE consumer = ? AND event_id IN ({placeholders})"  # noqa: S608
-
-
-@functools.lru_cache(maxsize=256)
-def _batchable(statement: str) -> bool:
-    """Whether a run of `statement` can go to `executemany`: an INSERT, UPDATE, DELETE or
-    REPLACE without RETURNING (which `executemany` rejects from Python 3.12 on)."""
-    words = statement.split(None, 1)
-    return (
-        bool(words)
-        and words[0].upper() in {"INSERT", "UPDATE", "DELETE", "REPLACE"}
-        and "RETURNING" not in statement.upper()
-    )
-
-
-def _padded_size(count: int) -> int:
-    return 1 << (count - 1).bit_length()
-
-
-class SQLiteTransaction(Transaction):
-    """A transaction on the store's writer connection; statements run inline (the write lock
-    is held)."""
-
-    driver_errors = (sqlite3.Error,)
-
-    def __init__(self, conn: sqlite3.Connection, path: str) -> None:
-        super().__init__()
-        self._conn = conn
-        self._path = path
-
-    def _cursor(self, sql: str, params: Params) -> sqlite3.Cursor:
-        try:
-            return self._conn.execute(sql, params)
-        except sqlite3.Error as exc:
-            self._raise(exc)
-
-    def _raise(self, exc: sqlite3.Error) -> NoReturn:
-        """Raise `exc` translated: IntegrityError for a broken constraint, StorageError for
-        the file's own problems."""
-        if isinstance(exc, sqlite3.IntegrityError):
-            raise IntegrityError(str(exc), exc) from exc
-        error = _sqlite.translate(exc, self._path)
-        if error is exc:
-            raise exc
-        raise error from exc
-
-    async def _execute(self, sql: str, params: Params) -> int:
-        return self._cursor(sql, params).rowcount
-
-    async def _fetchall(self, sql: str, params: Params) -> list[Row]:
-        return self._cursor(sql, params).fetchall()
-
-    async def _run_deferred(self, pending: Sequence[tuple[str, Params]]) -> None:
-        """Consecutive runs of one data-changing statement as one `executemany`."""
-        try:
-            for statement, run in itertools.groupby(pending, key=operator.itemgetter(0)):
-                params = [p for _, p in run]
-                if len(params) > 1 and _batchable(statement):
-                    self._conn.executemany(statement, params)
-                else:
-                    for item in params:
-                        self._conn.execute(statement, item)
-        except sqlite3.Error as exc:
-            self._raise(exc)
-
-    async def _write_outbox(self, rows: Sequence[OutboxEntry]) -> None:
-        now = _now_ms()
-        try:
-            self._conn.executemany(
-                "INSERT INTO tidings_outbox(topic, event_id, key, value, headers, created_ms)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                [
-                    (topic, event_id, m.key, m.value, _encoded_headers(m.headers), now)
-                    for topic, event_id, m in rows
-                ],
-            )
-        except sqlite3.IntegrityError as exc:
-            raise DuplicateEventError(
-                f"an event id was published twice to one topic in this transaction or while "
-                f"still in the outbox ({exc})"
-            ) from exc
-        except sqlite3.Error as exc:
-            self._raise(exc)
-
-    async def _inbox_add(
-        self, consumer: str, event_id: str, position: Position, status: InboxStatus
-    ) -> bool:
-        cursor = self._cursor(
-            "INSERT INTO tidings_inbox"
-            "(consumer, event_id, status, topic, partition, offset, processed_ms)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            (consumer, event_id, status.value, *position, _now_ms()),
-        )
-        return cursor.rowcount == 1
-
-    async def _inbox_find(self, keys: Sequence[InboxKey]) -> set[InboxKey]:
-        by_consumer: dict[str, list[str]] = {}
-        for consumer, event_id in keys:
-            by_consumer.setdefault(consumer, []).append(event_id)
-        found: set[InboxKey] = set()
-        for consumer, event_ids in by_consumer.items():
-            for start in range(0, len(event_ids), _INBOX_FIND_CHUNK):
-                chunk = event_ids[start : start + _INBOX_FIND_CHUNK]
-                size = _padded_size(len(chunk))
-                chunk += [chunk[-1]] * (size - len(chunk))
-                rows = self._cursor(_inbox_find_sql(size), (consumer, *chunk)).fetchall()
-                found.update((consumer, event_id) for (event_id,) in rows)
-        return found
-
-    async def _inbox_add_all(self, entries: Sequence[tuple[str, str, Position]]) -> None:
-        now = _now_ms()
-        try:
-            self._conn.executemany(
-                "INSERT INTO tidings_inbox"
-                "(consumer, event_id, status, topic, partition, offset, processed_ms)"
-                " VALUES (?, ?, 'done', ?, ?, ?, ?)",
-                [
-                    (consumer, event_id, topic, partition, offset, now)
-                    for consumer, event_id, (topic, partition, offset) in entries
-                ],
-            )
-        except sqlite3.IntegrityError as exc:
-            raise InboxConflictError(
-                f"an inbox row already exists for one of {len(entries)} events ({exc})"
-            ) from exc
-        except sqlite3.Error as exc:
-            self._raise(exc)
-
-    async def _inbox_get(self, consumer: str, event_id: str) -> InboxStatus | None:
-        row = self._cursor(
-            "SELECT status FROM tidings_inbox WHERE consumer = ? AND event_id = ?",
-            (consumer, event_id),
-        ).fetchone()
-        return None if row is None else InboxStatus(row[0])
-
-    async def _inbox_delete(self, consumer: str, event_id: str) -> None:
-        self._cursor(
-            "DELETE FROM tidings_inbox WHERE consumer = ? AND event_id = ?", (consumer, event_id)
-        )
 
 
 class SQLiteStore(Store):
@@ -361,27 +111,11 @@ class SQLiteStore(Store):
         if self._closed:
             raise StorageError(f"{self.path}: store is closed")
         self._lock = asyncio.Lock()
-        await self._io(self._db.write, self._create_schema)
+        await self._io(self._db.write, lambda conn: create_schema(conn, self.path))
         self._conn = await self._io(lambda: self._db.open_connection(busy_timeout_s=0))
         self._relay_conn = await self._io(lambda: self._relay_db.open_connection(busy_timeout_s=0))
         self._checkpoint_conn = await self._io(lambda: self._db.open_connection(busy_timeout_s=0))
         self._started = True
-
-    def _create_schema(self, conn: sqlite3.Connection) -> None:
-        for statement in SCHEMA:
-            conn.execute(statement)
-        row = conn.execute("SELECT value FROM tidings_meta WHERE key = 'schema'").fetchone()
-        if row is not None and int(row[0]) > SCHEMA_VERSION:
-            raise StorageError(
-                f"{self.path}: written by a newer tidings (store schema {row[0]}); this version "
-                f"understands {SCHEMA_VERSION}"
-            )
-        if row is None or int(row[0]) < SCHEMA_VERSION:  # the tables are created IF NOT EXISTS
-            conn.execute(
-                "INSERT INTO tidings_meta(key, value) VALUES ('schema', ?)"
-                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (str(SCHEMA_VERSION),),
-            )
 
     async def migrate(self, migrations: Sequence[str]) -> int:
         await self.start()
@@ -405,7 +139,7 @@ class SQLiteStore(Store):
                     await tx.execute(
                         "INSERT INTO tidings_migrations(id, statement, applied_ms)"
                         " VALUES (?, ?, ?)",
-                        (number, statement, _now_ms()),
+                        (number, statement, now_ms()),
                     )
             except (sqlite3.Error, IntegrityError) as exc:
                 raise MigrationError(f"{self.path}: migration {number} failed: {exc}") from exc
@@ -458,7 +192,11 @@ class SQLiteStore(Store):
         return peers
 
     def _maybe_checkpoint(self) -> None:
-        """Start a WAL checkpoint unless one ran recently or is running."""
+        """Start a WAL checkpoint unless one ran recently or is running. The store's
+        connections never checkpoint when they commit (that would block the event loop for the
+        copy); a passive checkpoint on the worker thread copies what it can without waiting
+        for anyone - a long-lived reader of the file (a `sqlite3` shell, a backup) never holds
+        up a transaction - and the next writer starts the WAL over once it was all copied."""
         if self._checkpointing is not None or self._closed:
             return
         if time.monotonic() < self._next_checkpoint:
@@ -509,12 +247,12 @@ class SQLiteStore(Store):
             row = conn.execute(
                 "SELECT holder, expires_ms FROM tidings_relay_lease WHERE name = 'outbox'"
             ).fetchone()
-            if row is None or row[0] != relay or row[1] - _now_ms() < lease_ms // 2:
+            if row is None or row[0] != relay or row[1] - now_ms() < lease_ms // 2:
                 return None
             return _outbox_rows(conn, limit, after, max_bytes)
 
         def claim(conn: sqlite3.Connection) -> list[OutboxRow] | None:
-            now = _now_ms()
+            now = now_ms()
             row = conn.execute(
                 "SELECT holder, expires_ms FROM tidings_relay_lease WHERE name = 'outbox'"
             ).fetchone()
@@ -548,7 +286,7 @@ class SQLiteStore(Store):
     async def outbox_set_aside(self, relay: str, items: Sequence[SetAside]) -> None:
         if not items:
             return
-        now = _now_ms()
+        now = now_ms()
 
         def set_aside(conn: sqlite3.Connection) -> list[str] | None:
             """Peers to wake if a notice was added, else None."""
@@ -575,7 +313,7 @@ class SQLiteStore(Store):
                             notice_id,
                             message.key,
                             message.value,
-                            _encoded_headers(message.headers),
+                            encode_headers(message.headers),
                             now,
                         ),
                     )
@@ -601,7 +339,7 @@ class SQLiteStore(Store):
     async def inbox_cleanup(
         self, consumer_prefix: str, committed: dict[tuple[str, int], int], older_than_s: float
     ) -> int:
-        cutoff = _now_ms() - int(older_than_s * 1000)
+        cutoff = now_ms() - int(older_than_s * 1000)
 
         def cleanup(conn: sqlite3.Connection) -> int:
             removed = 0
@@ -646,12 +384,6 @@ class SQLiteStore(Store):
         self._relay_db.close()
 
 
-@functools.lru_cache(maxsize=256)
-def _decoded_headers(stored: bytes) -> Headers:
-    """Stored headers decoded; cached, since most events carry the same few headers."""
-    return _headers_decoder.decode(stored)
-
-
 def _outbox_rows(
     conn: sqlite3.Connection, limit: int, after: int, max_bytes: int | None
 ) -> list[OutboxRow]:
@@ -671,7 +403,7 @@ def _outbox_rows(
                 seq,
                 topic,
                 event_id,
-                Message(value, key, _decoded_headers(headers) if headers else ()),
+                Message(value, key, decode_headers(headers) if headers else ()),
             )
         )
     return rows
@@ -686,18 +418,3 @@ def _runs(seqs: Sequence[int]) -> list[tuple[int, int]]:
         else:
             runs.append((seq, seq))
     return runs
-
-
-def split_statements(script: str) -> list[str]:
-    """The complete SQL statements of `script`, in order (semicolons inside literals kept)."""
-    statements = []
-    buffer = ""
-    for piece in script.split(";"):
-        buffer += piece + ";"
-        if sqlite3.complete_statement(buffer):
-            if buffer.strip(" \t\n;"):
-                statements.append(buffer.strip())
-            buffer = ""
-    if buffer.strip(" \t\n;"):
-        raise MigrationError(f"incomplete SQL statement in migration: {buffer.strip()[:80]!r}")
-    return statements
