@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner, Result
 
-import tidings.cli
+import tidings.cli.dlq
 from tests.support import eventually, read_topic
 from tidings import ConfigError, Event, Message, connect, dlq, event_to_message
 from tidings.brokers.base import Broker
@@ -455,7 +455,7 @@ def test_purge_confirmation_missing_topic_and_paging(urls: dict[str, str]) -> No
 
     # purge asks on a terminal, and does nothing unless told yes
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(tidings.cli, "_interactive", lambda: True)
+        patch.setattr(tidings.cli.dlq, "_interactive", lambda: True)
         declined = cli("dlq", "purge", gone.id, input="n\n")
         assert declined.exit_code == 1, declined.output
         assert "Purge these 1 dead letter(s)?" in declined.stderr

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 import traceback
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -381,19 +381,6 @@ async def list_dead_letters(
                 letters.append(letter)
     letters.sort(key=lambda x: (x.record.timestamp, x.dlq_topic, x.dlq_partition, x.dlq_offset))
     return letters
-
-
-def select(letters: Iterable[DeadLetter], ids: Sequence[str]) -> list[DeadLetter]:
-    """The letters named by `ids` (event ids or positions), in the order of `letters`. An id
-    that names no letter raises DeadLetterError; an event id names every letter of that event
-    (one per handler that dead-lettered it)."""
-    letters = list(letters)
-    unknown = [ident for ident in ids if not any(x.matches(ident) for x in letters)]
-    if unknown:
-        raise DeadLetterError(
-            f"no dead letter with id {', '.join(unknown)} (see `tidings dlq list`)"
-        )
-    return [x for x in letters if any(x.matches(ident) for ident in ids)]
 
 
 async def replay(broker: Broker, letters: Sequence[DeadLetter]) -> list[Replayed]:
