@@ -58,6 +58,11 @@ def parse_url(url: str, *, allowed: set[str]) -> SQLiteURL:
     return SQLiteURL(path, options)
 
 
+def now_ms() -> int:
+    """Wall-clock milliseconds: how the SQLite files keep times."""
+    return int(time.time() * 1000)
+
+
 def synchronous_option(value: str | None, default: str = "full") -> str:
     level = (value or default).lower()
     if level not in SYNCHRONOUS:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sqlite3
-import time
 
 from tidings._notify import SCHEMA as LISTENERS_SCHEMA
 from tidings.errors import MigrationError, StorageError
@@ -55,10 +54,6 @@ SCHEMA = [
     )""",
     LISTENERS_SCHEMA,
 ]
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def create_schema(conn: sqlite3.Connection, path: str) -> None:

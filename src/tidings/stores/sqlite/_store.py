@@ -17,7 +17,7 @@ from tidings.errors import IntegrityError, MigrationError, StorageError
 from tidings.records import Message
 from tidings.stores._codec import decode_headers, encode_headers
 from tidings.stores.base import OutboxRow, Params, Row, SetAside, Store
-from tidings.stores.sqlite._schema import create_schema, now_ms, split_statements
+from tidings.stores.sqlite._schema import create_schema, split_statements
 from tidings.stores.sqlite._transaction import SQLiteTransaction
 
 T = TypeVar("T")
@@ -139,7 +139,7 @@ class SQLiteStore(Store):
                     await tx.execute(
                         "INSERT INTO tidings_migrations(id, statement, applied_ms)"
                         " VALUES (?, ?, ?)",
-                        (number, statement, now_ms()),
+                        (number, statement, _sqlite.now_ms()),
                     )
             except (sqlite3.Error, IntegrityError) as exc:
                 raise MigrationError(f"{self.path}: migration {number} failed: {exc}") from exc
@@ -247,12 +247,12 @@ class SQLiteStore(Store):
             row = conn.execute(
                 "SELECT holder, expires_ms FROM tidings_relay_lease WHERE name = 'outbox'"
             ).fetchone()
-            if row is None or row[0] != relay or row[1] - now_ms() < lease_ms // 2:
+            if row is None or row[0] != relay or row[1] - _sqlite.now_ms() < lease_ms // 2:
                 return None
             return _outbox_rows(conn, limit, after, max_bytes)
 
         def claim(conn: sqlite3.Connection) -> list[OutboxRow] | None:
-            now = now_ms()
+            now = _sqlite.now_ms()
             row = conn.execute(
                 "SELECT holder, expires_ms FROM tidings_relay_lease WHERE name = 'outbox'"
             ).fetchone()
@@ -286,7 +286,7 @@ class SQLiteStore(Store):
     async def outbox_set_aside(self, relay: str, items: Sequence[SetAside]) -> None:
         if not items:
             return
-        now = now_ms()
+        now = _sqlite.now_ms()
 
         def set_aside(conn: sqlite3.Connection) -> list[str] | None:
             """Peers to wake if a notice was added, else None."""
@@ -339,7 +339,7 @@ class SQLiteStore(Store):
     async def inbox_cleanup(
         self, consumer_prefix: str, committed: dict[tuple[str, int], int], older_than_s: float
     ) -> int:
-        cutoff = now_ms() - int(older_than_s * 1000)
+        cutoff = _sqlite.now_ms() - int(older_than_s * 1000)
 
         def cleanup(conn: sqlite3.Connection) -> int:
             removed = 0

@@ -13,7 +13,6 @@ from tidings import _sqlite
 from tidings.errors import DuplicateEventError, InboxConflictError, IntegrityError
 from tidings.stores._codec import encode_headers
 from tidings.stores.inbox import InboxKey, InboxStatus, Position
-from tidings.stores.sqlite._schema import now_ms
 from tidings.stores.transaction import OutboxEntry, Params, Row, Transaction
 
 _INBOX_FIND_CHUNK = 512
@@ -90,7 +89,7 @@ class SQLiteTransaction(Transaction):
             self._raise(exc)
 
     async def _write_outbox(self, rows: Sequence[OutboxEntry]) -> None:
-        now = now_ms()
+        now = _sqlite.now_ms()
         try:
             self._conn.executemany(
                 "INSERT INTO tidings_outbox(topic, event_id, key, value, headers, created_ms)"
@@ -115,7 +114,7 @@ class SQLiteTransaction(Transaction):
             "INSERT INTO tidings_inbox"
             "(consumer, event_id, status, topic, partition, offset, processed_ms)"
             " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            (consumer, event_id, status.value, *position, now_ms()),
+            (consumer, event_id, status.value, *position, _sqlite.now_ms()),
         )
         return cursor.rowcount == 1
 
@@ -134,7 +133,7 @@ class SQLiteTransaction(Transaction):
         return found
 
     async def _inbox_add_all(self, entries: Sequence[tuple[str, str, Position]]) -> None:
-        now = now_ms()
+        now = _sqlite.now_ms()
         try:
             self._conn.executemany(
                 "INSERT INTO tidings_inbox"
