@@ -44,6 +44,7 @@ from tidings.retry import Retry
 from tidings.runtime.context import Context, PublishHook, SyncContext
 from tidings.runtime.handlers import Handler, Middleware
 from tidings.runtime.outcomes import Observer, Stats
+from tidings.runtime.relay import RelayHook
 from tidings.runtime.runner import ServiceRunner, run_service
 from tidings.schema import EventModel
 from tidings.stores import connect_store
@@ -113,6 +114,8 @@ class Service:
         """Told what became of each event (see `tidings.runtime.outcomes.Observer`)."""
         self.publish_hooks: list[PublishHook] = []
         """Called on every event published through a Context (see `PublishHook`)."""
+        self.relay_hooks: list[RelayHook] = []
+        """Told of every publish of the service's outbox relay (see `RelayHook`)."""
         self.extensions: dict[str, object] = {}
         """What plugins (tracing, metrics) keep for this service, by name."""
         self._broker: Broker | None = None

@@ -32,11 +32,15 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import time
 import uuid
+from collections.abc import Sequence
+from typing import Protocol
 
 from tidings import dlq
 from tidings.brokers.base import Broker
 from tidings.errors import MessageTooLargeError, UnknownTopicError
+from tidings.records import Message
 from tidings.stores.outbox import Outbox, OutboxRow, SetAside
 
 log = logging.getLogger("tidings.relay")
@@ -51,6 +55,13 @@ set aside without another."""
 """What a broker raises for a message no retry can publish."""
 
 
+class RelayHook(Protocol):
+    """Told of every publish the relay made (tracing's send spans, metrics); must not block."""
+
+    def relayed(self, topic: str, messages: Sequence[Message], started: float) -> None:
+        """`messages` were published to `topic`; `started` is `time.time()` at the start."""
+
+
 class Relay:
     def __init__(
         self,
@@ -62,8 +73,10 @@ class Relay:
         poll_s: float = 1.0,
         dead_letter_topic: str | None = None,
         max_bytes: int = CLAIM_MAX_BYTES,
+        hooks: Sequence[RelayHook] = (),
     ) -> None:
         self.store = store
+        self.hooks = list(hooks)
         self.broker = broker
         self.batch = batch
         self.lease_s = lease_s
@@ -196,6 +209,7 @@ class Relay:
                 fitting.append(row)
             if not fitting:
                 continue
+            started = time.time()
             try:
                 await self.broker.publish(topic, [row.message for row in fitting])
             except REFUSED_FOR_GOOD:
@@ -208,9 +222,18 @@ class Relay:
                         refused.append((row, exc))
                     else:
                         published.append(row)
+                        self._tell(topic, [row.message], started)
             else:
                 published.extend(fitting)
+                self._tell(topic, [row.message for row in fitting], started)
         return refused
+
+    def _tell(self, topic: str, messages: Sequence[Message], started: float) -> None:
+        for hook in self.hooks:
+            try:
+                hook.relayed(topic, messages, started)
+            except Exception:
+                log.exception("relay: hook %r failed", hook)
 
     async def _set_aside(self, refused: list[tuple[OutboxRow, Exception]]) -> None:
         items = []

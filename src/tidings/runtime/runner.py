@@ -40,7 +40,10 @@ class ServiceRunner:
         self.stopping = asyncio.Event()
         self.dispatcher = Dispatcher(service)
         self.relay = Relay(
-            service.store, service.broker, dead_letter_topic=service.dead_letter_topic
+            service.store,
+            service.broker,
+            dead_letter_topic=service.dead_letter_topic,
+            hooks=service.relay_hooks,
         )
         self._deadline: float | None = None
         """When the grace period ends (monotonic), once stopping."""

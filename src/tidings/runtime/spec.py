@@ -8,6 +8,7 @@ from typing import Protocol
 from tidings.runtime.context import ContextOwner
 from tidings.runtime.handlers import Handler, Middleware
 from tidings.runtime.outcomes import Observer, Stats
+from tidings.runtime.relay import RelayHook
 from tidings.stores.base import Store
 
 
@@ -19,6 +20,8 @@ class ServiceSpec(ContextOwner, Protocol):
     stats: Stats
     middleware: list[Middleware]
     observers: list[Observer]
+    relay_hooks: list[RelayHook]
+    extensions: dict[str, object]
     max_batch: int
     concurrency: int
     session_timeout: float

@@ -9,12 +9,12 @@ import os
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from tidings.service import Service
+    from tidings.runtime.spec import ServiceSpec
 
 log = logging.getLogger("tidings.telemetry")
 
 
-def auto_instrument(service: Service) -> None:
+def auto_instrument(service: ServiceSpec) -> None:
     """Turn on what the environment asks for: tracing when `tidings.telemetry.tracing`
     says it is configured (the standard `OTEL_*` variables, or the application's own tracer
     provider) and OpenTelemetry is installed (`pip install 'tidings[otel]'`)."""

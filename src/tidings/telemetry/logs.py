@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from tidings.runtime.handlers import Invocation, Next
 
 if TYPE_CHECKING:
-    from tidings.service import Service
+    from tidings.runtime.spec import ServiceSpec
 
 FORMATS = ("human", "json")
 HUMAN = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -82,7 +82,7 @@ async def middleware(call: Invocation, next: Next) -> None:
         _current.reset(token)
 
 
-def instrument(service: Service) -> None:
+def instrument(service: ServiceSpec) -> None:
     """Add the log-context middleware to `service` (inside tracing, so its span ids are the
     attempt's); idempotent."""
     if middleware in service.middleware:

@@ -36,7 +36,7 @@ from tidings.runtime.handlers import Invocation, Next
 from tidings.runtime.outcomes import Outcome, Settled
 
 if TYPE_CHECKING:
-    from tidings.service import Service
+    from tidings.runtime.spec import ServiceSpec
 
 _propagator = TraceContextTextMapPropagator()
 _EXPORTER_VARIABLES = (
@@ -99,7 +99,7 @@ def _event_attributes(event: Event) -> dict[str, Any]:
 class Tracing:
     """The tracing of one service: its publish hook, middleware, observer and relay hook."""
 
-    def __init__(self, service: Service, provider: trace.TracerProvider | None = None) -> None:
+    def __init__(self, service: ServiceSpec, provider: trace.TracerProvider | None = None) -> None:
         self.service = service
         self.provider = provider or _provider(service.name)
         self.tracer = self.provider.get_tracer("tidings")
@@ -234,7 +234,7 @@ def _structured_traceparent(value: bytes) -> str | None:
     return value[start : start + 55].decode("ascii", "replace")
 
 
-def instrument(service: Service, provider: trace.TracerProvider | None = None) -> Tracing:
+def instrument(service: ServiceSpec, provider: trace.TracerProvider | None = None) -> Tracing:
     """Trace `service` (see the module docstring); idempotent."""
     existing = service.extensions.get("tracing")
     if isinstance(existing, Tracing):
@@ -243,5 +243,6 @@ def instrument(service: Service, provider: trace.TracerProvider | None = None) -
     service.publish_hooks.append(tracing.on_publish)
     service.middleware.insert(0, tracing.middleware)
     service.observers.append(tracing)
+    service.relay_hooks.append(tracing)
     service.extensions["tracing"] = tracing
     return tracing
