@@ -2,12 +2,13 @@
 
 A `LocalLog` gives blocking, thread-safe access to records and group state; `LocalConsumer`
 turns it into the `Consumer` contract: per-partition positions, one batch in flight per
-partition, acks committed with each heartbeat, cooperative revocation and lease checks.
+partition (`InFlight`), acks committed with each heartbeat, cooperative revocation and lease
+checks.
 
 Threads: the consumer's asyncio task calls fetch/ack/nack/commit/seek; one heartbeat thread per
 consumer coordinates with the group and commits; blocking calls run on one worker thread per
 consumer (reads too, unless the log says they are quick: `LocalLog`). Shared state is guarded
-by `_lock`.
+by `_lock`, the in-flight bookkeeping's lock.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, TypeVar
 
 from tidings.brokers import _groups
+from tidings.brokers._inflight import InFlight
 from tidings.brokers.base import (
     Broker,
     CanSeek,
@@ -115,14 +117,11 @@ class LocalConsumer(Consumer, CanSeek):
         self._client = client
         self.member_id = ""
 
-        self._lock = threading.Lock()
+        self._flight = InFlight()
+        self._lock = self._flight.lock
         self._group_lock = threading.Lock()
         self._positions: dict[TopicPartition, int] = {}
-        self._inflight: dict[TopicPartition, tuple[Batch, float]] = {}
-        self._acked: dict[TopicPartition, int] = {}
-        self._revoking: set[TopicPartition] = set()
         self._lease_until = 0.0
-        self._rotation = 0
 
         self._state = "new"
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -175,10 +174,9 @@ class LocalConsumer(Consumer, CanSeek):
             await asyncio.to_thread(thread.join)
         self._log.remove_listener(self._on_signal)
         with self._lock:
-            commit = {tp: o for tp, o in self._acked.items() if tp in self._positions}
+            commit = self._flight.acked(self._positions)
             self._positions.clear()
-            self._inflight.clear()
-            self._acked.clear()
+            self._flight.clear()
         try:
             await self._io(self._log.group_leave, self.group, self.member_id, commit)
         finally:
@@ -217,14 +215,10 @@ class LocalConsumer(Consumer, CanSeek):
                 await asyncio.wait_for(self._wakeup.wait(), wait)
 
     def ack(self, batch: Batch) -> None:
-        tp = batch.tp
         with self._lock:
-            entry = self._inflight.get(tp)
-            if entry is None or entry[0] is not batch:
+            if not self._flight.ack(batch):
                 return
-            del self._inflight[tp]
-            self._acked[tp] = batch.next_offset
-            revoking = tp in self._revoking
+            revoking = self._flight.is_revoking(batch.tp)
         if revoking:
             self._tick_now.set()
         self._wake()
@@ -232,12 +226,10 @@ class LocalConsumer(Consumer, CanSeek):
     def nack(self, batch: Batch, offset: int | None = None) -> None:
         tp = batch.tp
         with self._lock:
-            entry = self._inflight.get(tp)
-            if entry is None or entry[0] is not batch:
+            if not self._flight.nack(batch):
                 return
-            del self._inflight[tp]
             self._positions[tp] = batch.first_offset if offset is None else offset
-            revoking = tp in self._revoking
+            revoking = self._flight.is_revoking(tp)
         if revoking:
             self._tick_now.set()
         self._wake()
@@ -264,7 +256,7 @@ class LocalConsumer(Consumer, CanSeek):
             if tp not in self._positions:
                 raise ConfigError(f"cannot seek {tp}: not owned by this member")
             self._positions[tp] = offset
-            self._inflight.pop(tp, None)
+            self._flight.drop(tp)
         self._wake()
         return offset
 
@@ -275,22 +267,17 @@ class LocalConsumer(Consumer, CanSeek):
     # internals: delivery -----------------------------------------------------------------
 
     def _ready(self) -> list[tuple[TopicPartition, int]]:
+        """The partitions that may hand out a batch, in turn, with their positions."""
         with self._lock:
             if time.monotonic() > self._lease_until:
                 return []
-            return [
-                (tp, pos)
-                for tp, pos in self._positions.items()
-                if tp not in self._inflight and tp not in self._revoking
-            ]
+            return [(tp, self._positions[tp]) for tp in self._flight.ready(self._positions)]
 
     def _read_next(self, candidates: list[tuple[TopicPartition, int]]) -> tuple[Batch, int] | None:
-        """The next batch of one candidate partition (rotating for fairness), with the
-        position it was read from."""
+        """The next batch of the first candidate partition that has one, with the position it
+        was read from."""
         marks = self._log.watermarks([tp for tp, _ in candidates])
-        self._rotation += 1
-        start = self._rotation % len(candidates)
-        for tp, position in candidates[start:] + candidates[:start]:
+        for tp, position in candidates:
             if marks[tp][1] <= position:
                 continue
             records = self._log.read(tp, position, self._max_batch)
@@ -305,12 +292,10 @@ class LocalConsumer(Consumer, CanSeek):
         with self._lock:
             if (
                 self._positions.get(tp) != read_from
-                or tp in self._inflight
-                or tp in self._revoking
                 or time.monotonic() > self._lease_until
+                or not self._flight.begin(tp, batch)
             ):
                 return False
-            self._inflight[tp] = (batch, time.monotonic())
             self._positions[tp] = batch.next_offset
             return True
 
@@ -372,21 +357,20 @@ class LocalConsumer(Consumer, CanSeek):
         with self._group_lock:
             now = time.monotonic()
             with self._lock:
-                commit = dict(self._acked)
-                release = set()
-                for tp in self._revoking:
-                    entry = self._inflight.get(tp)
-                    if entry is None:
-                        release.add(tp)
-                    elif now - entry[1] > self._max_poll:
-                        log.warning(
-                            "group %s: releasing %s although its batch is still in flight "
-                            "after %.0fs (max_poll_interval)",
-                            self.group,
-                            tp,
-                            self._max_poll,
-                        )
-                        release.add(tp)
+                commit = self._flight.acked()
+                revoking = self._flight.revoking()
+                busy = self._flight.in_flight(revoking)
+            release = revoking - busy.keys()
+            for tp, since in busy.items():
+                if now - since > self._max_poll:
+                    log.warning(
+                        "group %s: releasing %s although its batch is still in flight "
+                        "after %.0fs (max_poll_interval)",
+                        self.group,
+                        tp,
+                        self._max_poll,
+                    )
+                    release.add(tp)
             sent = time.monotonic()
             result = self._log.group_heartbeat(self.group, self.member_id, commit, release)
             if result is None:
@@ -394,12 +378,10 @@ class LocalConsumer(Consumer, CanSeek):
                 return frozenset(commit)
             with self._lock:
                 self._lease_until = sent + self._session
-                for tp, offset in commit.items():
-                    if self._acked.get(tp) == offset:
-                        del self._acked[tp]
+                self._flight.committed(commit)
                 for tp in release | (set(self._positions) - result.owned):
                     self._forget(tp)
-                self._revoking = set(result.revoke & set(self._positions))
+                self._flight.set_revoking(result.revoke & set(self._positions))
                 new = result.owned - set(self._positions)
             if result.rejected:
                 log.warning(
@@ -417,9 +399,7 @@ class LocalConsumer(Consumer, CanSeek):
 
     def _forget(self, tp: TopicPartition) -> None:
         self._positions.pop(tp, None)
-        self._inflight.pop(tp, None)
-        self._acked.pop(tp, None)
-        self._revoking.discard(tp)
+        self._flight.forget(tp)
 
     def _rejoin(self) -> None:
         log.warning(
