@@ -29,7 +29,6 @@ from confluent_kafka.cimpl import NewTopic
 from typer.testing import CliRunner
 
 from tidings.brokers import connect
-from tidings.brokers._kafka_records import KafkaRecords, build_records, split_runs
 from tidings.brokers.base import UNLIMITED
 from tidings.brokers.kafka import (
     CONSUMER_DEFAULTS,
@@ -39,6 +38,7 @@ from tidings.brokers.kafka import (
     KafkaConsumer,
     parse_settings,
 )
+from tidings.brokers.kafka._records import KafkaRecords, build_records, split_runs
 from tidings.cli import app
 from tidings.errors import (
     CommitFailedError,

@@ -23,8 +23,8 @@ from confluent_kafka.admin import AdminClient
 from tests.kafka_raw import produce_raw
 from tests.support import server_setting
 from tidings.brokers import connect
-from tidings.brokers._kafka_records import KafkaRecords
 from tidings.brokers.kafka import KafkaConsumer
+from tidings.brokers.kafka._records import KafkaRecords
 from tidings.errors import DecodeError
 from tidings.event import event_from_record
 from tidings.records import UNREADABLE_HEADERS, Message, Record, TopicPartition
