@@ -47,6 +47,9 @@ class SQLiteTransaction(Transaction):
     is held)."""
 
     driver_errors = (sqlite3.Error,)
+    IMMEDIATE_CONSTRAINTS = None
+    """SQLite's only deferrable constraints are foreign keys, which it does not enforce (as it
+    ships, and as tidings opens it)."""
 
     def __init__(self, conn: sqlite3.Connection, path: str) -> None:
         super().__init__()
