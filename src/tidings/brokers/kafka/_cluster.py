@@ -190,8 +190,8 @@ class Cluster:
         return group_id.removeprefix(prefix) if group_id.startswith(prefix) else None
 
     async def session_timeout_ms(self, seconds: float) -> int:
-        """`seconds` within the broker's group.min/max.session.timeout.ms (raised to the
-        minimum with a warning)."""
+        """`seconds` within the broker's group.min/max.session.timeout.ms; raised to the minimum
+        (6 s by default) with a warning: a killed member's partitions move after that long."""
         wanted = int(seconds * 1000)
         if self._session_bounds is None:
             low, high = 6000, 1_800_000

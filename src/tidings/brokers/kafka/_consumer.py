@@ -168,7 +168,7 @@ class KafkaConsumer(GroupMember, Consumer, CanSeek):
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while True:
-            # cleared before looking at any state: the polling thread skips waking a set event
+            # cleared before looking at any state (see _wake)
             self._wakeup.clear()
             if self._state == "closed":
                 raise BrokerClosedError("consumer is closed")

@@ -29,8 +29,9 @@ DEFAULT_REQUEST_TIMEOUT: Final = 15.0
 DEFAULT_REVOKE_TIMEOUT: Final = 10.0
 DEFAULT_MAX_BUFFER_BYTES: Final = 64 * 1024 * 1024
 KAFKA_MAX_MESSAGE_BYTES: Final = DEFAULT_MAX_MESSAGE_BYTES - 1024
-"""What a topic with Kafka's default max.message.bytes (1 MiB + 12) surely takes: that limit
-counts the record batch, whose framing adds up to 74 bytes plus 6 per header for one record."""
+"""What a topic with Kafka's default max.message.bytes (1 MiB + 12) takes, uncompressed, for
+messages of up to about 150 headers: that limit counts the record batch, whose framing adds up
+to 74 bytes plus 6 per header for a batch of one record."""
 
 _OPTIONS: Final = frozenset(
     {"max_message_bytes", "request_timeout", "revoke_timeout", "group_prefix", "max_buffer_bytes"}
@@ -67,7 +68,8 @@ class KafkaSettings:
     producer: dict[str, Any] = field(repr=False)
     consumer: dict[str, Any] = field(repr=False)
     max_message_bytes: int = KAFKA_MAX_MESSAGE_BYTES
-    """Larger messages are refused before anything is produced."""
+    """Larger messages are refused before anything is produced (MessageTooLargeError, like a
+    message Kafka refuses)."""
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT
     """Seconds: the bound of every metadata and admin request."""
     revoke_timeout: float = DEFAULT_REVOKE_TIMEOUT
