@@ -32,9 +32,22 @@ from tidings.ops.groups import (
     list_groups,
     reset_offsets,
 )
+from tidings.ops.index import EventIndex, Handles, IndexedEvent, IndexStatus
+from tidings.ops.positions import PartitionSpan, offset_for_time, span
 from tidings.ops.records import EventFilter, LogEntry, RecordPage, decode, read_records
 from tidings.ops.tail import tail
 from tidings.ops.topics import CreatedTopic, create_topic, describe_topic, list_topics
+from tidings.ops.topology import (
+    Edge,
+    ServiceNode,
+    Topology,
+    dead_letter_counts,
+    is_internal_topic,
+    is_tool_group,
+    recent_sources,
+    topology,
+)
+from tidings.ops.trace import Reaction, Reader, Trace, TraceNode, build_trace, trace
 from tidings.records import SeekTo
 
 __all__ = [
@@ -43,30 +56,51 @@ __all__ = [
     "DeadLetterError",
     "DeadLetterFilter",
     "DeadLetterPage",
+    "Edge",
     "EventFilter",
+    "EventIndex",
     "GroupOffset",
     "GroupReset",
     "GroupSummary",
+    "Handles",
+    "IndexStatus",
+    "IndexedEvent",
     "LogEntry",
+    "PartitionSpan",
+    "Reaction",
+    "Reader",
     "RecordPage",
     "ReplayResult",
     "Replayed",
     "Resolution",
     "SeekTo",
+    "ServiceNode",
+    "Topology",
+    "Trace",
+    "TraceNode",
+    "build_trace",
     "create_topic",
+    "dead_letter_counts",
     "dead_letter_page",
     "decode",
     "describe_group",
     "describe_topic",
     "find_dead_letters",
     "get_dead_letter",
+    "is_internal_topic",
+    "is_tool_group",
     "list_dead_letters",
     "list_groups",
     "list_topics",
+    "offset_for_time",
     "purge_dead_letters",
     "read_records",
+    "recent_sources",
     "replay_dead_letters",
     "reset_offsets",
     "select_dead_letters",
+    "span",
     "tail",
+    "topology",
+    "trace",
 ]
