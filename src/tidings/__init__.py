@@ -16,12 +16,12 @@ from tidings.brokers.base import (
     Consumer,
     require,
 )
-from tidings.dlq import DeadLetterError
 from tidings.errors import (
     BrokerClosedError,
     CommitFailedError,
     ConfigError,
     ContextClosedError,
+    DeadLetterError,
     DecodeError,
     DuplicateEventError,
     HandlerTimeoutError,
@@ -29,6 +29,7 @@ from tidings.errors import (
     IntegrityError,
     MessageTooLargeError,
     MigrationError,
+    SchemaConflictError,
     StorageError,
     TidingsError,
     TopicError,
@@ -100,6 +101,7 @@ __all__ = [
     "Published",
     "Record",
     "Retry",
+    "SchemaConflictError",
     "SchemaError",
     "SeekTo",
     "Service",

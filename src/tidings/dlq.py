@@ -18,7 +18,8 @@ from datetime import UTC, datetime
 import msgspec
 
 from tidings.brokers.base import UNLIMITED, Broker, CanInspect, CanRead, require
-from tidings.errors import DecodeError, TidingsError, UnknownTopicError
+from tidings.errors import DeadLetterError as DeadLetterError
+from tidings.errors import DecodeError, UnknownTopicError
 from tidings.event import Event, event_from_record
 from tidings.records import Headers, Message, Record, TopicInfo, TopicPartition
 
@@ -166,8 +167,6 @@ PURGED = "purged"
 READ_PAGE = 1000
 
 
-class DeadLetterError(TidingsError):
-    """A dead letter cannot be found, replayed or purged (the message says why)."""
 
 
 def is_dead_letter_topic(name: str) -> bool:

@@ -63,6 +63,15 @@ class InboxConflictError(TidingsError):
     transaction recorded it first, or this one did. The transaction must be rolled back."""
 
 
+class SchemaConflictError(TidingsError):
+    """An event schema cannot be registered: a different schema under a registered (type,
+    version), or a new version incompatible with earlier ones (the message lists each)."""
+
+
+class DeadLetterError(TidingsError):
+    """A dead letter cannot be found, replayed or purged (the message says why)."""
+
+
 class MigrationError(TidingsError):
     """A schema migration failed or an applied migration was changed."""
 

@@ -33,13 +33,14 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar, get_type_hints
 
 from tidings.brokers import connect
-from tidings.brokers.base import UNLIMITED, Broker, validate_topic_name
+from tidings.brokers.base import UNLIMITED, Broker, CanRead, validate_topic_name
 from tidings.errors import (
     ConfigError,
     UnknownTopicError,
 )
 from tidings.event import Event, event_to_message
 from tidings.records import Published
+from tidings.registry import SchemaRegistry
 from tidings.retry import Retry
 from tidings.runtime.context import Context, PublishHook, SyncContext
 from tidings.runtime.handlers import Handler, Middleware
@@ -82,6 +83,7 @@ class Service:
         concurrency: int = 16,
         middleware: Sequence[Middleware] = (),
         observers: Sequence[Observer] = (),
+        register_schemas: bool = True,
     ) -> None:
         if not isinstance(name, str) or not _NAME.match(name):
             raise ConfigError(
@@ -104,6 +106,9 @@ class Service:
         self.max_batch = max_batch
         self.concurrency = concurrency
         self.handlers: list[Handler] = []
+        self.register_schemas = register_schemas
+        """Register the schemas of the models handled and published at start (see
+        `tidings.registry`): a different or incompatible schema stops the start."""
         self.publications: dict[str, list[type[EventModel]]] = {}
         """The event models declared published per topic (`publishes`)."""
         self.stats = Stats()
@@ -267,7 +272,24 @@ class Service:
                     self.name,
                     warning,
                 )
+            if self.register_schemas:
+                await self._register_schemas()
             self._started = True
+
+    async def _register_schemas(self) -> None:
+        """Register the schemas of the models this service handles and declares it publishes
+        (see `tidings.registry`); SchemaConflictError stops the start."""
+        handled = [h.model for h in self.handlers if h.model is not None]
+        published = [m for models in self.publications.values() for m in models]
+        if not handled and not published:
+            return
+        if not isinstance(self.broker, CanRead):
+            log.info("%s: the broker cannot hold a schema registry; not registered", self.name)
+            return
+        registry = SchemaRegistry(self.broker)
+        added = await registry.register(published, self.name, handled=handled)
+        if added:
+            log.info("%s: registered schemas %s", self.name, ", ".join(added))
 
     async def check_topics(self, topics: Collection[str]) -> None:
         """UnknownTopicError naming the first of `topics` that does not exist on the broker;

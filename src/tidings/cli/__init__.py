@@ -7,6 +7,9 @@
     tidings run MODULE:SERVICE [--grace SECONDS]
     tidings dlq list [FILTERS] [--all] | show ID | replay (ID... | --all | FILTERS)
                 | purge (ID... | --all | FILTERS) [--yes]
+    tidings schema list | show TYPE [--version N] | diff TYPE V1 V2 | mode TYPE [MODE]
+                   | export DIR | check MODULE:SERVICE... [--against registry|DIR]
+    tidings asyncapi MODULE:SERVICE... [--format yaml|json] [-o FILE]
     tidings demo [OPTIONS OF python -m examples.orders]
 
 `--broker URL` (or `TIDINGS_BROKER`; default `sqlite:///.tidings/bus.db`) picks the broker.
@@ -20,10 +23,12 @@ from typing import Annotated
 
 import typer
 
+from tidings.cli import console as _console
 from tidings.cli import demo as _demo
 from tidings.cli import dlq as _dlq
 from tidings.cli import groups as _groups
 from tidings.cli import run as _run
+from tidings.cli import schema as _schema
 from tidings.cli import tail as _tail
 from tidings.cli import topics as _topics
 from tidings.cli.common import DEFAULT_BROKER
@@ -50,6 +55,7 @@ def _options(
 app.command()(_groups.replay)
 app.command(epilog=_tail.EPILOG)(_tail.tail)
 app.command()(_run.run)
+app.command()(_console.console)
 app.command(
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
     add_help_option=False,
@@ -57,6 +63,8 @@ app.command(
 app.add_typer(_topics.app, name="topics")
 app.add_typer(_groups.app, name="groups")
 app.add_typer(_dlq.app, name="dlq")
+app.add_typer(_schema.app, name="schema")
+app.command()(_schema.asyncapi)
 
 
 def main() -> None:

@@ -7,12 +7,15 @@ import importlib
 import logging
 import os
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from tidings.cli.common import fail
 from tidings.errors import TidingsError
+
+if TYPE_CHECKING:
+    from tidings.service import Service
 
 
 def run(
@@ -27,17 +30,27 @@ def run(
 
     The first signal finishes in-flight work within --grace seconds and exits 0; a second one
     exits at once (nothing committed is lost, nothing is applied twice)."""
-    from tidings.service import Service
-
     level = getattr(logging, log_level.upper(), None)
     if not isinstance(level, int):
         fail(f"unknown log level {log_level!r}; use debug, info or warning")
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ["TIDINGS_BROKER"] = str(ctx.obj)
+    service = load_service(target)
+    try:
+        asyncio.run(service.run(grace_period=grace))
+    except TidingsError as exc:
+        fail(str(exc))
+
+
+def load_service(target: str) -> Service:
+    """The `tidings.Service` named `MODULE:ATTRIBUTE`, imported from the current directory."""
+    from tidings.service import Service
+
     module_name, _, attribute = target.partition(":")
     if not module_name or not attribute:
         fail(f"expected MODULE:SERVICE (e.g. myapp.billing:service), got {target!r}")
-    sys.path.insert(0, os.getcwd())
-    os.environ["TIDINGS_BROKER"] = str(ctx.obj)
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -45,7 +58,4 @@ def run(
     service = getattr(module, attribute, None)
     if not isinstance(service, Service):
         fail(f"{target!r} is not a tidings.Service (found {type(service).__name__})")
-    try:
-        asyncio.run(service.run(grace_period=grace))
-    except TidingsError as exc:
-        fail(str(exc))
+    return service

@@ -76,7 +76,7 @@ class Watch:
     async def run(self, handlers: Sequence[Handler], stopping: asyncio.Event) -> None:
         """Until `stopping`: time attempts out and log stalled partitions."""
         timeouts = [h.retry.timeout for h in handlers if h.retry.timeout]
-        tick = max(0.02, min([1.0, *(t / 4 for t in timeouts)]))
+        tick = max(0.02, min([1.0, STALL_WARNING_S / 4, *(t / 4 for t in timeouts)]))
         while not stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), tick)
