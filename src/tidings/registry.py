@@ -34,6 +34,7 @@ from tidings.records import Message, TopicPartition
 from tidings.schema import EventModel, json_schema, registered, upcasters
 
 TOPIC = "tidings.schemas"
+"""The registry's topic, after the broker's namespace (Kafka's `group_prefix`), if any."""
 READ_PAGE = 1000
 
 
@@ -118,6 +119,10 @@ class SchemaRegistry:
             (directory / "modes.json").write_text(json.dumps(modes, indent=2) + "\n")
         return written
 
+    @property
+    def topic(self) -> str:
+        return (self.broker.namespace if self.broker is not None else "") + TOPIC
+
     def _broker(self) -> Broker:
         if self.broker is None:
             raise ConfigError("this schema registry is a directory; it cannot be written to")
@@ -127,10 +132,10 @@ class SchemaRegistry:
         """Read what is new in the registry topic (it is created if missing)."""
         broker = self._broker()
         await broker.admin.create_topic(
-            TOPIC, 1, retention_ms=UNLIMITED, retention_bytes=UNLIMITED, exist_ok=True
+            self.topic, 1, retention_ms=UNLIMITED, retention_bytes=UNLIMITED, exist_ok=True
         )
         reader = require(broker, CanRead, "read the schema registry")
-        tp = TopicPartition(TOPIC, 0)
+        tp = TopicPartition(self.topic, 0)
         while True:
             records = await reader.read(tp, self._next, READ_PAGE)
             if not records:
@@ -273,7 +278,7 @@ class SchemaRegistry:
                 now,
             )
             messages.append(_message(f"schema:{model.event_type}:{model.event_version}", entry))
-        await self._broker().publish(TOPIC, messages)
+        await self._broker().publish(self.topic, messages)
         await self.load()
         lost = [m for m in new if self.schemas[(m.event_type, m.event_version)].service != service]
         clashes = [m for m in lost if self.problems([m])]  # another service registered it first
@@ -287,9 +292,9 @@ class SchemaRegistry:
     async def _publish(self, key: str, entry: _Record) -> None:
         broker = self._broker()
         await broker.admin.create_topic(
-            TOPIC, 1, retention_ms=UNLIMITED, retention_bytes=UNLIMITED, exist_ok=True
+            self.topic, 1, retention_ms=UNLIMITED, retention_bytes=UNLIMITED, exist_ok=True
         )
-        await broker.publish(TOPIC, [_message(key, entry)])
+        await broker.publish(self.topic, [_message(key, entry)])
 
 
 def _message(key: str, entry: _Record) -> Message:

@@ -151,6 +151,9 @@ class Broker(abc.ABC):
     max_message_bytes: int
     """The largest message (`Message.size`) `publish` accepts; larger ones raise
     MessageTooLargeError before anything is written."""
+    namespace: str = ""
+    """Keeps environments sharing one cluster apart (Kafka's `group_prefix`): tidings' own
+    topics, such as the schema registry, are named with it."""
 
     @property
     @abc.abstractmethod

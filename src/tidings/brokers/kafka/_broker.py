@@ -28,6 +28,7 @@ class KafkaBroker(Broker, CanRead):
         self.url = self.settings.url
         self.bootstrap_servers = self.settings.bootstrap
         self.max_message_bytes = self.settings.max_message_bytes
+        self.namespace = self.settings.group_prefix
         self.request_timeout = self.settings.request_timeout
         self.cluster = Cluster(self.settings)
         self.client = self.cluster.client
