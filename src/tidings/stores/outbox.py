@@ -29,6 +29,13 @@ class SetAside:
     notice: tuple[str, str, Message] | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class OutboxStats:
+    pending: int
+    oldest_age_s: float | None
+    """Seconds since the oldest pending row was written; None if there is none."""
+
+
 class OutboxWriter(abc.ABC):
     """The outbox in a transaction."""
 
@@ -87,7 +94,11 @@ class Outbox(abc.ABC):
         """Give up the relay lease (clean shutdown)."""
 
     @abc.abstractmethod
-    async def outbox_size(self) -> int: ...
+    async def outbox_stats(self) -> OutboxStats:
+        """How many rows wait in the outbox, and how long the oldest has waited."""
+
+    async def outbox_size(self) -> int:
+        return (await self.outbox_stats()).pending
 
     @abc.abstractmethod
     def on_outbox(self, callback: Callable[[], None]) -> None:

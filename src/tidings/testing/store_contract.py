@@ -66,6 +66,19 @@ class StoreContract:
         yield store
         await store.close()
 
+    async def test_outbox_stats_tell_pending_rows_and_the_oldest_ones_age(
+        self, store: Store
+    ) -> None:
+        empty = await store.outbox_stats()
+        assert empty.pending == 0 and empty.oldest_age_s is None
+        async with store.transaction() as tx:
+            tx.add_outbox("t", "stats-1", message(1))
+            tx.add_outbox("t", "stats-2", message(2))
+        await asyncio.sleep(0.05)
+        stats = await store.outbox_stats()
+        assert stats.pending == 2 and await store.outbox_size() == 2
+        assert stats.oldest_age_s is not None and 0.04 <= stats.oldest_age_s < 60
+
     async def test_outbox_rows_commit_with_the_business_transaction(self, store: Store) -> None:
         async with store.transaction() as tx:
             await tx.execute("INSERT INTO orders(id, total) VALUES (?, ?)", ("o-1", 42.0))

@@ -19,6 +19,7 @@ from tidings.errors import IntegrityError, MigrationError, StorageError, Transac
 from tidings.records import Message
 from tidings.stores._codec import decode_headers, encode_headers
 from tidings.stores.base import OutboxRow, Params, Row, SetAside, Store
+from tidings.stores.outbox import OutboxStats
 from tidings.stores.postgres._errors import POOL_TIMEOUT_S, is_connection_loss, translate
 from tidings.stores.postgres._placeholders import arguments, translate_placeholders
 from tidings.stores.postgres._sql import (
@@ -411,9 +412,12 @@ class PostgresStore(Store):
 
         await self._retrying(release)
 
-    async def outbox_size(self) -> int:
-        rows = await self.query("SELECT count(*) FROM tidings_outbox")
-        return int(rows[0][0])
+    async def outbox_stats(self) -> OutboxStats:
+        [(pending, age)] = await self.query(
+            "SELECT count(*), extract(epoch FROM clock_timestamp() - min(created))::float8"
+            " FROM tidings_outbox"
+        )
+        return OutboxStats(int(pending), None if age is None else max(0.0, float(age)))
 
     async def inbox_cleanup(
         self, consumer_prefix: str, committed: dict[tuple[str, int], int], older_than_s: float

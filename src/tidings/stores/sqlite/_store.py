@@ -17,6 +17,7 @@ from tidings.errors import IntegrityError, MigrationError, StorageError
 from tidings.records import Message
 from tidings.stores._codec import decode_headers, encode_headers
 from tidings.stores.base import OutboxRow, Params, Row, SetAside, Store
+from tidings.stores.outbox import OutboxStats
 from tidings.stores.sqlite._schema import create_schema, split_statements
 from tidings.stores.sqlite._transaction import SQLiteTransaction
 
@@ -332,9 +333,12 @@ class SQLiteStore(Store):
 
         await self._write(release)
 
-    async def outbox_size(self) -> int:
-        rows = await self.query("SELECT count(*) FROM tidings_outbox")
-        return int(rows[0][0])
+    async def outbox_stats(self) -> OutboxStats:
+        [(pending, oldest)] = await self.query(
+            "SELECT count(*), min(created_ms) FROM tidings_outbox"
+        )
+        age = None if oldest is None else max(0.0, (_sqlite.now_ms() - oldest) / 1000)
+        return OutboxStats(int(pending), age)
 
     async def inbox_cleanup(
         self, consumer_prefix: str, committed: dict[tuple[str, int], int], older_than_s: float
