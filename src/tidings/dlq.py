@@ -167,8 +167,6 @@ PURGED = "purged"
 READ_PAGE = 1000
 
 
-
-
 def is_dead_letter_topic(name: str) -> bool:
     """Dead-letter topics are the topics whose names end in `.dlq` (`<service>.dlq`)."""
     return name.endswith(DLQ_SUFFIX) and len(name) > len(DLQ_SUFFIX)

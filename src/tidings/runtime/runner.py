@@ -98,10 +98,12 @@ class ServiceRunner:
         service = self.service
         checks: dict[str, str | None] = {}
         checks["started"] = None if self.ready.is_set() else "starting (migrations, topics)"
-        checks["store"] = await answers(service.store.query("SELECT 1"), "the store")
+        store = service.store
+        checks["store"] = await answers(store.query("SELECT 1"), f"the store {store.url}")
         topics = service.consumed_topics or [service.dead_letter_topic]
+        broker = service.broker
         checks["broker"] = await answers(
-            service.broker.admin.describe_topic(topics[0]), "the broker"
+            broker.admin.describe_topic(topics[0]), f"the broker {broker.url}"
         )
         if service.handlers:
             consume = self._tasks.get("consume")

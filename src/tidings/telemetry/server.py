@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from tidings import _http as http
 from tidings.telemetry.metrics import CONTENT_TYPE, Metrics
 
 if TYPE_CHECKING:
@@ -83,22 +84,6 @@ async def serving(
     metrics: Metrics | None = None,
 ) -> AsyncIterator[int]:
     """Serve the endpoint while the block runs; yields the port it listens on (0: any free)."""
-    import uvicorn
-
-    config = uvicorn.Config(
-        create_app(services, metrics), host=host, port=port, log_level="warning", lifespan="off"
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(), name="telemetry-http")
-    while not server.started:
-        if task.done():
-            task.result()
-            raise RuntimeError("the telemetry endpoint did not start")
-        await asyncio.sleep(0.01)
-    bound = server.servers[0].sockets[0].getsockname()[1]
-    log.info("telemetry on http://%s:%d (/metrics, /healthz, /readyz)", host, bound)
-    try:
-        yield int(bound)
-    finally:
-        server.should_exit = True
-        await task
+    async with http.serving(create_app(services, metrics), host, port) as bound:
+        log.info("telemetry on http://%s:%d (/metrics, /healthz, /readyz)", host, bound)
+        yield bound
