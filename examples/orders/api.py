@@ -10,7 +10,8 @@ Order service:
   event that follows from the order; one is made up if absent, and echoed in the response).
 * `GET /orders/{id}` - status and the order's event history; `GET /orders?status=&limit=&offset=`.
 
-Analytics service: `GET /analytics` - events per topic and type, revenue per minute.
+Analytics service: `GET /analytics` - events per topic and type, revenue per minute;
+`GET /analytics/dashboard` - the live order dashboard as `tidings console` shows it.
 Everything answers JSON; bad input gets a 4xx with `{"error": ...}` and changes nothing.
 """
 
@@ -34,6 +35,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from examples.orders.events import Item
+from examples.orders.services import analytics as analytics_service
 from examples.orders.services import orders
 from tidings import Service, StorageError
 
@@ -245,7 +247,14 @@ def analytics_routes(service: Service) -> list[Route]:
             }
         )
 
-    return [Route("/analytics", _guarded(summary), methods=["GET"])]
+    async def dashboard(request: Request) -> Response:
+        """The console's dashboard document (`tidings console --dashboard URL`)."""
+        return JSONResponse(await analytics_service.dashboard(service))
+
+    return [
+        Route("/analytics", _guarded(summary), methods=["GET"]),
+        Route("/analytics/dashboard", _guarded(dashboard), methods=["GET"]),
+    ]
 
 
 def create_app(

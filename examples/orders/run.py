@@ -9,6 +9,10 @@ without it, it keeps the API running until Ctrl-C.
 
 `--processes` runs one OS process per service; `--chaos S` (with `--processes`) SIGKILLs a
 random service about every S seconds while orders flow and restarts it.
+
+Unless `--exit` or `--no-console`, it also starts the web console (`tidings console`, port
+`--console-port`, default 8090) on the same broker, with the analytics service's live order
+dashboard, and keeps it running with the API until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -102,6 +106,19 @@ async def main_async(args: argparse.Namespace) -> int:
     layout = "one process per service" if args.processes else "one process"
     with console.status(f"starting 7 services ({layout})"):
         await cluster.start()  # stops what it started if it fails
+    web: WebConsole | None = None
+    if not args.exit and not args.no_console:
+        assert settings.broker is not None
+        with console.status("starting the web console"):
+            web = await WebConsole.start(
+                settings.broker,
+                args.host,
+                args.console_port,
+                cluster.analytics_url,
+                directory / "logs" / "console.log",
+            )
+        if web.error:
+            console.print(f"[yellow]web console not started: {web.error}")
     chaos_task: asyncio.Task[None] | None = None
     client = OrderClient(cluster.api_url, token, give_up_after=args.timeout)
     try:
@@ -114,7 +131,7 @@ async def main_async(args: argparse.Namespace) -> int:
             )
             first = len(await services["orders"].store.query("SELECT id FROM orders"))
             samples = sample_orders(args.orders, first=first, seed=args.seed)
-            _print_access(console, cluster, token_file, keep_running=not args.exit)
+            _print_access(console, cluster, token_file, keep_running=not args.exit, web=web)
             chaos = (
                 Chaos(cluster, args.chaos, args.seed)
                 if isinstance(cluster, ProcessCluster) and args.chaos
@@ -186,19 +203,91 @@ async def main_async(args: argparse.Namespace) -> int:
     finally:
         if chaos_task is not None:
             chaos_task.cancel()
+        if web is not None:
+            await web.stop()
         await client.close()
         with console.status("stopping"):
             await cluster.stop()
 
 
+class WebConsole:
+    """`tidings console` as a child process on the demo's broker, showing the analytics
+    service's dashboard. `url` once it listens; `error` if it could not start (the demo goes
+    on without it)."""
+
+    def __init__(self, process: asyncio.subprocess.Process | None) -> None:
+        self.process = process
+        self.url = ""
+        self.token_hint = ""
+        self.error = ""
+
+    @classmethod
+    async def start(
+        cls, broker: str, host: str, port: int, analytics_url: str, log: Path
+    ) -> WebConsole:
+        command = [sys.executable, "-m", "tidings.cli", "--broker", broker, "console"]
+        command += ["--host", host, "--port", str(port)]
+        command += ["--dashboard", f"{analytics_url}/analytics/dashboard"]
+        log.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(log, "ab") as errors:  # noqa: ASYNC230 (a local log file)
+                process = await asyncio.create_subprocess_exec(
+                    *command,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=errors,
+                )
+        except OSError as exc:
+            web = cls(None)
+            web.error = str(exc)
+            return web
+        web = cls(process)
+        assert process.stdout is not None
+        try:
+            first = await asyncio.wait_for(process.stdout.readline(), 30)
+            second = await asyncio.wait_for(process.stdout.readline(), 5)
+        except TimeoutError:
+            first = second = b""
+        text = first.decode(errors="replace")
+        if " on http" not in text:
+            await web.stop()
+            said = log.read_text(errors="replace").strip().splitlines()  # noqa: ASYNC240
+            web.error = f"{said[-1] if said else 'it did not start'} (see {log})"
+            return web
+        web.url = text.split(" on ", 1)[1].split()[0]
+        web.token_hint = second.decode(errors="replace").strip().removesuffix("; Ctrl-C stops")
+        return web
+
+    async def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None or process.returncode is not None:
+            return
+        process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), 10)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+
 def _print_access(
-    console: Console, cluster: Cluster, token_file: Path | None, *, keep_running: bool
+    console: Console,
+    cluster: Cluster,
+    token_file: Path | None,
+    *,
+    keep_running: bool,
+    web: WebConsole | None = None,
 ) -> None:
     bearer = f"$(cat {token_file})" if token_file else f"${TOKEN_ENV}"
     console.print(
         f"order API  {cluster.api_url}/orders   analytics  {cluster.analytics_url}/analytics",
         soft_wrap=True,
     )
+    if web is not None and web.url:
+        console.print(
+            f"console    {web.url}   dashboard  {web.url}dashboard   ({web.token_hint})",
+            soft_wrap=True,
+        )
     console.print(
         f"  curl -X POST {cluster.api_url}/orders -H 'Authorization: Bearer '{bearer} "
         "-H 'Content-Type: application/json' "
@@ -207,7 +296,8 @@ def _print_access(
         soft_wrap=True,
     )
     if keep_running:
-        console.print("the API and services keep running after the sample orders; Ctrl-C stops")
+        kept = "the API, the console and services" if web and web.url else "the API and services"
+        console.print(f"{kept} keep running after the sample orders; Ctrl-C stops")
 
 
 def _stop_on_signal() -> asyncio.Event:
@@ -229,6 +319,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--host", default="127.0.0.1", help="HTTP host (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="order API port; 0 picks one")
+    parser.add_argument(
+        "--console-port", type=int, default=8090, help="web console port (default 8090); 0 picks"
+    )
+    parser.add_argument("--no-console", action="store_true", help="do not start the web console")
     parser.add_argument("--failure-rate", type=float, default=0.1, help="payment declines")
     parser.add_argument("--payment-latency", type=float, default=0.0, help="gateway seconds")
     parser.add_argument("--seed", type=int, default=7)
@@ -242,6 +336,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--chaos needs --processes and a positive number of seconds")
     if not 0 <= args.port <= 65535:
         parser.error("--port must be 0..65535")
+    if not 0 <= args.console_port <= 65535:
+        parser.error("--console-port must be 0..65535")
     return args
 
 

@@ -184,7 +184,7 @@ def line_chart(
     testid: str = "chart",
 ) -> Markup:
     """Lines over categorical `labels` (one point per label per series; None: no point)."""
-    left, right, top, bottom = 56, 12, 14, 40
+    left, right, top, bottom = 56, 16, 24, 40
     plot_w, plot_h = width - left - right, height - top - bottom
     values = [v for points in series.values() for v in points if v is not None]
     y_max = _nice_max(max(values, default=0.0))
@@ -208,11 +208,12 @@ def line_chart(
         )
         parts.append(_text(left - 6, y + 4, _number(v), cls="axis", anchor="end"))
     if unit:
-        parts.append(_text(4, top + 4, unit, cls="axis"))
+        parts.append(_text(4, 12, unit, cls="axis"))
     every = max(1, math.ceil(n / 8))
     for i, label in enumerate(labels):
-        if i % every == 0 or i == n - 1:
-            parts.append(_text(px(i), height - bottom + 16, label, cls="axis", anchor="middle"))
+        if i == n - 1 or (i % every == 0 and n - 1 - i >= every / 2):
+            anchor = "end" if i == n - 1 and n > 1 else "middle"
+            parts.append(_text(px(i), height - bottom + 16, label, cls="axis", anchor=anchor))
     for index, (name, points) in enumerate(series.items()):
         colour = PALETTE[index % len(PALETTE)]
         coords = [f"{px(i):.1f},{py(v):.1f}" for i, v in enumerate(points) if v is not None]
@@ -249,7 +250,7 @@ def bar_chart(
     ]
     for i, (label, value) in enumerate(bars):
         y = 4 + i * row
-        colour = PALETTE[i % len(PALETTE)]
+        colour = PALETTE[0]
         parts.append(_text(label_w - 8, y + 15, _short(label, 18), cls="axis", anchor="end"))
         parts.append(
             f'<rect x="{label_w}" y="{y + 3}" width="{max(value * scale, 1):.1f}" '
