@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(BIN)/ruff check src tests bench examples
 	$(BIN)/ruff format --check src tests bench examples
 	$(BIN)/mypy
-	for svc in postgres kafka; do \
+	for svc in postgres kafka jaeger; do \
 	  if scripts/services status $$svc >/dev/null 2>&1; then \
 	    eval "$$(scripts/services env | grep -i "_$$svc")"; \
 	  fi; \
