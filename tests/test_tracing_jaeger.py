@@ -130,6 +130,11 @@ async def place_and_trace(tmp_path: Path, query: str) -> None:
                 assert time.monotonic() < deadline, "the order was not confirmed"
                 await asyncio.sleep(0.1)
         check_structure(await find_trace(query, correlation))
+        async with httpx.AsyncClient(timeout=10) as http:  # each process serves its metrics
+            for name, url in cluster.metrics_urls.items():
+                text = (await http.get(url)).text
+                assert f'tidings_outbox_pending{{service="{name}"}}' in text, (name, text[:300])
+                assert (await http.get(url.replace("/metrics", "/readyz"))).status_code == 200
     finally:
         await cluster.terminate(NAMES, grace=20.0)
 

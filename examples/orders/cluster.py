@@ -94,6 +94,8 @@ class ProcessCluster:
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self._logs: dict[str, IO[bytes]] = {}
         self.services: dict[str, Service] = {}
+        self.metrics_urls: dict[str, str] = {}
+        """Each running process's Prometheus endpoint (/metrics; /healthz and /readyz beside)."""
         self.restarts = 0
 
     async def start(self, names: tuple[str, ...] = NAMES) -> None:
@@ -124,6 +126,7 @@ class ProcessCluster:
             self._logs[name] = open(self.directory / "logs" / f"{name}.log", "ab")  # noqa: SIM115
         command = [sys.executable, "-m", "examples.orders.serve", name]
         command += ["--dir", str(self.directory), "--host", self.host, *self.extra_args]
+        command += ["--metrics-port", "0"]
         if name in WITH_HTTP:
             command += ["--port", str(self.ports[name])]
         self.processes[name] = subprocess.Popen(
@@ -146,7 +149,9 @@ class ProcessCluster:
                     f"see {self.directory / 'logs' / f'{name}.log'}"
                 )
             with contextlib.suppress(FileNotFoundError, ValueError):
-                if json.loads(path.read_text())["pid"] == process.pid:
+                ready = json.loads(path.read_text())
+                if ready["pid"] == process.pid:
+                    self.metrics_urls[name] = f"http://{self.host}:{ready['metrics_port']}/metrics"
                     return
             if loop.time() > deadline:
                 raise TimeoutError(f"service {name} not ready after {timeout:.0f} s")

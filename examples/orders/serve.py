@@ -2,8 +2,9 @@
 
     ORDERS_API_TOKEN=... python -m examples.orders.serve orders --dir .tidings --port 8000
 
-Runs the service's consumers and outbox relay, plus its HTTP API for `orders` and `analytics`.
-When it is ready it writes `<dir>/run/<name>.json` (`{"pid", "port"}`). SIGTERM/SIGINT stop the
+Runs the service's consumers and outbox relay, plus its HTTP API for `orders` and `analytics`,
+and with `--metrics-port` its telemetry endpoint (/metrics, /healthz, /readyz). When it is ready
+it writes `<dir>/run/<name>.json` (`{"pid", "port", "metrics_port"}`). SIGTERM/SIGINT stop the
 HTTP server, then drain in-flight events and exit 0; a second signal exits at once (nothing
 committed is lost, nothing is applied twice). Broker and store come from `TIDINGS_BROKER` /
 `TIDINGS_STORE`, else SQLite files under `--dir`.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -23,6 +25,8 @@ from pathlib import Path
 from examples.orders.api import create_app, serving
 from examples.orders.services import MODULES
 from examples.orders.settings import Settings
+from tidings.telemetry import logs, metrics
+from tidings.telemetry.server import serving as telemetry_serving
 
 TOKEN_ENV = "ORDERS_API_TOKEN"  # noqa: S105 (a variable name)
 NAMES = tuple(module.NAME for module in MODULES)
@@ -42,6 +46,8 @@ async def serve(args: argparse.Namespace) -> int:
     )
     module = next(m for m in MODULES if args.name == m.NAME)
     service = module.create(settings)
+    if logs.chosen() == "json":
+        logs.instrument(service)
     token = os.environ.get(TOKEN_ENV, "")
     if args.name == "orders" and not token:
         print(f"serve: set {TOKEN_ENV} (the order API's bearer token)", file=sys.stderr)
@@ -57,31 +63,36 @@ async def serve(args: argparse.Namespace) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
-    running = await service.run_in_background()
-    port = 0
-    if args.name in WITH_HTTP:
-        app = (
-            create_app(orders_service=service, token=token)
-            if args.name == "orders"
-            else create_app(analytics=service)
-        )
-        async with serving(app, args.host, args.port) as http:
+    async with contextlib.AsyncExitStack() as stack:
+        metrics_port = None
+        if args.metrics_port is not None:
+            collected = metrics.Metrics()
+            metrics.instrument(service, collected)
+            endpoint = telemetry_serving([service], args.metrics_port, args.host, collected)
+            metrics_port = await stack.enter_async_context(endpoint)
+        running = await service.run_in_background()
+        port = 0
+        if args.name in WITH_HTTP:
+            app = (
+                create_app(orders_service=service, token=token)
+                if args.name == "orders"
+                else create_app(analytics=service)
+            )
+            http = await stack.enter_async_context(serving(app, args.host, args.port))
             port = http.port
-            _announce(directory, args.name, port)
-            await _until(stop, running)
-    else:
-        _announce(directory, args.name, port)
+        _announce(directory, args.name, port, metrics_port)
         await _until(stop, running)
-    service.stop()
-    await running
+        service.stop()
+        await running
     return 0
 
 
-def _announce(directory: Path, name: str, port: int) -> None:
+def _announce(directory: Path, name: str, port: int, metrics_port: int | None) -> None:
     path = ready_file(directory, name)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"pid": os.getpid(), "port": port}))
+    ready = {"pid": os.getpid(), "port": port, "metrics_port": metrics_port}
+    tmp.write_text(json.dumps(ready))
     os.replace(tmp, path)
 
 
@@ -102,15 +113,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=0, help="HTTP port (orders, analytics)")
     parser.add_argument("--failure-rate", type=float, default=0.1, help="payment declines")
     parser.add_argument("--payment-latency", type=float, default=0.0, help="gateway seconds")
+    parser.add_argument(
+        "--metrics-port", type=int, default=None, help="serve /metrics, /healthz, /readyz (0: any)"
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.dir = Path(args.dir).resolve()
-    logging.basicConfig(
-        level=logging.INFO, format=f"%(asctime)s {args.name} %(levelname)s %(name)s: %(message)s"
-    )
+    if logs.chosen() == "json":  # TIDINGS_LOG_FORMAT=json
+        logs.configure("json")
+    else:
+        logging.basicConfig(
+            level=logging.INFO,
+            format=f"%(asctime)s {args.name} %(levelname)s %(name)s: %(message)s",
+        )
     return asyncio.run(serve(args))
 
 
