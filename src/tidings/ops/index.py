@@ -394,10 +394,10 @@ class EventIndex:
         where = "key = ?"
         params: list[object] = [key]
         if topic is not None:
-            where += " AND topic = ?"
+            where += " AND +topic = ?"  # `+`: look up by key, not scan the topic's rows
             params.append(topic)
             if partition is not None:
-                where += ' AND partition = ? AND "offset" > ?'
+                where += ' AND +partition = ? AND +"offset" > ?'
                 params += [partition, after]
         return await self._events(
             where + ' ORDER BY topic, partition, "offset" LIMIT ?', (*params, limit)
