@@ -432,3 +432,88 @@ def test_cli_console_command(tmp_path: Path) -> None:
     assert missing.exit_code == 2 and "no broker database" in missing.output
     bad_port = runner.invoke(app, ["--broker", "memory://", "console", "--port", "70000"])
     assert bad_port.exit_code == 2
+
+
+# Kafka ----------------------------------------------------------------------------------
+
+
+async def _seed_kafka(bootstrap: str, tag: str) -> Seeded:
+    seeded = Seeded()
+    seeded.url = f"kafka://{bootstrap}"
+    topic, letters = f"console-{tag}-orders", f"console-{tag}-svc.dlq"
+    async with connect(seeded.url) as broker:
+        await broker.admin.create_topic(topic, 2)
+        await broker.admin.create_topic(letters, 1)
+        placed = Event(
+            type="ORDER_PLACED",
+            key=f"ord-{tag}",
+            source="orders",
+            correlation_id=f"c-{tag}",
+            data={},
+        )
+        reserved = Event(
+            type="INVENTORY_RESERVED",
+            key=f"ord-{tag}",
+            source="inventory",
+            correlation_id=f"c-{tag}",
+            causation_id=placed.id,
+            data={},
+        )
+        await broker.publish_events(topic, [placed, reserved])
+        async with broker.subscribe(f"console-{tag}-svc", [topic]) as consumer:
+            batch = await consumer.fetch(timeout=30)
+            assert batch is not None
+            await consumer.commit(batch)
+        [record] = await require(broker, CanRead, "read").read(
+            TopicPartition(topic, batch.partition), batch.records[0].offset, 1
+        )
+        letter = dlq.letter(
+            record,
+            reason="permanent-error",
+            error=ValueError("x"),
+            handler=f"console-{tag}-svc.h",
+            attempts=1,
+        )
+        published = await broker.publish(letters, [letter])
+        seeded.placed = placed
+        seeded.letters = [f"{letters}:0:{published[0].offset}"]
+    return seeded
+
+
+def test_console_on_kafka(tmp_path: Path) -> None:
+    import uuid
+
+    from tests.support import server_setting
+
+    bootstrap = server_setting("TIDINGS_KAFKA_BOOTSTRAP", "kafka")
+    tag = uuid.uuid4().hex[:8]
+    seeded = asyncio.run(_seed_kafka(bootstrap, tag))
+    topic, group = f"console-{tag}-orders", f"console-{tag}-svc"
+    for client in _client(seeded, tmp_path):
+        console = client.app.state.console  # type: ignore[attr-defined]
+        while client.portal.call(console.index.update, console.broker):
+            pass
+        for page in (
+            "/",
+            "/topics",
+            f"/topics/{topic}",
+            f"/topics/{topic}?key=ord-{tag}",
+            f"/topics/{topic}?since=2000-01-01T00:00:00",
+            f"/groups/{group}",
+            f"/groups/{group}/lag",
+            f"/dlq?service={group}",
+            f"/dlq/{seeded.letters[0]}",
+            f"/trace/c-{tag}",
+        ):
+            response = client.get(page)
+            assert response.status_code == 200, (page, response.text[:300])
+        trace = client.get(f"/trace/c-{tag}").text
+        assert trace.index("ORDER_PLACED") < trace.index("INVENTORY_RESERVED")
+        found = client.get("/search", params={"q": f"ord-{tag}"}, follow_redirects=False)
+        assert found.headers["location"] == f"/trace/c-{tag}"
+        assert f'data-topic="{topic}"' in client.get("/").text
+        assert client.get(f"/topics/{topic}/0/999999").status_code == 400
+        sign_in(client)
+        replay = {"id": seeded.letters[0], "csrf": csrf(client)}
+        assert client.post("/dlq/replay", data=replay, follow_redirects=False).status_code == 303
+        assert seeded.letters[0] not in client.get(f"/dlq?service={group}").text
