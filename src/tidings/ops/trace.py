@@ -32,7 +32,7 @@ class Reader:
     read: bool
     handles: bool | None
     """True/False when the log told which types the service handles on that topic (None: it
-    did not)."""
+    told nothing of that service on that topic; what it tells may be incomplete)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,9 +102,9 @@ def build_trace(
     dead = tuple(e for e in ordered if e.dead_letter)
     services = tuple(dict.fromkeys(e.source for e in flow if e.source))
     services_groups = [g for g in groups if not is_tool_group(g.name)]
-    known: dict[str, set[tuple[str, str]]] = {}
+    known: dict[tuple[str, str], set[str]] = {}
     for h in handles:
-        known.setdefault(h.service, set()).add((h.topic, h.type))
+        known.setdefault((h.service, h.topic), set()).add(h.type)
 
     def readers(event: IndexedEvent) -> tuple[Reader, ...]:
         found = []
@@ -112,8 +112,8 @@ def build_trace(
             for p in group.partitions:
                 if p.topic == event.topic and p.partition == event.partition:
                     read = p.committed is not None and p.committed > event.offset
-                    types = known.get(group.name)
-                    handles_it = None if types is None else (event.topic, event.type) in types
+                    types = known.get((group.name, event.topic))
+                    handles_it = None if types is None else event.type in types
                     found.append(Reader(group.name, read, handles_it))
                     break
         return tuple(found)
