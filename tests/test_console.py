@@ -517,3 +517,21 @@ def test_console_on_kafka(tmp_path: Path) -> None:
         replay = {"id": seeded.letters[0], "csrf": csrf(client)}
         assert client.post("/dlq/replay", data=replay, follow_redirects=False).status_code == 303
         assert seeded.letters[0] not in client.get(f"/dlq?service={group}").text
+
+
+def test_unpublishable_outbox_rows_are_dead_letters_too(client: TestClient, seeded: Seeded) -> None:
+    async def set_aside() -> str:
+        async with connect(seeded.url) as broker:
+            await broker.admin.create_topic("orders.dlq", 1)
+            event = Event(type="ORDER_PLACED", key="ord-big", source="orders", data={"x": 1})
+            letter = dlq.unpublishable(
+                "no-such-topic", event.id, event.to_message(), ValueError("no topic"), 1024
+            )
+            [where] = await broker.publish("orders.dlq", [letter])
+            return f"orders.dlq:0:{where.offset}"
+
+    position = asyncio.run(set_aside())
+    listing = client.get("/dlq?service=orders&reason=unpublishable")
+    assert listing.status_code == 200 and position in listing.text
+    detail = client.get(f"/dlq/{position}")
+    assert detail.status_code == 200 and "unpublishable" in detail.text
