@@ -218,3 +218,9 @@ async def test_topology_services_topics_and_health(broker: Broker) -> None:
     assert await ops.dead_letter_counts(broker) == {"email": 1}
     assert ops.is_internal_topic("email.dlq") and ops.is_internal_topic("tidings.dlq.resolutions")
     assert ops.is_tool_group("tidings-tail-abc") and not ops.is_tool_group("orders")
+
+
+def test_internal_topics_follow_the_namespace() -> None:
+    assert ops.is_internal_topic("env1.tidings.schemas", "env1.")
+    assert not ops.is_internal_topic("env1.order-events", "env1.")
+    assert ops.is_internal_topic("__consumer_offsets")

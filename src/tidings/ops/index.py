@@ -71,9 +71,10 @@ _COLUMNS = (
 )
 
 
-def is_internal(topic: str) -> bool:
-    """Topics the index does not read: tidings' own (`tidings.*`) and `_*` (Kafka's)."""
-    return topic.startswith(("tidings.", "_"))
+def is_internal(topic: str, namespace: str = "") -> bool:
+    """Topics the index does not read: tidings' own (`tidings.*`, after the broker's
+    `namespace` if it has one) and `_*` (Kafka's)."""
+    return topic.startswith("_") or topic.removeprefix(namespace).startswith("tidings.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +135,8 @@ class EventIndex:
 
     def __init__(self, path: str, broker_url: str) -> None:
         self.path = path
+        self.namespace = ""
+        """The broker's namespace, learnt at `update` (its own topics are not read)."""
         directory = os.path.dirname(os.path.abspath(path))
         os.makedirs(directory, exist_ok=True)
         self._write = self._connect()
@@ -175,7 +178,10 @@ class EventIndex:
         admin = require(broker.admin, CanInspect, "list topics, so it cannot index events")
         reader = require(broker, CanRead, "read records without a consumer group")
         async with self._update_lock:
-            infos = [i for i in await admin.list_topics() if not is_internal(i.name)]
+            self.namespace = broker.namespace
+            infos = [
+                i for i in await admin.list_topics() if not is_internal(i.name, self.namespace)
+            ]
             progress = await self._query(lambda c: self._progress(c))
             await self._to_writer(lambda c: self._forget_topics(c, {i.name for i in infos}))
             read = 0
@@ -336,7 +342,7 @@ class EventIndex:
         progress, caught_up = await self._query(query)
         read = behind = 0
         for info in infos:
-            if is_internal(info.name):
+            if is_internal(info.name, self.namespace):
                 continue
             for p in info.partitions:
                 position = progress.get(TopicPartition(info.name, p.partition), p.start_offset)

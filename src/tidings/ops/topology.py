@@ -32,10 +32,10 @@ def is_tool_group(name: str) -> bool:
     return name.startswith(TOOL_GROUP_PREFIXES)
 
 
-def is_internal_topic(name: str) -> bool:
+def is_internal_topic(name: str, namespace: str = "") -> bool:
     """Topics that are plumbing, not a flow between services: dead-letter topics, tidings'
-    own (`tidings.*`) and `_*`."""
-    return dlq.is_dead_letter_topic(name) or is_internal(name)
+    own (`tidings.*`, after the broker's `namespace`) and `_*`."""
+    return dlq.is_dead_letter_topic(name) or is_internal(name, namespace)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +134,7 @@ async def topology(
     """The graph as of now. `handles` (from an `EventIndex`) adds what is known of each
     service's handlers."""
     infos = await list_topics(broker)
-    flows = tuple(i for i in infos if not is_internal_topic(i.name))
+    flows = tuple(i for i in infos if not is_internal_topic(i.name, broker.namespace))
     flow_names = {i.name for i in flows}
     groups = {
         s.name: s.info
