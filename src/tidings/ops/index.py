@@ -18,6 +18,7 @@ the handler that failed. `status` says how far behind the log the index is."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sqlite3
 import threading
@@ -33,6 +34,7 @@ from tidings.brokers.base import Broker, CanInspect, CanRead, require
 from tidings.ops.records import decode
 from tidings.records import Record, TopicInfo, TopicPartition
 
+log = logging.getLogger("tidings.ops.index")
 _T = TypeVar("_T")
 _Work = Callable[[sqlite3.Connection], object]
 _Query = Callable[[sqlite3.Connection], _T]
@@ -228,7 +230,8 @@ class EventIndex:
                 read = await self.update(broker, budget=CHUNK * 10)
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as exc:
+                log.warning("event index: reading the log failed (retrying): %s", exc)
                 read = 0
                 await asyncio.sleep(interval * 4)
             if read == 0:
