@@ -54,7 +54,11 @@ PostgreSQL:
   10 ms, confirmed by count(*)), after a warm-up that joins the group (target >= 10,000/s
   with one consumer process);
 * `pg_consume_events_per_s` - context, not a target: a second consumer (fresh group and
-  schema) then drains the events that run left in the topic, with no producer to wait for.
+  schema) then drains the events that run left in the topic, with no producer to wait for;
+  `pg_consume_traced_events_per_s` a third with tracing on (a process span per event, every
+  event sampled, exported over OTLP to TIDINGS_JAEGER_OTLP_ENDPOINT or
+  OTEL_EXPORTER_OTLP_ENDPOINT when set), and `tracing_overhead_consume_pct` what it loses
+  (target <= 25).
 * `pg_place_order_{p50,p99}_ms` - context, not a target: request code on PostgreSQL, one
   business row and one `ctx.publish` per transaction, one at a time (after a 20% warm-up).
 """
@@ -849,36 +853,96 @@ async def pg_e2e(s: Settings, cleanup: Cleanup) -> None:
 
 async def pg_consume(s: Settings, cleanup: Cleanup, topic: str, count: int) -> None:
     """The consumer's own rate: a second consumer (fresh group and schema) drains the `count`
-    events the end-to-end run left in `topic`, with no producer to wait for."""
-    drain = EffectsConsumer(s, cleanup, f"bench-{s.run_id}-drain", topic)
+    events the end-to-end run left in `topic`, with no producer to wait for; then a third
+    does the same with tracing on (every event sampled, OTLP to Jaeger when one is set)."""
+    rates: dict[bool, float | None] = {}
+    for traced in (False, True):
+        rate, context, batch = await _drain(s, cleanup, topic, count, traced)
+        rates[traced] = rate
+        emit(
+            BENCH,
+            "pg_consume_traced_events_per_s" if traced else "pg_consume_events_per_s",
+            rate,
+            "events/s",
+            events=count,
+            effect_write=f"ctx.{s.e2e_write}",
+            consumer_max_batch=batch,
+            **context,
+            note="context, not a target: one consumer Service (PostgreSQL store: inbox row + one"
+            " INSERT per event) in this process draining the topic the end-to-end run filled,"
+            " from its first effect to its last (group join excluded): the consumer's own"
+            " ceiling" + ("; traced: a process span per event, exported" if traced else ""),
+        )
+    off, on = rates[False], rates[True]
+    if off and on:
+        overhead = (off - on) / off * 100
+        emit(
+            BENCH,
+            "tracing_overhead_consume_pct",
+            overhead,
+            "%",
+            untraced_events_per_s=off,
+            traced_events_per_s=on,
+            target="<= 25 (100% sampled)",
+            meets_target=overhead <= 25,
+            note="throughput the consumer loses when every event is traced (one process span"
+            " each; the events carry no trace context, so each is a root span)",
+        )
+
+
+async def _drain(
+    s: Settings, cleanup: Cleanup, topic: str, count: int, traced: bool
+) -> tuple[float | None, dict[str, Any], int]:
+    name = f"bench-{s.run_id}-drain" + ("-traced" if traced else "")
+    drain = EffectsConsumer(s, cleanup, name, topic)
+    provider = None
+    if traced:
+        provider = _tracer_provider(drain.service.name)
+        from tidings.telemetry.tracing import instrument
+
+        instrument(drain.service, provider)
     task = await start_service(drain.service)
     try:
         first = await drain.wait_effects(1, 60)
         first_count = await drain.effects()
         done = await drain.wait_effects(count, 120)
         drained = await drain.effects()
+        if provider is not None:
+            provider.force_flush()
+            done = time.perf_counter()  # the spans' export is part of the cost
     finally:
         await stop_services([drain.service], [task])
-    context: dict[str, Any] = {}
+        if provider is not None:
+            provider.shutdown()
+    context: dict[str, Any] = {"applied": drained}
     if first is None or done is None:
         context["incomplete"] = f"only {drained} of {count} effects"
-        rate = None
-    else:
-        rate = (drained - first_count) / (done - first) if done > first else None
-    emit(
-        BENCH,
-        "pg_consume_events_per_s",
-        rate,
-        "events/s",
-        events=count,
-        applied=drained,
-        effect_write=f"ctx.{s.e2e_write}",
-        consumer_max_batch=drain.service.max_batch,
-        **context,
-        note="context, not a target: one consumer Service (PostgreSQL store: inbox row + one"
-        " INSERT per event) in this process draining the topic the end-to-end run filled, from"
-        " its first effect to its last (group join excluded): the consumer's own ceiling",
+        return None, context, drain.service.max_batch
+    rate = (drained - first_count) / (done - first) if done > first else None
+    return rate, context, drain.service.max_batch
+
+
+def _tracer_provider(service_name: str) -> Any:
+    """A tracer provider exporting over OTLP/HTTP to TIDINGS_JAEGER_OTLP_ENDPOINT or
+    OTEL_EXPORTER_OTLP_ENDPOINT, or dropping spans when neither is set."""
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    class Dropped(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    endpoint = os.environ.get("TIDINGS_JAEGER_OTLP_ENDPOINT") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_ENDPOINT"
     )
+    exporter = (
+        OTLPSpanExporter(endpoint=endpoint.rstrip("/") + "/v1/traces") if endpoint else Dropped()
+    )
+    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: service_name}))
+    provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=100_000))
+    return provider
 
 
 async def pg_place_order(s: Settings, cleanup: Cleanup) -> None:
@@ -1008,7 +1072,12 @@ async def run(settings: Settings, cleanup: Cleanup) -> None:
     if "pg_e2e" in settings.phases:
         await _phase(
             "pg_e2e",
-            ["pg_kafka_e2e_events_per_s", "pg_consume_events_per_s"],
+            [
+                "pg_kafka_e2e_events_per_s",
+                "pg_consume_events_per_s",
+                "pg_consume_traced_events_per_s",
+                "tracing_overhead_consume_pct",
+            ],
             pg_e2e(settings, cleanup),
         )
     if "pg_place_order" in settings.phases:

@@ -39,6 +39,13 @@ so ~390, not 300). Everything runs on one event loop, as a single-process deploy
   `place_order_closed_loop_*` sends the next request as soon as the previous one returns, so
   requests compete with the relay for the store's single writer. `vs_raw` = value /
   `sqlite_raw_commit_p50_ms`.
+* `tracing_overhead_pct` - the e2e pipeline (at most 30,000 events) on fresh files untraced
+  and traced (OpenTelemetry, every event sampled: a create span per publish, a process span
+  per event and handler, a send span per relay publish; exported over OTLP/HTTP to
+  TIDINGS_JAEGER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT when set, else dropped),
+  alternating, twice each: the throughput lost (target <= 25). `tracing_cpu_us_per_event` is
+  the process CPU time tracing adds per event (every thread: spans, processors, export);
+  `*_sampled_10pct` the same with 10% of traces sampled (parent-based).
 
 Targets are printed in the `target` field; `meets_target` says whether this run met them.
 `--phases` runs a subset (for profiling one path, e.g. `--phases e2e`).
@@ -54,7 +61,7 @@ import random
 import sqlite3
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bench._common import emit, machine, percentile, workdir
@@ -72,7 +79,7 @@ LATENCY_WARMUP = 100
 LOW_RATE = 100
 POLL_S = 0.005
 LAG_TICK_S = 0.005
-PHASES = ("raw", "e2e", "latency", "place_order")
+PHASES = ("raw", "e2e", "latency", "place_order", "tracing")
 EFFECT_INSERT = (
     "INSERT INTO effects(event_id, order_id, total_cents, handled_ns) VALUES (?, ?, ?, ?)"
 )
@@ -401,8 +408,9 @@ async def wait_outbox_empty(service: Service, timeout: float) -> float | None:
         await asyncio.sleep(POLL_S)
 
 
-async def start_pipeline(directory: str, *, deferred: bool) -> Pipeline:
-    """Both services; the producer (and its relay) runs, the consumer is started later."""
+async def start_pipeline(directory: str, *, deferred: bool, started: bool = True) -> Pipeline:
+    """Both services; the producer (and its relay) runs (unless not `started`: the caller
+    starts it), the consumer is started later."""
     broker_url = f"sqlite:///{os.path.join(directory, 'bus.db')}"
     topics = {"orders": PARTITIONS}
     producer = Service(
@@ -436,7 +444,8 @@ async def start_pipeline(directory: str, *, deferred: bool) -> Pipeline:
 
     install_ack_hook(consumer, tracker)
     pipeline = Pipeline(producer, consumer, tracker, "ctx.defer" if deferred else "ctx.execute")
-    pipeline.tasks.append(await start_service(producer))
+    if started:
+        pipeline.tasks.append(await start_service(producer))
     return pipeline
 
 
@@ -524,8 +533,16 @@ def _relayed(service: Service) -> int:
 
 
 async def e2e(
-    pipeline: Pipeline, pool: list[BenchOrderPlaced], raw: Raw, event_bytes: int, s: Settings
-) -> None:
+    pipeline: Pipeline,
+    pool: list[BenchOrderPlaced],
+    raw: Raw,
+    event_bytes: int,
+    s: Settings,
+    *,
+    prefix: str = "e2e",
+    quiet: bool = False,
+) -> float:
+    """The sustained pipeline's rate; `quiet` emits only `<prefix>_events_per_s`."""
     producer, consumer = pipeline.producer, pipeline.consumer
     base_effects = await effects(consumer)
     base_relayed = _relayed(producer)
@@ -563,9 +580,12 @@ async def e2e(
     if done is None:
         context["incomplete"] = f"only {applied} of {total} effects after {elapsed:.0f} s"
     rate = applied / elapsed
+    if quiet:
+        emit(BENCH, f"{prefix}_events_per_s", rate, "events/s", **context)
+        return rate
     emit(
         BENCH,
-        "e2e_events_per_s",
+        f"{prefix}_events_per_s",
         rate,
         "events/s",
         **context,
@@ -613,6 +633,107 @@ async def e2e(
         " heartbeat (<= 1 s after the ack), so some are still uncommitted when the last effect"
         " commits; a crash there means redelivery, which the inbox absorbs",
     )
+    return rate
+
+
+TRACING_VARIANTS = {"untraced": None, "traced": 1.0, "traced_sampled_10pct": 0.1}
+TRACING_EVENTS = 30_000
+
+
+async def tracing_cost(
+    directory: str, pool: list[BenchOrderPlaced], raw: Raw, event_bytes: int, s: Settings
+) -> None:
+    """The e2e pipeline on fresh files untraced, traced with every event sampled (create,
+    send and process spans) and with 10% sampled (parent-based: a trace is kept or dropped
+    whole), alternating, twice each. Spans go over OTLP/HTTP to Jaeger when
+    TIDINGS_JAEGER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT names one, else to an exporter
+    that drops them."""
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    from tidings.telemetry.tracing import instrument
+
+    class Dropped(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    endpoint = os.environ.get("TIDINGS_JAEGER_OTLP_ENDPOINT") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_ENDPOINT"
+    )
+    s = replace(s, events=min(s.events, TRACING_EVENTS))
+    rates: dict[str, list[float]] = {name: [] for name in TRACING_VARIANTS}
+    cpu_us: dict[str, list[float]] = {name: [] for name in TRACING_VARIANTS}
+    for round_ in range(2):
+        for name, ratio in TRACING_VARIANTS.items():
+            where = os.path.join(directory, f"tracing-{round_}-{name}")
+            os.makedirs(where)
+            pipeline = await start_pipeline(where, deferred=s.write == "defer", started=False)
+            providers = []
+            for service in (pipeline.producer, pipeline.consumer) if ratio else ():
+                provider = TracerProvider(
+                    resource=Resource.create({SERVICE_NAME: service.name}),
+                    sampler=ParentBased(TraceIdRatioBased(ratio)),
+                )
+                exporter = (
+                    OTLPSpanExporter(endpoint=endpoint.rstrip("/") + "/v1/traces")
+                    if endpoint
+                    else Dropped()
+                )
+                provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=100_000))
+                providers.append(provider)
+                instrument(service, provider)
+            pipeline.tasks.append(await start_service(pipeline.producer))
+            try:
+                await warm_up(pipeline, pool)
+                cpu = time.process_time()
+                rates[name].append(
+                    await e2e(pipeline, pool, raw, event_bytes, s, prefix=f"e2e_{name}", quiet=True)
+                )
+                for provider in providers:
+                    provider.force_flush()  # exporting these spans is part of the cost
+                cpu_us[name].append((time.process_time() - cpu) / s.events * 1e6)
+            finally:
+                await stop_services([pipeline.producer, pipeline.consumer], pipeline.tasks)
+                for provider in providers:
+                    provider.shutdown()
+    off, cpu_off = max(rates["untraced"]), min(cpu_us["untraced"])
+    exporter_name = "otlp/http " + endpoint if endpoint else "dropped (no OTLP endpoint set)"
+    for name in ("traced", "traced_sampled_10pct"):
+        on, cpu_on = max(rates[name]), min(cpu_us[name])
+        suffix = "" if name == "traced" else "_sampled_10pct"
+        emit(
+            BENCH,
+            f"tracing_cpu_us_per_event{suffix}",
+            cpu_on - cpu_off,
+            "us",
+            untraced_cpu_us_per_event=cpu_off,
+            traced_cpu_us_per_event=cpu_on,
+            exporter=exporter_name,
+            note="process CPU time (all threads: services, relay, span processors, OTLP"
+            " export) per event through producer and consumer, traced minus untraced, lowest"
+            " of two runs each",
+        )
+        overhead = (off - on) / off * 100
+        extra: dict[str, Any] = {}
+        if name == "traced":
+            extra = {"target": "<= 25 (100% sampled)", "meets_target": overhead <= 25}
+        emit(
+            BENCH,
+            f"tracing_overhead_pct{suffix}",
+            overhead,
+            "%",
+            untraced_events_per_s=off,
+            traced_events_per_s=on,
+            events=s.events,
+            exporter=exporter_name,
+            **extra,
+            note="throughput lost at the pipeline's top speed, best of two alternating runs"
+            " each; tracing off installs nothing (no middleware, no hooks), so with the extra"
+            " installed but off the pipeline runs the untraced code",
+        )
 
 
 async def latency(
@@ -901,6 +1022,8 @@ async def run(settings: Settings, directory: str) -> None:
                 await pipeline.consumer.close()
     if "place_order" in settings.phases:
         await place_order(directory, pool, raw, event_bytes, settings)
+    if "tracing" in settings.phases:
+        await tracing_cost(directory, pool, raw, event_bytes, settings)
 
 
 def main(argv: Sequence[str]) -> int:

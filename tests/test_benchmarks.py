@@ -55,6 +55,9 @@ def test_pipeline_benchmark_reports_every_target(tmp_path: Path) -> None:
     assert e2e["effect_write"] == "ctx.defer"
     assert e2e["vs_raw"] > 0
     assert "missing" not in metrics["e2e_latency_p50_ms"]  # every paced event arrived
+    for name in ("tracing_overhead_pct", "tracing_overhead_pct_sampled_10pct"):
+        assert isinstance(metrics[name]["value"], int | float), metrics[name]
+        assert metrics[name]["traced_events_per_s"] > 0
 
 
 @pytest.mark.timeout(300)
@@ -92,6 +95,9 @@ def test_kafka_benchmark_reports_every_target(tmp_path: Path) -> None:
     drain = metrics["pg_consume_events_per_s"]
     assert isinstance(drain["value"], int | float), drain
     assert drain["applied"] == drain["events"] > e2e["events"]  # the whole topic, once
+    traced = metrics["pg_consume_traced_events_per_s"]
+    assert traced["applied"] == traced["events"] == drain["events"], traced
+    assert isinstance(metrics["tracing_overhead_consume_pct"]["value"], int | float)
     assert metrics["cleanup"]["value"] is True, metrics["cleanup"]
 
 

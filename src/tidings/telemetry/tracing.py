@@ -25,10 +25,19 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import Link, SpanKind, Status, StatusCode
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    TraceState,
+)
 
 from tidings.event import Event
 from tidings.records import Message
@@ -38,7 +47,6 @@ from tidings.runtime.outcomes import Outcome, Settled
 if TYPE_CHECKING:
     from tidings.runtime.spec import ServiceSpec
 
-_propagator = TraceContextTextMapPropagator()
 _EXPORTER_VARIABLES = (
     "OTEL_EXPORTER_OTLP_ENDPOINT",
     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
@@ -73,13 +81,33 @@ def _provider(service_name: str) -> trace.TracerProvider:
 
 
 def parent_of(event: Event) -> otel_context.Context | None:
-    """The trace context an event carries, or None."""
-    if event.traceparent is None:
+    """The trace context an event carries, or None (also for a malformed traceparent)."""
+    traceparent = event.traceparent
+    if traceparent is None:
         return None
-    carrier = {"traceparent": event.traceparent}
-    if event.tracestate is not None:
-        carrier["tracestate"] = event.tracestate
-    return _propagator.extract(carrier)
+    span_context = _span_context(traceparent, event.tracestate)
+    if span_context is None:
+        return None
+    return trace.set_span_in_context(NonRecordingSpan(span_context))
+
+
+def _span_context(traceparent: str, tracestate: str | None = None) -> SpanContext | None:
+    """The remote span context of a W3C traceparent (version 00 layout, as the propagator
+    reads it), or None if it is not one."""
+    if len(traceparent) < 55 or traceparent[2] != "-" or traceparent[35] != "-":
+        return None
+    try:
+        trace_id = int(traceparent[3:35], 16)
+        span_id = int(traceparent[36:52], 16)
+        flags = int(traceparent[53:55], 16)
+    except ValueError:
+        return None
+    if traceparent[:2] == "ff" or not trace_id or not span_id or traceparent[52] != "-":
+        return None
+    state = TraceState.from_header([tracestate]) if tracestate else None
+    return SpanContext(
+        trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags), trace_state=state
+    )
 
 
 def _event_attributes(event: Event) -> dict[str, Any]:
@@ -104,33 +132,45 @@ class Tracing:
         self.provider = provider or _provider(service.name)
         self.tracer = self.provider.get_tracer("tidings")
         self.system = "kafka" if service.broker.url.startswith("kafka") else "tidings"
+        self._commons: dict[tuple[str, str], dict[str, Any]] = {}
 
     def _common(self, operation: str, kind: str, topic: str) -> dict[str, Any]:
-        return {
-            "messaging.system": self.system,
-            "messaging.operation.type": kind,
-            "messaging.operation.name": operation,
-            "messaging.destination.name": topic,
-        }
+        """The attributes a span has at its start (where samplers see them), kept per
+        operation and topic (the SDK copies what it is given)."""
+        key = (operation, topic)
+        common = self._commons.get(key)
+        if common is None:
+            common = self._commons[key] = {
+                "messaging.system": self.system,
+                "messaging.operation.type": kind,
+                "messaging.operation.name": operation,
+                "messaging.destination.name": topic,
+            }
+            if operation != "publish" and operation != "send":
+                common["messaging.consumer.group.name"] = self.service.name
+        return common
 
     # create: where an event is published into the outbox --------------------------------
 
     def on_publish(self, topic: str, event: Event) -> Event:
-        """A `create` span for `event`, its context put in the event (the publish hook)."""
-        attributes = self._common("publish", "create", topic) | _event_attributes(event)
-        with self.tracer.start_as_current_span(
-            f"create {topic}", kind=SpanKind.PRODUCER, attributes=attributes
-        ):
-            carrier: dict[str, str] = {}
-            _propagator.inject(carrier)
-        traceparent = carrier.get("traceparent")
-        if traceparent is None:
-            return event
-        import msgspec
-
-        return msgspec.structs.replace(
-            event, traceparent=traceparent, tracestate=carrier.get("tracestate")
+        """A `create` span for `event` (a child of the current span, such as the handler's
+        `process` span), its context put in the event (the publish hook)."""
+        span = self.tracer.start_span(
+            f"create {topic}",
+            kind=SpanKind.PRODUCER,
+            attributes=self._common("publish", "create", topic),
         )
+        if span.is_recording():  # the event's attributes only for spans that are kept
+            span.set_attributes(_event_attributes(event))
+        span.end()
+        context = span.get_span_context()
+        if not context.is_valid:
+            return event
+        traceparent = (
+            f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
+        )
+        tracestate = context.trace_state.to_header() or None
+        return msgspec.structs.replace(event, traceparent=traceparent, tracestate=tracestate)
 
     # process: one span per handler attempt ------------------------------------------------
 
@@ -138,24 +178,33 @@ class Tracing:
         event = call.event
         position = call.position
         topic = position[0] if position else ""
-        attributes = self._common("process", "process", topic) | _event_attributes(event)
-        attributes["messaging.consumer.group.name"] = self.service.name
-        attributes["tidings.handler"] = call.handler.consumer
-        attributes["tidings.attempt"] = call.attempt
-        if position is not None:
-            attributes["messaging.destination.partition.id"] = str(position[1])
-            attributes["messaging.kafka.offset"] = position[2]
-        with self.tracer.start_as_current_span(
+        span = self.tracer.start_span(
             f"process {topic}",
             context=parent_of(event),
             kind=SpanKind.CONSUMER,
-            attributes=attributes,
-            record_exception=True,
-            set_status_on_exception=True,
-        ) as span:
+            attributes=self._common("process", "process", topic),
+        )
+        if span.is_recording():  # the event's attributes only for spans that are kept
+            attributes = _event_attributes(event)
+            attributes["tidings.handler"] = call.handler.consumer
+            if call.attempt > 1:
+                attributes["tidings.attempt"] = call.attempt
+            if position is not None:
+                attributes["messaging.destination.partition.id"] = str(position[1])
+                attributes["messaging.kafka.offset"] = position[2]
+            span.set_attributes(attributes)
+        token = otel_context.attach(trace.set_span_in_context(span))
+        try:
             if call.attempt > 1:
                 span.add_event("retry", {"tidings.attempt": call.attempt})
             await next(call)
+        except BaseException as exc:
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+            raise
+        finally:
+            otel_context.detach(token)
+            span.end()
 
     # outcomes: dead letters as errors ---------------------------------------------------------
 
@@ -164,8 +213,7 @@ class Tracing:
             if outcome.outcome is not Outcome.DEAD_LETTERED:
                 continue
             topic = outcome.record.topic
-            attributes = self._common("dead_letter", "settle", topic)
-            attributes["messaging.consumer.group.name"] = self.service.name
+            attributes = dict(self._common("dead_letter", "settle", topic))
             attributes["tidings.dead_letter.reason"] = outcome.reason or ""
             attributes["tidings.dead_letter.topic"] = self.service.dead_letter_topic
             if outcome.event is not None:
@@ -193,13 +241,13 @@ class Tracing:
         for message in messages:
             for name, value in message.headers:
                 if name == "ce_traceparent":
-                    links.append(_link({"traceparent": value.decode("ascii", "replace")}))
+                    links.append(_link(value.decode("ascii", "replace")))
                     break
             else:
                 traceparent = _structured_traceparent(message.value)
                 if traceparent is not None:
-                    links.append(_link({"traceparent": traceparent}))
-        attributes = self._common("send", "send", topic)
+                    links.append(_link(traceparent))
+        attributes = dict(self._common("send", "send", topic))
         attributes["messaging.batch.message_count"] = len(messages)
         span = self.tracer.start_span(
             f"send {topic}",
@@ -217,9 +265,9 @@ class Tracing:
             flush()
 
 
-def _link(carrier: dict[str, str]) -> Link | None:
-    span_context = trace.get_current_span(_propagator.extract(carrier)).get_span_context()
-    return Link(span_context) if span_context.is_valid else None
+def _link(traceparent: str) -> Link | None:
+    span_context = _span_context(traceparent)
+    return Link(span_context) if span_context is not None else None
 
 
 _TRACEPARENT_KEY = b'"traceparent":"'
