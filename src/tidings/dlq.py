@@ -162,6 +162,14 @@ def strip(headers: Headers) -> Headers:
 
 DLQ_SUFFIX = ".dlq"
 RESOLUTIONS_TOPIC = "tidings.dlq.resolutions"
+"""Where replays and purges are recorded, after the broker's namespace (`resolutions_topic`)."""
+
+
+def resolutions_topic(broker: Broker) -> str:
+    """RESOLUTIONS_TOPIC in `broker`'s namespace (Kafka's `group_prefix`)."""
+    return broker.namespace + RESOLUTIONS_TOPIC
+
+
 REPLAYED = "replayed"
 PURGED = "purged"
 READ_PAGE = 1000
@@ -334,7 +342,7 @@ async def read_resolutions(broker: Broker) -> dict[str, Resolution]:
     """Resolutions by dead-letter position (`<dlq-topic>:<partition>:<offset>`); the first one
     recorded for a position wins. Records that are not resolutions are ignored."""
     try:
-        info = await broker.admin.describe_topic(RESOLUTIONS_TOPIC)
+        info = await broker.admin.describe_topic(resolutions_topic(broker))
     except UnknownTopicError:
         return {}
     resolutions: dict[str, Resolution] = {}
@@ -493,11 +501,15 @@ async def _resolve(broker: Broker, letters: Sequence[DeadLetter], action: str) -
     if not letters:
         return
     await broker.admin.create_topic(
-        RESOLUTIONS_TOPIC, 1, retention_ms=UNLIMITED, retention_bytes=UNLIMITED, exist_ok=True
+        resolutions_topic(broker),
+        1,
+        retention_ms=UNLIMITED,
+        retention_bytes=UNLIMITED,
+        exist_ok=True,
     )
     at = datetime.now(UTC)
     await broker.publish(
-        RESOLUTIONS_TOPIC,
+        resolutions_topic(broker),
         [
             Message(
                 value=msgspec.json.encode(

@@ -48,7 +48,7 @@ def run(
 
     The first signal finishes in-flight work within --grace seconds and exits 0; a second one
     exits at once (nothing committed is lost, nothing is applied twice). Tracing is on when
-    the standard OTEL_* variables ask for it (pip install 'tidings[otel]')."""
+    the standard OTEL_* variables ask for it (pip install 'tidings\\[otel]')."""
     from tidings.telemetry import logs
 
     level = getattr(logging, log_level.upper(), None)

@@ -113,7 +113,14 @@ def diff(
         typer.echo(("  " if difference.compatible else "! ") + str(difference))
     if not differences:
         typer.echo("no differences")
-    typer.echo(f"{mode.value}: " + ("breaking" if breaking else "compatible"))
+    typer.echo(
+        f"{mode.value}: "
+        + (
+            f"breaking as schemas alone (registered only with an upcaster chain from v{old})"
+            if breaking
+            else "compatible"
+        )
+    )
 
 
 @app.command()
