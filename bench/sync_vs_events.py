@@ -18,15 +18,40 @@ httpx, closed loop, `--concurrency` requests in flight:
   and a correlation id, answered 202 once the order and its ORDER_PLACED outbox row are
   committed. The other six services consume meanwhile, on the same cores.
 
+* **bare** - a bare Starlette endpoint (`POST /orders` answers 202 with a fixed body and
+  touches no database) served by the same server stack as the order API
+  (`examples.orders.api.serving`, its own OS process) and measured by the same client at the
+  same concurrency, beside the idle order system: the floor that HTTP alone sets on this
+  machine.
+
 A request succeeds if it answers 2xx within `--timeout`; nothing is retried. Response times
 are those of every request, success or failure (a timed-out request counts as the timeout).
 
-Metrics: `{sync,events}_p50_ms`, `_p99_ms`, `_success_rate`; the same with the email service
-down (`*_email_down`: sync kills the email simulator, events SIGTERMs the email service);
-`speedup` = sync_p50 / events_p50; `events_p50_ms_sequential` (concurrency 1, the article's
-single request); `events_time_to_final_*_ms` - from an order's commit to its final status
-(CONFIRMED / REJECTED / CANCELLED), the work the sync side does before it answers (here with
-no simulated latency in the downstream handlers); `article_claim` - 650 ms, 15 ms, 43x.
+Metrics: `{sync,events,bare_http}_p50_ms`, `_p99_ms`, `_success_rate`, the same one request at
+a time (`*_sequential`) for events and bare; `events_vs_bare_p50` (and `_sequential`): how
+close the order API comes to bare HTTP; the same with the email service down (`*_email_down`:
+sync kills the email simulator, events SIGTERMs the email service, which is started again
+afterwards); `speedup` = sync_p50 / events_p50; `events_time_to_final_*_ms` - from an order's
+commit to its final status (CONFIRMED / REJECTED / CANCELLED), the work the sync side does
+before it answers (here with no simulated latency in the downstream handlers);
+`article_claim` - 650 ms, 15 ms, 43x.
+
+**Capacity** (`capacity_orders_per_s`): orders sent open-loop at a steady rate (request i at
+i / rate seconds, whatever the answers) for `--capacity-seconds` (60); a rate passes if every
+request answered 2xx with response p99 <= 1 s, the client kept the rate (>= 95%), every order
+of the window ended final with time-to-final p99 <= 1 s, and every consumer group's lag was
+back to 0 within `LAG_GRACE_S` of the last order's final status. The search starts near the
+closed-loop rate, goes up by 1.5x while rates pass (down by half while they fail), then halves
+the bracket twice. `bare_capacity_requests_per_s`: the same search against the bare endpoint (every
+request 2xx, the rate kept, response p99 <= 1 s; `--bare-capacity-seconds`, 20);
+`capacity_vs_bare` is their ratio. `invariants`: the order system's invariants
+(`examples.orders.checks`) after every phase, every order final.
+
+`--backend kafka-pg` runs the order system on Kafka and PostgreSQL (`--bootstrap`, `--dsn`, or
+`TIDINGS_KAFKA_BOOTSTRAP` / `TIDINGS_POSTGRES_DSN`): the example's topics are deleted before
+and after (other runs' events would be consumed), consumer groups get a prefix of their own
+and each service a schema of its own, dropped afterwards. `--quick` for a smoke run (40
+requests, capacity trials of 3 s).
 """
 
 from __future__ import annotations
@@ -39,9 +64,10 @@ import multiprocessing
 import os
 import socket
 import time
+import uuid
 import zlib
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from multiprocessing.connection import Connection
@@ -50,6 +76,7 @@ from typing import Any
 
 import httpx
 
+from bench._capacity import OpenResult, Verdict, open_loop, search
 from bench._common import emit, machine, percentile, workdir
 
 BENCH = "sync_vs_events"
@@ -72,6 +99,18 @@ ARTICLE_SPEEDUP = 43
 SIMULATED_MS = sum(ms for _, _, ms in DOWNSTREAM)
 STARTUP_TIMEOUT_S = 60.0
 SETTLE_TIMEOUT_S = 60.0
+BACKENDS = ("sqlite", "kafka-pg")
+STOCK = 10**9
+"""Units of each product in stock (but the sold-out one): thousands of orders never run out."""
+TIME_TO_FINAL_P99_MAX_MS = 1000.0
+RESPONSE_P99_MAX_MS = 1000.0
+"""A steady rate is one the API answers within this too (p99): a backlog of requests is not."""
+RATE_KEPT = 0.95
+LAG_GRACE_S = 10.0
+"""Seconds after an open-loop window's last order is final by which every group's committed
+offsets must have caught up (they are committed about once a second)."""
+CAPACITY_START = 0.8
+"""The capacity search starts at this share of the closed-loop rate at --concurrency."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +119,21 @@ class Settings:
     concurrency: int
     timeout: float
     dir: str | None
+    quick: bool = False
+    backend: str = "sqlite"
+    bootstrap: str | None = None
+    dsn: str | None = None
+    capacity_seconds: float = 60.0
+    bare_capacity_seconds: float = 20.0
+    capacity: bool = True
+
+    @property
+    def capacity_trials(self) -> int:
+        return 2 if self.quick else 8
+
+    @property
+    def capacity_refine(self) -> int:
+        return 0 if self.quick else 2
 
 
 def parse(argv: Sequence[str]) -> Settings:
@@ -89,8 +143,8 @@ def parse(argv: Sequence[str]) -> Settings:
     parser.add_argument(
         "--requests",
         type=int,
-        default=200,
-        help="measured requests per phase and side (default 200)",
+        default=None,
+        help="measured requests per closed-loop phase and side (default 200; --quick 40)",
     )
     parser.add_argument(
         "--concurrency",
@@ -107,14 +161,71 @@ def parse(argv: Sequence[str]) -> Settings:
     parser.add_argument(
         "--dir", default=None, help="where to create the event side's files (default: a temp dir)"
     )
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke run: 40 requests, capacity trials of 3 s"
+    )
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="sqlite",
+        help="the order system's broker and stores: sqlite (default) or kafka-pg",
+    )
+    parser.add_argument(
+        "--bootstrap",
+        default=os.environ.get("TIDINGS_KAFKA_BOOTSTRAP"),
+        help="Kafka for --backend kafka-pg (default: $TIDINGS_KAFKA_BOOTSTRAP)",
+    )
+    parser.add_argument(
+        "--dsn",
+        default=os.environ.get("TIDINGS_POSTGRES_DSN"),
+        help="PostgreSQL for --backend kafka-pg (default: $TIDINGS_POSTGRES_DSN)",
+    )
+    parser.add_argument(
+        "--capacity-seconds",
+        type=float,
+        default=None,
+        help="seconds of each capacity trial of the order system (default 60; --quick 3)",
+    )
+    parser.add_argument(
+        "--bare-capacity-seconds",
+        type=float,
+        default=None,
+        help="seconds of each capacity trial of the bare endpoint (default 20; --quick 2)",
+    )
+    parser.add_argument(
+        "--no-capacity", action="store_true", help="skip the capacity search (both sides)"
+    )
     args = parser.parse_args(list(argv))
-    if not 1 <= args.requests <= 100_000:
-        parser.error(f"--requests must be between 1 and 100000, not {args.requests}")
+    requests = args.requests if args.requests is not None else (40 if args.quick else 200)
+    if not 1 <= requests <= 100_000:
+        parser.error(f"--requests must be between 1 and 100000, not {requests}")
     if not 1 <= args.concurrency <= 1000:
         parser.error(f"--concurrency must be between 1 and 1000, not {args.concurrency}")
     if not 0 < args.timeout <= 600:
         parser.error(f"--timeout must be more than 0 and at most 600 seconds, not {args.timeout}")
-    return Settings(args.requests, args.concurrency, args.timeout, args.dir)
+    capacity_s = args.capacity_seconds or (3.0 if args.quick else 60.0)
+    bare_s = args.bare_capacity_seconds or (2.0 if args.quick else 20.0)
+    for name, value in (("--capacity-seconds", capacity_s), ("--bare-capacity-seconds", bare_s)):
+        if not 1 <= value <= 3600:
+            parser.error(f"{name} must be between 1 and 3600, not {value}")
+    if args.backend == "kafka-pg" and not (args.bootstrap and args.dsn):
+        parser.error(
+            "--backend kafka-pg needs --bootstrap and --dsn (or TIDINGS_KAFKA_BOOTSTRAP and"
+            ' TIDINGS_POSTGRES_DSN: eval "$(scripts/services env)")'
+        )
+    return Settings(
+        requests,
+        args.concurrency,
+        args.timeout,
+        args.dir,
+        quick=args.quick,
+        backend=args.backend,
+        bootstrap=args.bootstrap,
+        dsn=args.dsn,
+        capacity_seconds=capacity_s,
+        bare_capacity_seconds=bare_s,
+        capacity=not args.no_capacity,
+    )
 
 
 # the synchronous side: HTTP servers in child processes ---------------------------------------
@@ -222,11 +333,11 @@ class SyncSystem:
         self.processes[name] = process
         try:
             if not await asyncio.to_thread(parent.poll, STARTUP_TIMEOUT_S):
-                raise RuntimeError(f"sync {name} simulator did not start in {STARTUP_TIMEOUT_S} s")
+                raise RuntimeError(f"{name} server did not start in {STARTUP_TIMEOUT_S} s")
             return int(parent.recv())
         except EOFError:
             raise RuntimeError(
-                f"sync {name} simulator exited with {process.exitcode} while starting"
+                f"{name} server exited with {process.exitcode} while starting"
             ) from None
         finally:
             parent.close()
@@ -256,6 +367,43 @@ class SyncSystem:
             if process.is_alive():
                 process.kill()
                 await asyncio.to_thread(process.join, 5)
+
+
+def _bare_app() -> Any:
+    """`POST /orders` answering 202 with a fixed body, touching no database."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    async def place(request: Request) -> Response:
+        await request.body()
+        return JSONResponse(
+            {"orderId": "ord-bare", "status": "PENDING", "total": 0.0}, status_code=202
+        )
+
+    return Starlette(routes=[Route("/orders", place, methods=["POST"])])
+
+
+def _bare_child(conn: Connection) -> None:
+    """The bare endpoint on the order API's own server stack and event loop."""
+    from examples.orders.api import run_loop, serving
+
+    async def main() -> None:
+        async with serving(_bare_app(), HOST, 0) as server:
+            conn.send(server.port)
+            conn.close()
+            await asyncio.Event().wait()
+
+    run_loop(main())
+
+
+class BareServer(SyncSystem):
+    """The bare endpoint, its own OS process."""
+
+    async def start(self) -> None:
+        port = await self._spawn("bare", _bare_child)
+        self.url = f"http://{HOST}:{port}"
 
 
 # measuring -----------------------------------------------------------------------------------
@@ -417,15 +565,21 @@ async def run_sync(settings: Settings) -> Result:
         await system.close()
 
 
-async def _settle(store: Any, order_ids: list[str]) -> list[tuple[str, str, str]]:
-    """Wait until the orders are final (or SETTLE_TIMEOUT_S); their (status, created, updated)."""
+async def _settle(
+    store: Any, order_ids: list[str], timeout: float = SETTLE_TIMEOUT_S
+) -> list[tuple[str, str, str]]:
+    """Wait until the orders are final (or `timeout`); their (status, created, updated)."""
     if not order_ids:
         return []
-    marks = ",".join("?" * len(order_ids))
-    sql = f"SELECT status, created_at, updated_at FROM orders WHERE id IN ({marks})"  # noqa: S608
-    deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    ids = sorted(set(order_ids))
+    deadline = time.monotonic() + timeout
     while True:
-        rows = [(str(s), str(c), str(u)) for s, c, u in await store.query(sql, order_ids)]
+        rows: list[tuple[str, str, str]] = []
+        for first in range(0, len(ids), 500):
+            chunk = ids[first : first + 500]
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT status, created_at, updated_at FROM orders WHERE id IN ({marks})"  # noqa: S608
+            rows += [(str(s), str(c), str(u)) for s, c, u in await store.query(sql, chunk)]
         if all(r[0] != "PENDING" for r in rows) or time.monotonic() > deadline:
             return rows
         await asyncio.sleep(0.1)
@@ -439,12 +593,13 @@ def _to_final_ms(rows: list[tuple[str, str, str]]) -> list[float]:
     )
 
 
-def _report_final(rows: list[tuple[str, str, str]], suffix: str) -> None:
+def _report_final(rows: list[tuple[str, str, str]], suffix: str, **context: Any) -> None:
     times = _to_final_ms(rows)
     statuses = Counter(r[0] for r in rows)
     context = {
         "orders": len(rows),
         "statuses": dict(statuses),
+        **context,
         "note": "commit of the order -> its final status, as the orders service recorded both;"
         " downstream handlers here do no simulated work (payment latency 0)",
     }
@@ -453,80 +608,378 @@ def _report_final(rows: list[tuple[str, str, str]], suffix: str) -> None:
         emit(BENCH, f"events_time_to_final_p99_ms{suffix}", percentile(times, 99), "ms", **context)
 
 
+async def total_lag(broker: Any, groups: Sequence[str]) -> int:
+    """Records the groups have not committed yet, summed."""
+    lag = 0
+    for group in groups:
+        lag += (await broker.admin.describe_group(group)).lag
+    return lag
+
+
+async def lag_back_to_zero(broker: Any, groups: Sequence[str], within: float) -> float | None:
+    """Seconds until every group's lag is 0, or None if it is not within `within` seconds."""
+    started = time.monotonic()
+    while True:
+        if await total_lag(broker, groups) == 0:
+            return time.monotonic() - started
+        if time.monotonic() - started > within:
+            return None
+        await asyncio.sleep(0.25)
+
+
+# backends ------------------------------------------------------------------------------------
+
+
+def _example_topics() -> list[str]:
+    from examples.orders.events import TOPICS
+    from examples.orders.serve import NAMES
+
+    return [*TOPICS, *(f"{name}.dlq" for name in NAMES)]
+
+
+def _delete_kafka_topics(bootstrap: str) -> None:
+    """Delete the example's topics (with other runs' events in them) and wait until gone."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    topics = _example_topics()
+    present = [t for t in topics if t in admin.list_topics(timeout=10).topics]
+    if present:
+        for future in admin.delete_topics(present, operation_timeout=30).values():
+            with contextlib.suppress(Exception):  # deleted meanwhile by someone else
+                future.result()
+    deadline = time.monotonic() + 60
+    while set(topics) & set(admin.list_topics(timeout=10).topics):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"Kafka at {bootstrap} did not delete the example's topics")
+        time.sleep(0.2)
+
+
+def _drop_schemas(dsn: str, prefix: str) -> None:
+    import psycopg
+    from examples.orders.serve import NAMES
+    from psycopg import sql
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for name in NAMES:
+            conn.execute(
+                sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
+                    sql.Identifier(f"{prefix}_{name}")
+                )
+            )
+
+
+@contextlib.contextmanager
+def backend(settings: Settings) -> Iterator[dict[str, Any]]:
+    """The order system's backend for this run, through TIDINGS_BROKER / TIDINGS_STORE (which
+    the services' processes inherit); what it is, for the results."""
+    if settings.backend == "sqlite":
+        yield {"broker": "sqlite", "store": "sqlite"}
+        return
+    assert settings.bootstrap and settings.dsn
+    run = uuid.uuid4().hex[:8]
+    schema = f"bench_{run}"
+    saved = {name: os.environ.get(name) for name in ("TIDINGS_BROKER", "TIDINGS_STORE")}
+    _delete_kafka_topics(settings.bootstrap)
+    separator = "&" if "?" in settings.dsn else "?"
+    os.environ["TIDINGS_BROKER"] = f"kafka://{settings.bootstrap}?group_prefix=bench-{run}-"
+    os.environ["TIDINGS_STORE"] = f"{settings.dsn}{separator}schema={schema}_{{service}}"
+    try:
+        yield {"broker": "kafka", "store": "postgresql", "schema_prefix": schema}
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        with contextlib.suppress(Exception):
+            _drop_schemas(settings.dsn, schema)
+        with contextlib.suppress(Exception):
+            _delete_kafka_topics(settings.bootstrap)
+
+
+# capacity ------------------------------------------------------------------------------------
+
+
+class Capacity:
+    """The capacity search of one side: open-loop trials at rates the search picks."""
+
+    def __init__(
+        self,
+        name: str,
+        client: httpx.AsyncClient,
+        settings: Settings,
+        seconds: float,
+        judge: Callable[[OpenResult], Awaitable[Verdict]],
+    ) -> None:
+        self.name, self.client, self.settings = name, client, settings
+        self.seconds, self.judge = seconds, judge
+        self.trial_count = 0
+
+    async def trial(self, rate: float) -> Verdict:
+        self.trial_count += 1
+        count = max(2, round(rate * self.seconds))
+        phase = f"{self.name}-capacity-{self.trial_count}"
+        requests = [(r.body, r.headers) for r in sample_requests(count, phase)]
+        result = await open_loop(self.client, requests, rate, self.settings.timeout)
+        return await self.judge(result)
+
+    async def run(self, first_guess: float) -> tuple[float | None, list[dict[str, Any]]]:
+        def report(rate: float, ok: bool, measured: dict[str, Any]) -> None:
+            emit(
+                BENCH,
+                f"{self.name}_capacity_trial",
+                round(rate, 1),
+                "per_s",
+                passed=ok,
+                seconds=self.seconds,
+                **measured,
+            )
+
+        return await search(
+            self.trial,
+            first_guess,
+            refine=self.settings.capacity_refine,
+            max_trials=self.settings.capacity_trials,
+            report=report,
+        )
+
+
+def _kept(result: OpenResult) -> list[str]:
+    """Why an open-loop run did not keep its rate, if it did not."""
+    problems = []
+    if result.ok < result.sent:
+        problems.append(f"{result.sent - result.ok} requests failed")
+    if result.achieved < RATE_KEPT * result.rate:
+        problems.append(f"sent {result.achieved:.0f}/s of {result.rate:.0f}/s")
+    return problems
+
+
+def open_client(base_url: str, timeout: float, **headers: str) -> Any:
+    """The client of the open-loop trials: the same client, as many connections as needed."""
+    return httpx.AsyncClient(
+        base_url=base_url,
+        headers=headers,
+        timeout=timeout + 1.0,
+        limits=httpx.Limits(max_connections=1000, max_keepalive_connections=1000),
+    )
+
+
+# the two sides, and the bare endpoint ---------------------------------------------------------
+
+
 async def run_events(settings: Settings, directory: str) -> tuple[Result, Result]:
+    from examples.orders.checks import LogCounter, check_invariants
     from examples.orders.cluster import ProcessCluster
+    from examples.orders.events import TOPICS
     from examples.orders.load import CATALOG
+    from examples.orders.serve import NAMES
     from examples.orders.services import inventory
     from examples.orders.settings import Settings as OrderSettings
 
     path = Path(directory)
-    order_settings = OrderSettings.in_directory(path, payment_failure_rate=0.0)
-    cluster = ProcessCluster(order_settings, path, TOKEN, HOST, 0)
-    started = time.perf_counter()
-    try:
-        await cluster.start()
-        await inventory.seed(cluster.services["inventory"], {p: s for p, (_, s) in CATALOG.items()})
-        store = cluster.services["orders"].store
-        context = {
-            "processes": len(cluster.processes),
-            "broker": "sqlite",
-            "startup_s": time.perf_counter() - started,
+    with backend(settings) as backend_context:
+        order_settings = OrderSettings.in_directory(path, payment_failure_rate=0.0)
+        cluster = ProcessCluster(order_settings, path, TOKEN, HOST, 0)
+        bare = BareServer(settings.timeout, settings.concurrency)
+        started = time.perf_counter()
+        try:
+            await cluster.start()
+            await bare.start()
+            stock = {p: STOCK if s else 0 for p, (_, s) in CATALOG.items()}
+            await inventory.seed(cluster.services["inventory"], stock)
+            store = cluster.services["orders"].store
+            broker = cluster.services["orders"].broker
+            context = {
+                "processes": len(cluster.processes),
+                **backend_context,
+                "startup_s": time.perf_counter() - started,
+            }
+            bare_context = {"server": "examples.orders.api.serving", "beside": "idle order system"}
+            auth = {"Authorization": f"Bearer {TOKEN}"}
+            conc, timeout = settings.concurrency, settings.timeout
+            async with (
+                http_client(cluster.api_url, conc, timeout, **auth) as client,
+                http_client(bare.url, conc, timeout, **auth) as bare_client,
+            ):
+                await measure(bare_client, sample_requests(conc, "bare-warmup"), conc, timeout)
+                warm = await measure(client, sample_requests(conc, "events-warmup"), conc, timeout)
+                await _settle(store, warm.order_ids)
+
+                bare_normal = await measure(
+                    bare_client, sample_requests(settings.requests, "bare"), conc, timeout
+                )
+                report("bare_http", "", bare_normal, settings, **bare_context)
+                normal = await measure(
+                    client, sample_requests(settings.requests, "events"), conc, timeout
+                )
+                report("events", "", normal, settings, **context)
+                _report_final(await _settle(store, normal.order_ids), "", **backend_context)
+
+                bare_seq = await measure(
+                    bare_client, sample_requests(settings.requests, "bare-seq"), 1, timeout
+                )
+                report(
+                    "bare_http", "_sequential", bare_seq, settings, **bare_context, concurrency=1
+                )
+                sequential = await measure(
+                    client, sample_requests(settings.requests, "events-seq"), 1, timeout
+                )
+                report("events", "_sequential", sequential, settings, **context, concurrency=1)
+                await _settle(store, sequential.order_ids)
+                for suffix, events, base in (
+                    ("", normal, bare_normal),
+                    ("_sequential", sequential, bare_seq),
+                ):
+                    emit(
+                        BENCH,
+                        f"events_vs_bare_p50{suffix}",
+                        events.pct(50) / base.pct(50),
+                        "x",
+                        events_p50_ms=events.pct(50),
+                        bare_http_p50_ms=base.pct(50),
+                        concurrency=1 if suffix else conc,
+                        note="events_p50 / bare_http_p50 in the same run, same client",
+                    )
+
+                await cluster.terminate((DOWN,))
+                mailbox = order_settings.mailbox
+                emails_before = len(list(mailbox.glob("*.eml")))
+                down = await measure(
+                    client, sample_requests(settings.requests, "events-email-down"), conc, timeout
+                )
+                rows = await _settle(store, down.order_ids)
+                confirmed = sum(1 for r in rows if r[0] == "CONFIRMED")
+                report(
+                    "events",
+                    "_email_down",
+                    down,
+                    settings,
+                    **context,
+                    down=DOWN,
+                    email_running=cluster.running(DOWN),
+                    confirmed_while_down=confirmed,
+                    final_while_down=sum(1 for r in rows if r[0] != "PENDING"),
+                    statuses_while_down=dict(Counter(r[0] for r in rows)),
+                    emails_sent_while_down=len(list(mailbox.glob("*.eml"))) - emails_before,
+                )
+                await cluster.start((DOWN,))  # the confirmations go out now
+                await lag_back_to_zero(broker, NAMES, SETTLE_TIMEOUT_S)
+
+            if settings.capacity:
+                await run_capacity(
+                    settings, cluster.api_url, bare.url, store, broker, NAMES, normal, bare_normal
+                )
+
+            log = LogCounter(broker, TOPICS)
+            deadline = time.monotonic() + SETTLE_TIMEOUT_S
+            while True:
+                checks = await check_invariants(cluster.services, log, mailbox)
+                failed = [f"{c.name}: {c.detail}" for c in checks if not c.ok]
+                if not failed or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.5)
+            orders = await store.query("SELECT status, count(*) FROM orders GROUP BY status")
+            emit(
+                BENCH,
+                "invariants",
+                not failed,
+                None,
+                checks=len(checks),
+                failed=failed,
+                orders=dict((str(s), int(n)) for s, n in orders),
+                **backend_context,
+            )
+            return normal, sequential
+        finally:
+            await bare.close()
+            await cluster.stop()
+
+
+async def run_capacity(
+    settings: Settings,
+    api_url: str,
+    bare_url: str,
+    store: Any,
+    broker: Any,
+    groups: Sequence[str],
+    closed: Result,
+    bare_closed: Result,
+) -> None:
+    """The highest steady rate of the order system, then of the bare endpoint."""
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+
+    async def judge_events(result: OpenResult) -> Verdict:
+        problems = _kept(result)
+        rows = await _settle(store, result.order_ids, timeout=max(10.0, settings.capacity_seconds))
+        pending = sum(1 for r in rows if r[0] == "PENDING")
+        times = _to_final_ms(rows)
+        p50 = percentile(times, 50) if times else None
+        p99 = percentile(times, 99) if times else None
+        if pending or len(rows) < result.ok:
+            problems.append(f"{pending + result.ok - len(rows)} orders not final")
+        if p99 is not None and p99 > TIME_TO_FINAL_P99_MAX_MS:
+            problems.append(f"time to final p99 {p99:.0f} ms")
+        if result.pct(99) > RESPONSE_P99_MAX_MS:
+            problems.append(f"response p99 {result.pct(99):.0f} ms")
+        back = await lag_back_to_zero(broker, groups, LAG_GRACE_S)
+        if back is None:
+            problems.append(f"lag not back to 0 within {LAG_GRACE_S:.0f} s")
+            # the next trial starts on a drained system
+            await lag_back_to_zero(broker, groups, 4 * SETTLE_TIMEOUT_S)
+        measured = {
+            **result.summary(),
+            "time_to_final_p50_ms": p50,
+            "time_to_final_p99_ms": p99,
+            "lag_back_to_0_s": None if back is None else round(back, 2),
+            "problems": problems,
         }
-        async with http_client(
-            cluster.api_url,
-            settings.concurrency,
-            settings.timeout,
-            Authorization=f"Bearer {TOKEN}",
-        ) as client:
-            warm = await measure(
-                client,
-                sample_requests(settings.concurrency, "events-warmup"),
-                settings.concurrency,
-                settings.timeout,
-            )
-            await _settle(store, warm.order_ids)
-            normal = await measure(
-                client,
-                sample_requests(settings.requests, "events"),
-                settings.concurrency,
-                settings.timeout,
-            )
-            report("events", "", normal, settings, **context)
-            _report_final(await _settle(store, normal.order_ids), "")
+        return not problems, measured
 
-            sequential = await measure(
-                client, sample_requests(settings.requests, "events-seq"), 1, settings.timeout
-            )
-            report("events", "_sequential", sequential, settings, **context, concurrency=1)
-            await _settle(store, sequential.order_ids)
+    async def judge_bare(result: OpenResult) -> Verdict:
+        problems = _kept(result)
+        if result.pct(99) > RESPONSE_P99_MAX_MS:
+            problems.append(f"response p99 {result.pct(99):.0f} ms")
+        return not problems, {**result.summary(), "problems": problems}
 
-            await cluster.terminate((DOWN,))
-            mailbox = order_settings.mailbox
-            emails_before = len(list(mailbox.glob("*.eml")))
-            down = await measure(
-                client,
-                sample_requests(settings.requests, "events-email-down"),
-                settings.concurrency,
-                settings.timeout,
-            )
-            rows = await _settle(store, down.order_ids)
-            confirmed = sum(1 for r in rows if r[0] == "CONFIRMED")
-            report(
-                "events",
-                "_email_down",
-                down,
-                settings,
-                **context,
-                down=DOWN,
-                email_running=cluster.running(DOWN),
-                confirmed_while_down=confirmed,
-                final_while_down=sum(1 for r in rows if r[0] != "PENDING"),
-                statuses_while_down=dict(Counter(r[0] for r in rows)),
-                emails_sent_while_down=len(list(mailbox.glob("*.eml"))) - emails_before,
-            )
-        return normal, sequential
-    finally:
-        await cluster.stop()
+    async with open_client(api_url, settings.timeout, **auth) as client:
+        events = Capacity("events", client, settings, settings.capacity_seconds, judge_events)
+        rate, trials = await events.run(CAPACITY_START * closed.count / closed.seconds)
+    async with open_client(bare_url, settings.timeout, **auth) as client:
+        bare = Capacity("bare", client, settings, settings.bare_capacity_seconds, judge_bare)
+        bare_rate, bare_trials = await bare.run(
+            CAPACITY_START * bare_closed.count / bare_closed.seconds
+        )
+    emit(
+        BENCH,
+        "bare_capacity_requests_per_s",
+        bare_rate,
+        "requests/s",
+        seconds=settings.bare_capacity_seconds,
+        trials=bare_trials,
+        note="highest open-loop rate with every request 2xx, the rate kept and response p99 <="
+        " 1 s; None if no rate passed",
+    )
+    emit(
+        BENCH,
+        "capacity_orders_per_s",
+        rate,
+        "orders/s",
+        seconds=settings.capacity_seconds,
+        bare_capacity_requests_per_s=bare_rate,
+        trials=trials,
+        note="highest open-loop order rate for which every request answered 2xx (p99 <= 1 s),"
+        " every order ended final with time-to-final p99 <= 1 s and every group's lag returned"
+        " to 0; None if no rate passed",
+    )
+    emit(
+        BENCH,
+        "capacity_vs_bare",
+        rate / bare_rate if rate and bare_rate else None,
+        None,
+        capacity_orders_per_s=rate,
+        bare_capacity_requests_per_s=bare_rate,
+    )
 
 
 async def run(settings: Settings, directory: str) -> None:
@@ -555,6 +1008,7 @@ async def run(settings: Settings, directory: str) -> None:
         concurrency=settings.concurrency,
         speedup_sequential=sync_p50 / sequential.pct(50),
         article=ARTICLE_SPEEDUP,
+        backend=settings.backend,
         note="sync_p50 / events_p50 at the same concurrency; `speedup_sequential` divides by"
         " events_p50_ms_sequential",
     )
@@ -574,6 +1028,8 @@ def main(argv: Sequence[str]) -> int:
         "s",
         requests=settings.requests,
         concurrency=settings.concurrency,
+        backend=settings.backend,
+        quick=settings.quick,
         loadavg_1min_before=load_before,
         loadavg_1min_after=os.getloadavg()[0],
         note="other work on the machine shares its cores with both sides",

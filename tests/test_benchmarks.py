@@ -1,6 +1,7 @@
-"""`python -m bench pipeline`, `kafka` and `poison` run end to end with `--quick` and print
-every metric their issue names, with the work complete: every event's effect applied exactly
-once (the effects table holds one row per event; none lost, none twice).
+"""`python -m bench pipeline`, `kafka`, `poison` and `sync_vs_events` run end to end with
+`--quick` and print every metric their issue names, with the work complete: every event's effect
+applied exactly once (the effects table holds one row per event; none lost, none twice), every
+order of the order system final with its invariants.
 Whether a figure meets its target is for BENCHMARKS.md, measured on a quiet machine, not for a
 test on a shared one."""
 
@@ -113,3 +114,64 @@ def test_poison_benchmark_reports_every_target(tmp_path: Path) -> None:
     for name in ("move_on_p50_ms", "move_on_p99_ms", "move_on_max_ms"):
         assert isinstance(metrics[name]["value"], int | float), metrics[name]
         assert metrics[name]["samples"] > 0
+
+
+SYNC_VS_EVENTS_METRICS = (
+    "sync_p50_ms",
+    "events_p50_ms",
+    "events_p99_ms",
+    "events_p50_ms_sequential",
+    "bare_http_p50_ms",
+    "bare_http_p50_ms_sequential",
+    "events_vs_bare_p50",
+    "events_vs_bare_p50_sequential",
+    "events_time_to_final_p50_ms",
+    "events_time_to_final_p99_ms",
+    "speedup",
+)
+
+
+def check_sync_vs_events(metrics: dict[str, dict[str, Any]], backend: str) -> None:
+    for name in SYNC_VS_EVENTS_METRICS:
+        assert isinstance(metrics[name]["value"], int | float), metrics[name]
+        assert metrics[name]["value"] > 0
+    for side in ("events", "bare_http"):
+        assert metrics[f"{side}_success_rate"]["value"] == 1.0, metrics[f"{side}_success_rate"]
+    assert metrics["events_success_rate_email_down"]["value"] == 1.0
+    assert metrics["events_p50_ms"]["broker"] == backend
+    # capacity: every trial reported; the rates found are numbers (None only if none passed)
+    for name in ("capacity_orders_per_s", "bare_capacity_requests_per_s"):
+        line = metrics[name]
+        assert line["trials"], line
+        assert line["value"] is None or line["value"] > 0, line
+    assert "capacity_vs_bare" in metrics
+    invariants = metrics["invariants"]
+    assert invariants["value"] is True, invariants  # every order final, every invariant held
+    assert set(invariants["orders"]) <= {"CONFIRMED", "REJECTED", "CANCELLED"}, invariants
+    assert sum(invariants["orders"].values()) > 0
+
+
+@pytest.mark.timeout(300)
+def test_sync_vs_events_benchmark_reports_every_target(tmp_path: Path) -> None:
+    metrics = run_bench("sync_vs_events", "--quick", "--dir", str(tmp_path), timeout=280)
+    check_sync_vs_events(metrics, "sqlite")
+
+
+@pytest.mark.timeout(400)
+def test_sync_vs_events_benchmark_on_kafka_and_postgresql(tmp_path: Path) -> None:
+    bootstrap = server_setting("TIDINGS_KAFKA_BOOTSTRAP", "kafka")
+    dsn = server_setting("TIDINGS_POSTGRES_DSN", "postgres")
+    metrics = run_bench(
+        "sync_vs_events",
+        "--quick",
+        "--backend",
+        "kafka-pg",
+        "--bootstrap",
+        bootstrap,
+        "--dsn",
+        dsn,
+        "--dir",
+        str(tmp_path),
+        timeout=380,
+    )
+    check_sync_vs_events(metrics, "kafka")

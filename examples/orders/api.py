@@ -23,8 +23,8 @@ import hashlib
 import hmac
 import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any, Literal, TypeVar
 
 import uvicorn
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -38,6 +38,8 @@ from examples.orders.events import Item
 from examples.orders.services import analytics as analytics_service
 from examples.orders.services import orders
 from tidings import Service, StorageError
+
+T = TypeVar("T")
 
 MAX_BODY = 64 * 1024
 CORRELATION_HEADER = "X-Correlation-Id"
@@ -318,3 +320,8 @@ async def serving(
     finally:
         server.should_exit = True
         await task
+
+
+def run_loop(main: Coroutine[Any, Any, T]) -> T:
+    """Run `main` on the event loop the order system's processes serve HTTP with."""
+    return asyncio.run(main)

@@ -22,7 +22,7 @@ import signal
 import sys
 from pathlib import Path
 
-from examples.orders.api import create_app, serving
+from examples.orders.api import create_app, run_loop, serving
 from examples.orders.services import MODULES
 from examples.orders.settings import Settings
 from tidings.telemetry import logs, metrics
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             level=logging.INFO,
             format=f"%(asctime)s {args.name} %(levelname)s %(name)s: %(message)s",
         )
-    return asyncio.run(serve(args))
+    return run_loop(serve(args))
 
 
 if __name__ == "__main__":
