@@ -9,33 +9,48 @@ A new version must be compatible with the earlier ones under its type's mode (BA
 default; `set_mode`), upcasters counting for consumers (`tidings.compat`); a handler whose
 model is newer than a registered version needs an upcaster chain from it.
 
-Records are JSON keyed `schema:<type>:<version>` or `mode:<type>`; the first schema record of a
-(type, version) wins, so two services registering at once cannot both succeed with different
-schemas; the last mode record of a type wins.
+A service also writes its description (`describe_service`): its handlers (name, topics, the
+event type and versions each takes), what it declares it publishes, its dead-letter topic and
+when it registered - only when it differs from the last one, so restarts do not grow the topic.
+Tools read it to know exactly which service handles what (the console's topology and traces, an
+AsyncAPI document without importing the services' code).
+
+Records are JSON keyed `schema:<type>:<version>`, `mode:<type>` or `service:<name>`; the first
+schema record of a (type, version) wins, so two services registering at once cannot both
+succeed with different schemas; the last mode record of a type and the last service record of
+a service win. Reading is total: a record that does not decode (or is of a kind this version
+does not know) is skipped with a log line; service records carry a version (`v`) and readers
+ignore fields they do not know, so older and newer writers share the topic.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
-from collections.abc import Iterable
+import logging
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
 from tidings import compat
 from tidings.brokers.base import UNLIMITED, Broker, CanRead, require
-from tidings.errors import ConfigError, SchemaConflictError
-from tidings.records import Message, TopicPartition
+from tidings.errors import ConfigError, SchemaConflictError, UnknownTopicError
+from tidings.records import Message, Record, TopicPartition
 from tidings.schema import EventModel, json_schema, registered, upcasters
+
+log = logging.getLogger("tidings.registry")
 
 TOPIC = "tidings.schemas"
 """The registry's topic, after the broker's namespace (Kafka's `group_prefix`), if any."""
 READ_PAGE = 1000
+SERVICE_RECORD_VERSION = 1
+"""The `v` of the service records this version writes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +65,95 @@ class Registration:
     at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class HandlerRecord:
+    """A handler as its service described it: `type` None takes every event type (as the
+    envelope); else `accepts` are the versions of `type` it reads (its own, `version`, and the
+    older ones with an upcaster chain to it)."""
+
+    name: str
+    topics: tuple[str, ...]
+    type: str | None = None
+    version: int | None = None
+    accepts: tuple[int, ...] = ()
+
+    def takes(self, event_type: str) -> bool:
+        return self.type is None or self.type == event_type
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceRecord:
+    """What a service told the registry of itself when it last started with something new:
+    its handlers, the (type, version)s it declares it publishes per topic, the partitions of
+    the topics it creates, its dead-letter topic; `v` is the record format's version."""
+
+    name: str
+    handlers: tuple[HandlerRecord, ...] = ()
+    publishes: Mapping[str, tuple[tuple[str, int], ...]] = dataclasses.field(default_factory=dict)
+    topics: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    dead_letter_topic: str = ""
+    at: datetime | None = None
+    v: int = SERVICE_RECORD_VERSION
+
+    def handles(self, topic: str, event_type: str) -> list[HandlerRecord]:
+        """Its handlers of `event_type` events on `topic`."""
+        return [h for h in self.handlers if topic in h.topics and h.takes(event_type)]
+
+    def same_as(self, other: ServiceRecord) -> bool:
+        """The same description, whenever it was written."""
+        return dataclasses.replace(self, at=None) == dataclasses.replace(other, at=None)
+
+
+class _HandlerLike(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def topics(self) -> tuple[str, ...]: ...
+    @property
+    def model(self) -> type[EventModel] | None: ...
+
+
+class DescribedService(Protocol):
+    """What `describe` reads of a `tidings.Service`."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def handlers(self) -> Sequence[_HandlerLike]: ...
+    @property
+    def publications(self) -> Mapping[str, Sequence[type[EventModel]]]: ...
+    @property
+    def topics(self) -> Mapping[str, int]: ...
+    @property
+    def dead_letter_topic(self) -> str: ...
+
+
+def describe(service: DescribedService, at: datetime | None = None) -> ServiceRecord:
+    """The record of `service` (a `tidings.Service`), from its declarations."""
+    handlers = []
+    for h in service.handlers:
+        if h.model is None:
+            handlers.append(HandlerRecord(h.name, tuple(h.topics)))
+            continue
+        kind, version = h.model.event_type, h.model.event_version
+        accepts = tuple(
+            v for v in range(1, version + 1) if v == version or upcasters(kind, v, version)
+        )
+        handlers.append(HandlerRecord(h.name, tuple(h.topics), kind, version, accepts))
+    publishes = {
+        topic: tuple(sorted({(m.event_type, m.event_version) for m in models}))
+        for topic, models in sorted(service.publications.items())
+    }
+    return ServiceRecord(
+        service.name,
+        tuple(handlers),
+        publishes,
+        dict(sorted(service.topics.items())),
+        service.dead_letter_topic,
+        at,
+    )
+
+
 class _Record(msgspec.Struct, omit_defaults=True):
     kind: str
     type: str
@@ -61,7 +165,66 @@ class _Record(msgspec.Struct, omit_defaults=True):
     mode: str = ""
 
 
-_decoder = msgspec.json.Decoder(_Record)
+class _TypeVersion(msgspec.Struct):
+    type: str
+    version: int
+
+
+class _Publication(msgspec.Struct):
+    topic: str
+    types: list[_TypeVersion] = []
+
+
+class _HandlerEntry(msgspec.Struct, omit_defaults=True):
+    name: str
+    topics: list[str]
+    type: str | None = None
+    version: int | None = None
+    accepts: list[int] = []
+
+
+class _ServiceEntry(msgspec.Struct, omit_defaults=True):
+    kind: str
+    name: str
+    v: int = SERVICE_RECORD_VERSION
+    handlers: list[_HandlerEntry] = []
+    publishes: list[_Publication] = []
+    topics: dict[str, int] = {}
+    dead_letter_topic: str = ""
+    at: datetime | None = None
+
+    @classmethod
+    def of(cls, record: ServiceRecord) -> _ServiceEntry:
+        return cls(
+            "service",
+            record.name,
+            record.v,
+            [
+                _HandlerEntry(h.name, list(h.topics), h.type, h.version, list(h.accepts))
+                for h in record.handlers
+            ],
+            [
+                _Publication(topic, [_TypeVersion(t, v) for t, v in types])
+                for topic, types in record.publishes.items()
+            ],
+            dict(record.topics),
+            record.dead_letter_topic,
+            record.at,
+        )
+
+    def record(self) -> ServiceRecord:
+        return ServiceRecord(
+            self.name,
+            tuple(
+                HandlerRecord(h.name, tuple(h.topics), h.type, h.version, tuple(h.accepts))
+                for h in self.handlers
+            ),
+            {p.topic: tuple((t.type, t.version) for t in p.types) for p in self.publishes},
+            dict(self.topics),
+            self.dead_letter_topic,
+            self.at,
+            self.v,
+        )
 
 
 def fingerprint(schema: dict[str, Any]) -> str:
@@ -78,6 +241,10 @@ class SchemaRegistry:
         self.broker = broker
         self.schemas: dict[tuple[str, int], Registration] = {}
         self.modes: dict[str, compat.Mode] = {}
+        self.services: dict[str, ServiceRecord] = {}
+        """The last record of each service that described itself (`describe_service`)."""
+        self.skipped = 0
+        """Records read that were skipped (malformed, or of a kind this version does not know)."""
         self._next = 0
 
     @classmethod
@@ -128,27 +295,56 @@ class SchemaRegistry:
             raise ConfigError("this schema registry is a directory; it cannot be written to")
         return self.broker
 
-    async def load(self) -> SchemaRegistry:
-        """Read what is new in the registry topic (it is created if missing)."""
+    async def load(self, *, create: bool = True) -> SchemaRegistry:
+        """Read what is new in the registry topic. It is created if missing, unless `create`
+        is False (a reader that must not write: a missing topic is an empty registry)."""
         broker = self._broker()
-        await broker.admin.create_topic(
-            self.topic, 1, retention_ms=UNLIMITED, retention_bytes=UNLIMITED, exist_ok=True
-        )
+        if create:
+            await broker.admin.create_topic(
+                self.topic, 1, retention_ms=UNLIMITED, retention_bytes=UNLIMITED, exist_ok=True
+            )
         reader = require(broker, CanRead, "read the schema registry")
         tp = TopicPartition(self.topic, 0)
         while True:
-            records = await reader.read(tp, self._next, READ_PAGE)
+            try:
+                records = await reader.read(tp, self._next, READ_PAGE)
+            except UnknownTopicError:
+                if create:
+                    raise
+                return self
             if not records:
                 return self
             for record in records:
-                self._apply(record.value)
+                self._apply(record)
             self._next = records[-1].offset + 1
 
-    def _apply(self, value: bytes) -> None:
+    def _apply(self, record: Record) -> None:
+        """Take one record in; one that does not decode is skipped with a log line."""
         try:
-            entry = _decoder.decode(value)
-        except msgspec.DecodeError:
-            return  # not ours; the registry ignores it
+            raw = msgspec.json.decode(record.value)
+            kind = raw.get("kind") if isinstance(raw, dict) else None
+            if kind == "service":
+                described = msgspec.convert(raw, _ServiceEntry).record()
+                self.services[described.name] = described
+            elif kind in ("schema", "mode"):
+                self._apply_entry(msgspec.convert(raw, _Record))
+            else:
+                self.skipped += 1
+                log.debug(
+                    "schema registry: record at offset %d is of no kind known here (%r)",
+                    record.offset,
+                    kind,
+                )
+        except (msgspec.DecodeError, ValueError, TypeError) as exc:
+            self.skipped += 1
+            log.warning(
+                "schema registry %s: record at offset %d skipped, it does not decode: %s",
+                self.topic,
+                record.offset,
+                str(exc)[:200],
+            )
+
+    def _apply_entry(self, entry: _Record) -> None:
         if entry.kind == "schema" and entry.schema is not None:
             key = (entry.type, entry.version)
             if key not in self.schemas:
@@ -289,7 +485,24 @@ class SchemaRegistry:
             )
         return [f"{m.event_type} v{m.event_version}" for m in new]
 
-    async def _publish(self, key: str, entry: _Record) -> None:
+    async def describe_service(self, service: DescribedService) -> bool:
+        """Write the record of `service` (see `describe`) unless its last record says the
+        same; returns whether it wrote one."""
+        await self.load()
+        record = describe(service, datetime.now(UTC))
+        last = self.services.get(record.name)
+        if last is not None and last.same_as(record):
+            return False
+        await self._publish(f"service:{record.name}", _ServiceEntry.of(record))
+        await self.load()
+        return True
+
+    def handlers_of(self, service: str) -> tuple[HandlerRecord, ...] | None:
+        """The handlers `service` described (None: it has no record here)."""
+        record = self.services.get(service)
+        return None if record is None else record.handlers
+
+    async def _publish(self, key: str, entry: _Record | _ServiceEntry) -> None:
         broker = self._broker()
         await broker.admin.create_topic(
             self.topic, 1, retention_ms=UNLIMITED, retention_bytes=UNLIMITED, exist_ok=True
@@ -297,7 +510,7 @@ class SchemaRegistry:
         await broker.publish(self.topic, [_message(key, entry)])
 
 
-def _message(key: str, entry: _Record) -> Message:
+def _message(key: str, entry: _Record | _ServiceEntry) -> Message:
     return Message(msgspec.json.encode(entry), key.encode(), partition=0)
 
 
