@@ -15,8 +15,11 @@ Attribute mapping (CloudEvents name <- Event field):
 * extensions: `traceparent` and `tracestate` (the Distributed Tracing extension: W3C trace
   context, so a trace follows the event across services; a malformed one is dropped, as W3C
   requires), `partitionkey` (Partitioning extension) <- `key`, `correlationid`, `causationid`,
-  `typeversion` (integer) <- `version`, and `tidingsheaders` (a JSON string of `headers`,
-  written only when there are headers, since extension values must be primitive).
+  `typeversion` (integer) <- `version`, `tidingsheaders` (a JSON string of `headers`,
+  written only when there are headers, since extension values must be primitive), `sequence`
+  (the Sequence extension: a decimal String; the outbox stamps it, per producing service and
+  key) <- `sequence`, and `dataref` (the Dataref extension: where a claim-checked payload is
+  kept) <- `dataref`.
 
 Attributes are CloudEvents Strings: no control characters (U+0000-U+001F, U+007F-U+009F) and
 no surrogates; ids (`id`, `correlation_id`, `causation_id`) and `type` are at most
@@ -26,13 +29,22 @@ so every decoder does, and no store can reject an event's id later.
 
 Absent optional attributes are omitted. A CloudEvent without `typeversion` has version 1,
 without `time` gets the decoding time (the record's append time in `event_from_record`), without
-`correlationid` starts its own chain. Other attributes (`subject`, `dataschema`, unknown
-extensions) are ignored, and `datacontenttype` is not kept: data is always written as JSON.
+`correlationid` starts its own chain, one whose `sequence` is not a decimal integer has none.
+Other attributes (`subject`, `dataschema`, unknown extensions) are ignored, and
+`datacontenttype` is not kept: data is always written as JSON.
+
+`event_from_record` also reads the envelope the article shows: a JSON object with `eventType`
+and `data` and optionally `eventId`, `timestamp` (RFC 3339, or epoch milliseconds) and
+`version` (no `specversion`), with `correlation-id`, `causation-id` and `source` in record
+headers (other headers become event headers). Without `eventId` the id is derived from the
+record's position (a redelivery is the same event); without `timestamp` the record's append
+time is used; without `version` it is 1.
 """
 
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -76,6 +88,8 @@ MAX_ID_LENGTH = 256
 """Most characters of an event's id, correlation id, causation id, type and header names."""
 MAX_SOURCE_LENGTH = 1024
 MAX_VERSION = 2**31 - 1
+MAX_SEQUENCE = 2**63 - 1
+MAX_DATAREF_LENGTH = 4096
 _NOT_A_STRING = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 """What a CloudEvents String may not contain: control characters and surrogates."""
 _NOT_A_VALUE = re.compile("[\x00\ud800-\udfff]")
@@ -114,6 +128,12 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
     traceparent: str | None = None
     """W3C trace context of the span that published the event (set by tracing, if on)."""
     tracestate: str | None = None
+    sequence: int | None = None
+    """Its number among the events its producing service published with its key (1, 2, ...;
+    stamped by the outbox when the transaction commits; None if not stamped)."""
+    dataref: str | None = None
+    """Where its payload is kept when it was claim-checked (`tidings-blob:NAME`); handlers
+    receive the payload itself in `data`."""
 
     def __post_init__(self) -> None:
         _check_text("type", self.type, MAX_ID_LENGTH)
@@ -143,6 +163,13 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
             _check_headers(headers)
         if not self.correlation_id:
             force_setattr(self, "correlation_id", self.id)
+        sequence = self.sequence
+        if sequence is not None and (
+            type(sequence) is not int or not 0 <= sequence <= MAX_SEQUENCE
+        ):
+            raise ValueError(f"Event.sequence must be an integer >= 0 or None, got {sequence!r}")
+        if self.dataref is not None:
+            _check_text("dataref", self.dataref, MAX_DATAREF_LENGTH)
         if self.traceparent is not None and not _TRACEPARENT.fullmatch(self.traceparent):
             force_setattr(self, "traceparent", None)
         if self.traceparent is None or (
@@ -256,6 +283,8 @@ class _CloudEventIn(msgspec.Struct):
     tidingsheaders: str | None = None
     traceparent: str | None = None
     tracestate: str | None = None
+    sequence: str | None = None
+    dataref: str | None = None
 
 
 class _CloudEventOut(msgspec.Struct, omit_defaults=True, kw_only=True):
@@ -277,11 +306,31 @@ class _CloudEventOut(msgspec.Struct, omit_defaults=True, kw_only=True):
     tidingsheaders: str | None = None
     traceparent: str | None = None
     tracestate: str | None = None
+    sequence: str | None = None
+    dataref: str | None = None
+
+
+class _ArticleIn(msgspec.Struct, rename="camel"):
+    """The article's envelope: `{"eventType", "eventId", "timestamp", "version", "data"}`."""
+
+    event_type: _NonEmptyStr
+    data: Any
+    event_id: _NonEmptyStr | None = None
+    timestamp: _AwareDatetime | int | None = None
+    version: _TypeVersion | None = None
 
 
 _json_encoder = msgspec.json.Encoder()
 _cloudevent_decoder = msgspec.json.Decoder(_CloudEventIn)
 _headers_decoder = msgspec.json.Decoder(dict[str, str])
+_article_decoder = msgspec.json.Decoder(_ArticleIn, strict=False)
+_ARTICLE_HEADERS = {
+    "correlation-id": "correlation_id",
+    "causation-id": "causation_id",
+    "source": "source",
+}
+_ARTICLE_IDS = uuid.UUID("5b0e4c1e-2f59-4b8e-9a59-6a1f1f6c7e00")
+"""Namespace of the ids derived from a record's position for article events without one."""
 _WHOLE_SECOND_TIME_LENGTH = len(b'"2000-01-01T00:00:00Z"')
 
 
@@ -314,7 +363,17 @@ def _to_wire(event: Event) -> _CloudEventOut:
         tidingsheaders=_json_encoder.encode(headers).decode() if headers else None,
         traceparent=event.traceparent,
         tracestate=event.tracestate,
+        sequence=None if event.sequence is None else str(event.sequence),
+        dataref=event.dataref,
     )
+
+
+def _sequence(text: str | None) -> int | None:
+    """A `sequence` attribute as a number, or None if it is none (other producers' Strings)."""
+    if text is None or not (text.isascii() and text.isdigit()) or len(text) > 19:
+        return None
+    number = int(text)
+    return number if number <= MAX_SEQUENCE else None
 
 
 def _from_wire(wire: _CloudEventIn, headers: dict[str, str] | None, record: Record | None) -> Event:
@@ -345,6 +404,51 @@ def _from_wire(wire: _CloudEventIn, headers: dict[str, str] | None, record: Reco
             headers=headers,
             traceparent=wire.traceparent,
             tracestate=wire.tracestate,
+            sequence=_sequence(wire.sequence),
+            dataref=wire.dataref,
+        )
+    except ValueError as exc:
+        raise DecodeError(f"invalid event: {exc}") from None
+
+
+def _from_article(data: bytes, record: Record, error: DecodeError) -> Event:
+    """The event in a record in the article's envelope (see the module docstring); `error`
+    says why it is no CloudEvent."""
+    try:
+        article = _article_decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        raise DecodeError(f"{error}; nor an event in the article's envelope: {exc}") from None
+    attributes: dict[str, Any] = {}
+    headers: dict[str, str] = {}
+    for name, raw in record.headers:
+        try:
+            text = raw.decode()
+        except UnicodeDecodeError:
+            raise DecodeError(f"header {name!r} is not UTF-8") from None
+        lowered = name.lower()
+        if lowered in _ARTICLE_HEADERS:
+            attributes[_ARTICLE_HEADERS[lowered]] = text
+        elif not (
+            lowered == _CONTENT_TYPE_HEADER
+            or lowered.startswith((_ATTRIBUTE_HEADER_PREFIX, _TRANSPORT_HEADER_PREFIX))
+        ):
+            headers[name] = text
+    time = article.timestamp
+    if time is None:
+        time = _record_time(record)
+    elif not isinstance(time, datetime):
+        time = _epoch_ms(time, "`timestamp`")
+    position = f"{record.topic}/{record.partition}/{record.offset}"
+    try:
+        return Event(
+            type=article.event_type,
+            data=article.data,
+            key=_utf8_or_none(record.key),
+            version=article.version or 1,
+            id=article.event_id or str(uuid.uuid5(_ARTICLE_IDS, position)),
+            time=time,
+            headers=headers,
+            **attributes,
         )
     except ValueError as exc:
         raise DecodeError(f"invalid event: {exc}") from None
@@ -436,6 +540,10 @@ def to_kafka_binary(event: Event) -> tuple[Headers, bytes]:
     if event.causation_id is not None:
         headers.append(("ce_causationid", event.causation_id.encode()))
     headers.append(("ce_typeversion", str(event.version).encode()))
+    if event.sequence is not None:
+        headers.append(("ce_sequence", str(event.sequence).encode()))
+    if event.dataref is not None:
+        headers.append(("ce_dataref", event.dataref.encode()))
     if event.traceparent is not None:
         headers.append(("ce_traceparent", event.traceparent.encode()))
         if event.tracestate is not None:
@@ -543,7 +651,13 @@ def event_from_record(record: Record) -> Event:
                 )
         if binary:
             return _decode_binary(record.headers, record.value, record)
-        return _decode_structured(record.value, record)
+        try:
+            return _decode_structured(record.value, record)
+        except DecodeError as exc:
+            value = record.value
+            if b'"eventType"' in value and b'"specversion"' not in value:
+                return _from_article(value, record, exc)
+            raise
     except Exception as exc:
         error = exc if isinstance(exc, DecodeError) else _unexpected(exc)
         raise DecodeError(
@@ -553,13 +667,14 @@ def event_from_record(record: Record) -> Event:
 
 
 def _record_time(record: Record) -> datetime:
+    return _epoch_ms(record.timestamp, "the event has no `time`, and the record's timestamp")
+
+
+def _epoch_ms(ms: int, what: str) -> datetime:
     try:
-        return datetime.fromtimestamp(record.timestamp / 1000, UTC)
+        return datetime.fromtimestamp(ms / 1000, UTC)
     except (ValueError, OverflowError, OSError):
-        raise DecodeError(
-            f"the event has no `time`, and the record's timestamp {record.timestamp} is not a "
-            "time between the years 1 and 9999"
-        ) from None
+        raise DecodeError(f"{what} {ms} is not a time between the years 1 and 9999") from None
 
 
 def _utf8_or_none(raw: bytes | None) -> str | None:
