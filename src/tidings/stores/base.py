@@ -107,10 +107,17 @@ class _Flushed(AbstractAsyncContextManager[Transaction]):
             try:
                 await self._tx.flush()
             except BaseException as exc:
-                if not await self._block.__aexit__(type(exc), exc, exc.__traceback__):
-                    raise
+                try:
+                    if not await self._block.__aexit__(type(exc), exc, exc.__traceback__):
+                        raise
+                finally:
+                    await self._tx.discard_attachments()
                 return False
-        return await self._block.__aexit__(kind, error, tb)
+            return await self._block.__aexit__(kind, error, tb)  # COMMIT (if it fails: unknown)
+        try:
+            return await self._block.__aexit__(kind, error, tb)
+        finally:
+            await self._tx.discard_attachments()
 
 
 class Store(Transactions, Outbox, InboxCleanup):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from tidings.records import Message
 
@@ -30,6 +31,28 @@ class SetAside:
 
 
 @dataclass(frozen=True, slots=True)
+class Numbering:
+    """Asks the outbox to number a row: when its transaction writes it, the row takes the next
+    sequence number of (`scope`, its message's key) - 1, 2, ... per key, counted in the store,
+    in the same transaction (two transactions never take the same number; a rolled-back one
+    takes none) - and its message becomes `stamp(message, number)`. A row without a key is
+    not numbered."""
+
+    scope: str
+    stamp: Callable[[Message, int], Message]
+
+
+class Attachment(Protocol):
+    """What an outbox row needs stored elsewhere (a claim-checked payload): `write()` makes it
+    durable before the row is written; `discard()` removes it again once the row's transaction
+    (or savepoint) is known to have rolled back (a no-op if never written)."""
+
+    async def write(self) -> None: ...
+
+    async def discard(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
 class OutboxStats:
     pending: int
     oldest_age_s: float | None
@@ -40,9 +63,19 @@ class OutboxWriter(abc.ABC):
     """The outbox in a transaction."""
 
     @abc.abstractmethod
-    def add_outbox(self, topic: str, event_id: str, message: Message) -> None:
+    def add_outbox(
+        self,
+        topic: str,
+        event_id: str,
+        message: Message,
+        *,
+        numbering: Numbering | None = None,
+        attachment: Attachment | None = None,
+    ) -> None:
         """Queue an outbox row; written by the next `flush()` or at commit. A duplicate
-        (topic, event id) pair makes that flush or the commit raise DuplicateEventError."""
+        (topic, event id) pair makes that flush or the commit raise DuplicateEventError.
+        `numbering` stamps the row with its key's next sequence number (see `Numbering`);
+        `attachment` is written before the row (see `Attachment`)."""
 
     @abc.abstractmethod
     async def flush(self) -> None:

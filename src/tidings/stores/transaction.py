@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, ClassVar, TypeVar, final
@@ -15,14 +16,17 @@ from typing import Any, ClassVar, TypeVar, final
 from tidings.errors import StorageError, TidingsError, TransactionAbortedError
 from tidings.records import Message
 from tidings.stores.inbox import InboxKey, InboxRows, InboxStatus, Position
-from tidings.stores.outbox import OutboxWriter
+from tidings.stores.outbox import Attachment, Numbering, OutboxWriter
 
 T = TypeVar("T")
+log = logging.getLogger("tidings.stores")
 
 Row = tuple[Any, ...]
 Params = Sequence[Any] | dict[str, Any]
 OutboxEntry = tuple[str, str, Message]
 """(topic, event id, message) of an outbox row not written yet."""
+SequenceKey = tuple[str, bytes]
+"""(scope, message key): what an outbox row's sequence number counts (see `Numbering`)."""
 
 
 class StatementFailedElsewhere(BaseException):
@@ -91,8 +95,9 @@ class Transaction(Statements, OutboxWriter, InboxRows):
     The public methods here (final) enforce that rule and the order of deferred statements
     and outbox rows for every backend. A backend implements only primitives that run its
     driver and raise what the caller should see: `_execute`, `_fetchall`, `_run_deferred`,
-    `_write_outbox` and the `_inbox_*` ones; it names its driver's errors in `driver_errors`
-    and may set `IMMEDIATE_CONSTRAINTS`, `_copy_params` and `_usable_after_interruption`.
+    `_write_outbox`, `_take_sequences` and the `_inbox_*` ones; it names its driver's errors
+    in `driver_errors` and may set `IMMEDIATE_CONSTRAINTS`, `_copy_params` and
+    `_usable_after_interruption`.
     Savepoints are plain SAVEPOINT / ROLLBACK TO SAVEPOINT / RELEASE SAVEPOINT statements."""
 
     driver_errors: ClassVar[tuple[type[Exception], ...]] = ()
@@ -105,6 +110,9 @@ class Transaction(Statements, OutboxWriter, InboxRows):
         self.deferred: list[tuple[str, Params]] = []
         self.outbox: list[OutboxEntry] = []
         """Outbox rows added, in order (those up to `_flushed` are written)."""
+        self._extras: dict[int, tuple[Numbering | None, Attachment | None, Message]] = {}
+        """Per index in `outbox`, the row's numbering and attachment, if it has either, and its
+        message as added (before a stamp: a savepoint may roll back a flush)."""
         self.failure: Exception | None = None
         """The error of the statement that failed, if one did."""
         self.deferred_errors_escape = False
@@ -157,6 +165,7 @@ class Transaction(Statements, OutboxWriter, InboxRows):
         self._savepoints += 1
         name = f"sp{self._savepoints}"
         mark = len(self.outbox)
+        flushed = self._flushed
         await self.execute(f"SAVEPOINT {name}")
         try:
             yield
@@ -167,9 +176,13 @@ class Transaction(Statements, OutboxWriter, InboxRows):
             self.deferred.clear()
             self.failure = None
             del self.outbox[mark:]
-            self._flushed = min(self._flushed, mark)
-            await self.execute(f"ROLLBACK TO SAVEPOINT {name}")
-            await self.execute(f"RELEASE SAVEPOINT {name}")
+            self._flushed = flushed  # rows flushed inside the block are rolled back
+            dropped = self._drop_extras(mark)
+            try:
+                await self.execute(f"ROLLBACK TO SAVEPOINT {name}")
+                await self.execute(f"RELEASE SAVEPOINT {name}")
+            finally:
+                await _discard(dropped)
             raise
         await self.execute(f"RELEASE SAVEPOINT {name}")
 
@@ -181,19 +194,71 @@ class Transaction(Statements, OutboxWriter, InboxRows):
     # outbox ----------------------------------------------------------------------------------
 
     @final
-    def add_outbox(self, topic: str, event_id: str, message: Message) -> None:
+    def add_outbox(
+        self,
+        topic: str,
+        event_id: str,
+        message: Message,
+        *,
+        numbering: Numbering | None = None,
+        attachment: Attachment | None = None,
+    ) -> None:
+        if numbering is not None or attachment is not None:
+            self._extras[len(self.outbox)] = (numbering, attachment, message)
         self.outbox.append((topic, event_id, message))
 
     @final
     async def flush(self) -> None:
-        """Deferred statements, then the outbox rows added since the last flush. The store
-        flushes every transaction before its COMMIT."""
+        """Deferred statements, then the outbox rows added since the last flush: their
+        attachments written first, their sequence numbers taken and stamped, then the rows.
+        The store flushes every transaction before its COMMIT."""
         self._raise_if_failed()
         if self.deferred:
             await self.run_deferred()
         if self._flushed < len(self.outbox):
+            if self._extras:
+                await self._prepare_outbox(self._flushed)
             await self._statement(self._write_outbox, self.outbox[self._flushed :])
             self._flushed = len(self.outbox)
+
+    async def _prepare_outbox(self, start: int) -> None:
+        """Write the attachments of the rows from `start` on, then number those asking for it:
+        one `_take_sequences` for all their keys."""
+        outbox = self.outbox
+        extras = [(i, self._extras[i]) for i in range(start, len(outbox)) if i in self._extras]
+        for _, (_, attachment, _) in extras:
+            if attachment is not None:
+                await attachment.write()
+        numbered: list[tuple[int, SequenceKey, Numbering, Message]] = []
+        counts: dict[SequenceKey, int] = {}
+        for index, (numbering, _, message) in extras:
+            if numbering is not None and message.key is not None:
+                scoped = (numbering.scope, message.key)
+                numbered.append((index, scoped, numbering, message))
+                counts[scoped] = counts.get(scoped, 0) + 1
+        if not numbered:
+            return
+        ordered = sorted(counts.items())  # one lock order for every transaction
+        lasts = await self._statement(self._take_sequences, ordered)
+        following = {scoped: lasts[scoped] - count + 1 for scoped, count in ordered}
+        for index, scoped, numbering, message in numbered:
+            topic, event_id, _ = outbox[index]
+            outbox[index] = (topic, event_id, numbering.stamp(message, following[scoped]))
+            following[scoped] += 1
+
+    def _drop_extras(self, start: int) -> list[Attachment]:
+        """Forget the numbering and attachments of rows from `start` on (rolled back); their
+        attachments, to discard."""
+        dropped = [i for i in self._extras if i >= start]
+        attachments = [a for i in dropped if (a := self._extras.pop(i)[1]) is not None]
+        return attachments
+
+    @final
+    async def discard_attachments(self) -> None:
+        """The transaction rolled back: remove what its rows' attachments stored (best effort:
+        a failure is logged; retention removes what is left)."""
+        if self._extras:
+            await _discard(self._drop_extras(0))
 
     # inbox -----------------------------------------------------------------------------------
 
@@ -284,6 +349,14 @@ class Transaction(Statements, OutboxWriter, InboxRows):
         the outbox already (or twice in `rows`)."""
 
     @abc.abstractmethod
+    async def _take_sequences(
+        self, counts: Sequence[tuple[SequenceKey, int]]
+    ) -> dict[SequenceKey, int]:
+        """Add each count to its (scope, key)'s last sequence number (0 when it has none yet),
+        in the given order, holding each key's row until the transaction ends; returns the new
+        last numbers. Two transactions never get the same number for one key."""
+
+    @abc.abstractmethod
     async def _inbox_add(
         self, consumer: str, event_id: str, position: Position, status: InboxStatus
     ) -> bool: ...
@@ -310,3 +383,11 @@ class Transaction(Statements, OutboxWriter, InboxRows):
         """Whether the transaction can go on after a primitive was interrupted (cancelled)
         or raised an error that is no statement's (a Python error of the driver)."""
         return True
+
+
+async def _discard(attachments: Sequence[Attachment]) -> None:
+    for attachment in attachments:
+        try:
+            await attachment.discard()
+        except Exception:
+            log.exception("discarding %r of a rolled-back transaction failed", attachment)

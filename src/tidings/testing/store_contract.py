@@ -32,6 +32,7 @@ from tidings.stores.base import (
     Transaction,
     Transactions,
 )
+from tidings.testing.sequence_contract import SequenceContract
 
 BUSINESS = "CREATE TABLE orders (id TEXT PRIMARY KEY, total REAL NOT NULL)"
 UNIQUE_VIOLATION = r"(?i)unique|duplicate"  # SQLite: "UNIQUE constraint", PG: "duplicate key"
@@ -53,7 +54,7 @@ async def relay_all(store: Store, relay: str = "relay-a") -> list[str]:
         await store.outbox_remove(relay, [r.seq for r in rows])
 
 
-class StoreContract:
+class StoreContract(SequenceContract):
     @pytest.fixture
     def store_url(self) -> str:
         raise NotImplementedError

@@ -17,7 +17,7 @@ Conn = psycopg.AsyncConnection[TupleRow]
 
 CHANNEL = "tidings_outbox"
 """Where a commit with outbox rows NOTIFYs (payload: the schema)."""
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 OUTBOX_UNIQUE = "tidings_outbox_event"
 INBOX_PRIMARY_KEY = "tidings_inbox_pkey"
 
@@ -68,6 +68,22 @@ FRAMEWORK_MIGRATIONS: dict[int, list[str]] = {
             set_aside timestamptz NOT NULL DEFAULT clock_timestamp()
         )""",
     ],
+    3: [
+        """CREATE TABLE IF NOT EXISTS tidings_sequences (
+            scope text COLLATE "C" NOT NULL,
+            key bytea NOT NULL,
+            last_seq bigint NOT NULL,
+            PRIMARY KEY (scope, key)
+        )""",
+        """CREATE TABLE IF NOT EXISTS tidings_last_applied (
+            scope text COLLATE "C" NOT NULL,
+            source text COLLATE "C" NOT NULL,
+            key text COLLATE "C" NOT NULL,
+            last_value bigint NOT NULL,
+            prev_value bigint,
+            PRIMARY KEY (scope, source, key)
+        )""",
+    ],
 }
 
 # The rows, only while `holder` has a live lease: no row at all means no lease; one row of
@@ -105,6 +121,16 @@ OUTBOX_ADD_ALL = """
 """
 """Writes outbox rows and, in the same round trip, queues the NOTIFY that wakes relays (sent
 by PostgreSQL at commit, once per transaction however many flushes, dropped with a rollback)."""
+# Rows are locked in the given (sorted) order: concurrent transactions of one key queue on its
+# row, and those of several keys never wait on each other in a cycle.
+TAKE_SEQUENCES = """
+    INSERT INTO tidings_sequences AS s (scope, key, last_seq)
+    SELECT scope, key, n
+    FROM unnest(%b::text[], %b::bytea[], %b::bigint[]) WITH ORDINALITY AS r(scope, key, n, i)
+    ORDER BY i
+    ON CONFLICT (scope, key) DO UPDATE SET last_seq = s.last_seq + excluded.last_seq
+    RETURNING scope, key, last_seq
+"""
 INBOX_FIND = """
     SELECT i.consumer, i.event_id
     FROM unnest(%b::text[], %b::text[]) AS k(consumer, event_id)

@@ -28,10 +28,11 @@ from tidings.stores.postgres._sql import (
     INBOX_PRIMARY_KEY,
     OUTBOX_ADD_ALL,
     OUTBOX_UNIQUE,
+    TAKE_SEQUENCES,
     Conn,
 )
 from tidings.stores.postgres._url import PostgresURL
-from tidings.stores.transaction import OutboxEntry, Params, Row, Transaction
+from tidings.stores.transaction import OutboxEntry, Params, Row, SequenceKey, Transaction
 
 _PIPELINES = psycopg.AsyncPipeline.is_supported()
 """Whether libpq has pipeline mode (version 14+; psycopg[binary] bundles a recent one)."""
@@ -155,6 +156,20 @@ class PostgresTransaction(Transaction):
             if error is exc:
                 raise
             raise error from exc
+
+    async def _take_sequences(
+        self, counts: Sequence[tuple[SequenceKey, int]]
+    ) -> dict[SequenceKey, int]:
+        """One statement: an upsert that locks each key's row until the transaction ends."""
+        cursor = await self._exec(
+            TAKE_SEQUENCES,
+            (
+                [scope for (scope, _), _ in counts],
+                [key for (_, key), _ in counts],
+                [count for _, count in counts],
+            ),
+        )
+        return {(scope, bytes(key)): last for scope, key, last in await cursor.fetchall()}
 
     async def _inbox_add(
         self, consumer: str, event_id: str, position: Position, status: InboxStatus

@@ -7,7 +7,7 @@ import sqlite3
 from tidings._notify import SCHEMA as LISTENERS_SCHEMA
 from tidings.errors import MigrationError, StorageError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA = [
     "CREATE TABLE IF NOT EXISTS tidings_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -47,6 +47,20 @@ SCHEMA = [
         error TEXT NOT NULL,
         set_aside_ms INTEGER NOT NULL
     )""",
+    """CREATE TABLE IF NOT EXISTS tidings_sequences (
+        scope TEXT NOT NULL,
+        key BLOB NOT NULL,
+        last_seq INTEGER NOT NULL,
+        PRIMARY KEY (scope, key)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS tidings_last_applied (
+        scope TEXT NOT NULL,
+        source TEXT NOT NULL,
+        key TEXT NOT NULL,
+        last_value INTEGER NOT NULL,
+        prev_value INTEGER,
+        PRIMARY KEY (scope, source, key)
+    ) WITHOUT ROWID""",
     """CREATE TABLE IF NOT EXISTS tidings_migrations (
         id INTEGER PRIMARY KEY,
         statement TEXT NOT NULL,

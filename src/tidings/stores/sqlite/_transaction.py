@@ -13,9 +13,10 @@ from tidings import _sqlite
 from tidings.errors import DuplicateEventError, InboxConflictError, IntegrityError
 from tidings.stores._codec import encode_headers
 from tidings.stores.inbox import InboxKey, InboxStatus, Position
-from tidings.stores.transaction import OutboxEntry, Params, Row, Transaction
+from tidings.stores.transaction import OutboxEntry, Params, Row, SequenceKey, Transaction
 
 _INBOX_FIND_CHUNK = 512
+_SEQUENCES_CHUNK = 64
 
 
 @functools.lru_cache(maxsize=16)
@@ -35,6 +36,17 @@ def _batchable(statement: str) -> bool:
         bool(words)
         and words[0].upper() in {"INSERT", "UPDATE", "DELETE", "REPLACE"}
         and "RETURNING" not in statement.upper()
+    )
+
+
+@functools.lru_cache(maxsize=_SEQUENCES_CHUNK)
+def _take_sequences_sql(size: int) -> str:
+    """Add counts to `size` keys' last sequence numbers; returns each key's new one."""
+    rows = ", ".join(["(?, ?, ?)"] * size)
+    return (
+        f"INSERT INTO tidings_sequences(scope, key, last_seq) VALUES {rows}"  # noqa: S608
+        " ON CONFLICT (scope, key) DO UPDATE SET last_seq = last_seq + excluded.last_seq"
+        " RETURNING scope, key, last_seq"
     )
 
 
@@ -109,6 +121,18 @@ class SQLiteTransaction(Transaction):
             ) from exc
         except sqlite3.Error as exc:
             self._raise(exc)
+
+    async def _take_sequences(
+        self, counts: Sequence[tuple[SequenceKey, int]]
+    ) -> dict[SequenceKey, int]:
+        """One statement per up to 64 keys (the write lock makes them atomic)."""
+        lasts: dict[SequenceKey, int] = {}
+        for start in range(0, len(counts), _SEQUENCES_CHUNK):
+            chunk = counts[start : start + _SEQUENCES_CHUNK]
+            params = [value for (scope, key), count in chunk for value in (scope, key, count)]
+            for scope, key, last in self._cursor(_take_sequences_sql(len(chunk)), params):
+                lasts[scope, key] = last
+        return lasts
 
     async def _inbox_add(
         self, consumer: str, event_id: str, position: Position, status: InboxStatus
