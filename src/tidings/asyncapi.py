@@ -17,13 +17,17 @@ Schemas are AsyncAPI Schema Objects (a superset of JSON Schema draft-07), conver
 pydantic's draft 2020-12: `$defs` move to `components/schemas`, `prefixItems` become `items`,
 `dependent*` `dependencies`, a `$ref` with siblings an `allOf`, a `discriminator` object
 `x-discriminator`; `unevaluated*` are dropped.
+
+`document_of(records, messages)` writes the same document from what services told the schema
+registry of themselves (`tidings.registry.ServiceRecord`) and the registered schemas, without
+their code: what only the code knows (docstrings, retry policies, model names) is left out.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -31,15 +35,18 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import yaml
 
 from tidings import dlq, event
+from tidings._asyncapi_schema import NAME_CHARS as _NAME_CHARS
+from tidings._asyncapi_schema import Schemas as _Schemas
+from tidings._asyncapi_schema import ref as _ref
 from tidings.errors import ConfigError
-from tidings.schema import EventModel, json_schema, registered, upcasters
+from tidings.registry import HandlerRecord, ServiceRecord, describe
+from tidings.schema import json_schema, registered
 from tidings.service import DEFAULT_PARTITIONS, Service
 
 if TYPE_CHECKING:
     from tidings.retry import Retry
-    from tidings.runtime.handlers import Handler
 
-__all__ = ["ASYNCAPI_VERSION", "document", "dumps"]
+__all__ = ["ASYNCAPI_VERSION", "MessageSpec", "document", "document_of", "dumps"]
 
 ASYNCAPI_VERSION = "3.0.0"
 KAFKA_BINDING_VERSION = "0.5.0"
@@ -52,8 +59,6 @@ DEAD_LETTER = "tidings.DeadLetter"
 CORRELATION = "tidings.correlationid"
 KEY_BINDING = "tidings.key"
 
-_NAME_CHARS = re.compile(r"[^\w.\-]")
-_DEFS_REF = re.compile(r'"\$ref": "#/\$defs/((?:[^"/\\]|\\.)*)')
 _SASL_SCHEMES = {"PLAIN": "plain", "GSSAPI": "gssapi"}
 _SASL_SCHEMES |= {"SCRAM-SHA-256": "scramSha256", "SCRAM-SHA-512": "scramSha512"}
 _PARTITIONING = (
@@ -79,10 +84,71 @@ def document(
     leaves them out. `description` replaces the generated summary of the services in `info`.
     Raises ConfigError for duplicate service names or a broker URL tidings does not know."""
     services = list(services)
-    names = [service.name for service in services]
+    records = [describe(service) for service in services]
+    texts: dict[tuple[str, str], _HandlerText] = {}
+    declared = {(t, v): m for t, v, m in registered()}
+    for service in services:
+        for handler in service.handlers:
+            doc = (handler.function.__doc__ or "").strip()
+            summary = doc.splitlines()[0] if doc else ""
+            texts[(service.name, handler.name)] = _HandlerText(summary, _retry_text(handler.retry))
+            if handler.model is not None:
+                declared[(handler.model.event_type, handler.model.event_version)] = handler.model
+        for models in service.publications.values():
+            declared.update({(m.event_type, m.event_version): m for m in models})
+    messages = {
+        key: MessageSpec(
+            json_schema(model),
+            f"{model.__module__}.{model.__qualname__}",
+            (model.__dict__.get("__doc__") or "").strip(),
+        )
+        for key, model in declared.items()
+    }
+    return document_of(
+        records,
+        messages,
+        title=title,
+        version=version,
+        description=description,
+        broker_url=broker_url,
+        texts=texts,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class MessageSpec:
+    """What the message of one event type and version is made of: its data's JSON Schema and,
+    when known from code, the model's qualified name and docstring."""
+
+    schema: Mapping[str, Any]
+    model: str = ""
+    doc: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class _HandlerText:
+    summary: str
+    retry: str
+
+
+def document_of(
+    records: Sequence[ServiceRecord],
+    messages: Mapping[tuple[str, int], MessageSpec],
+    *,
+    title: str = "tidings services",
+    version: str = "1.0.0",
+    description: str | None = None,
+    broker_url: str | None = None,
+    texts: Mapping[tuple[str, str], _HandlerText] | None = None,
+) -> dict[str, Any]:
+    """The AsyncAPI 3.0.0 document of services as they describe themselves (`records`, as
+    the schema registry keeps them), their messages' schemas in `messages` by (type,
+    version): those handlers accept among the older versions of their type, and a message
+    without a schema there has an empty one. The other arguments as for `document`."""
+    names = [record.name for record in records]
     if duplicates := sorted({name for name in names if names.count(name) > 1}):
         raise ConfigError(f"services named twice: {', '.join(duplicates)}")
-    builder = _Builder(services)
+    builder = _Builder(list(records), messages, texts or {})
     info = {"title": title, "version": version}
     info["description"] = builder.summary() if description is None else description
     doc: dict[str, Any] = {"asyncapi": ASYNCAPI_VERSION, "info": info}
@@ -195,33 +261,17 @@ def _servers(url: str) -> tuple[dict[str, Any], dict[str, Any], str]:
 # channels, operations and messages --------------------------------------------------------
 
 
+_Key = tuple[str, int]
+"""An event type and version."""
+
+
 @dataclass
 class _Channel:
-    models: set[type[EventModel]] = field(default_factory=set)
+    models: set[_Key] = field(default_factory=set)
     partitions: list[int] = field(default_factory=list)
     publishers: list[str] = field(default_factory=list)
     consumers: list[str] = field(default_factory=list)
     dead_letters_of: str | None = None
-
-
-def _model_order(model: type[EventModel]) -> tuple[str, int]:
-    return model.event_type, model.event_version
-
-
-def _accepted(model: type[EventModel]) -> list[type[EventModel]]:
-    """`model` and the declared older versions of its type that are upcast to it."""
-    older = [
-        other
-        for type_, version, other in registered()
-        if type_ == model.event_type
-        and version < model.event_version
-        and upcasters(type_, version, model.event_version) is not None
-    ]
-    return [*older, model]
-
-
-def _ref(*path: str) -> dict[str, str]:
-    return {"$ref": "#/" + "/".join(p.replace("~", "~0").replace("/", "~1") for p in path)}
 
 
 def _unique(name: str, taken: Iterable[str]) -> str:
@@ -234,37 +284,54 @@ def _unique(name: str, taken: Iterable[str]) -> str:
 
 
 class _Builder:
-    def __init__(self, services: list[Service]) -> None:
+    def __init__(
+        self,
+        services: list[ServiceRecord],
+        messages: Mapping[_Key, MessageSpec],
+        texts: Mapping[tuple[str, str], _HandlerText],
+    ) -> None:
         self.services = services
+        self.messages = messages
+        self.texts = texts
         self.topics: dict[str, _Channel] = {}
         for service in services:
-            for topic, models in service.publications.items():
-                self.topics.setdefault(topic, _Channel()).models.update(models)
+            for topic, keys in service.publishes.items():
+                self.topics.setdefault(topic, _Channel()).models.update(keys)
                 self.topics[topic].publishers.append(service.name)
             for handler in service.handlers:
                 for topic in handler.topics:
                     channel = self.topics.setdefault(topic, _Channel())
                     channel.consumers.append(f"{service.name}.{handler.name}")
-                    if handler.model is not None:
-                        channel.models.update(_accepted(handler.model))
+                    channel.models.update(self.accepted(handler))
             for topic, partitions in service.topics.items():
                 self.topics.setdefault(topic, _Channel()).partitions.append(partitions)
         for service in services:
             self.topics.setdefault(service.dead_letter_topic, _Channel())
             self.topics[service.dead_letter_topic].dead_letters_of = service.name
-        self.ids: dict[type[EventModel], str] = {}
+        self.ids: dict[_Key, str] = {}
         taken = {CLOUDEVENT, RECORD_HEADERS, DEAD_LETTER_HEADERS, ANY_EVENT, DEAD_LETTER}
-        every = {model for channel in self.topics.values() for model in channel.models}
-        for model in sorted(every, key=_model_order):
-            name = _unique(f"{model.event_type}.v{model.event_version}", taken)
-            self.ids[model] = name
+        every = {key for channel in self.topics.values() for key in channel.models}
+        for event_type, event_version in sorted(every):
+            name = _unique(f"{event_type}.v{event_version}", taken)
+            self.ids[(event_type, event_version)] = name
             taken.add(name)
         self.schemas = _Schemas(taken)
+
+    def accepted(self, handler: HandlerRecord) -> list[_Key]:
+        """The (type, version)s `handler` reads: its own and the older ones upcast to it that
+        have a message (declared, or registered)."""
+        if handler.type is None or handler.version is None:
+            return []
+        return [
+            (handler.type, v)
+            for v in sorted(set(handler.accepts) | {handler.version})
+            if v == handler.version or (handler.type, v) in self.messages
+        ]
 
     def messages_of(self, topic: str) -> list[str]:
         """The ids of the messages on `topic`'s channel."""
         channel = self.topics[topic]
-        found = [self.ids[m] for m in sorted(channel.models, key=_model_order)]
+        found = [self.ids[m] for m in sorted(channel.models)]
         if channel.dead_letters_of is not None:
             found.append(DEAD_LETTER)
         return found or [ANY_EVENT]
@@ -280,8 +347,8 @@ class _Builder:
         ]
         for service in self.services:
             parts = []
-            if service.publications:
-                parts.append("publishes to " + ", ".join(f"`{t}`" for t in service.publications))
+            if service.publishes:
+                parts.append("publishes to " + ", ".join(f"`{t}`" for t in service.publishes))
             if service.handlers:
                 handlers = (f"`{h.name}` ({', '.join(h.topics)})" for h in service.handlers)
                 parts.append("handlers " + ", ".join(handlers))
@@ -328,11 +395,11 @@ class _Builder:
             operation = {"action": fields.pop("action", "send"), "channel": _ref("channels", topic)}
             bindings = {"bindings": fields.pop("bindings")} if "bindings" in fields else {}
             operation |= fields | {"messages": messages} | bindings
-            operations[_unique(name, operations)] = operation
+            operations[_unique(name, operations)] = operation | {"x-tidings-service": service.name}
 
         for service in self.services:
-            for topic, models in service.publications.items():
-                ids = [self.ids[m] for m in sorted(set(models), key=_model_order)]
+            for topic, keys in service.publishes.items():
+                ids = [self.ids[k] for k in sorted(set(keys))]
                 add(
                     f"{service.name}.send.{topic}",
                     topic,
@@ -359,27 +426,28 @@ class _Builder:
         return operations
 
     def _receive(
-        self, service: Service, handler: Handler, topic: str, group_prefix: str
+        self, service: ServiceRecord, handler: HandlerRecord, topic: str, group_prefix: str
     ) -> tuple[list[str], dict[str, Any]]:
-        if handler.model is None:
+        accepted = self.accepted(handler)
+        if not accepted:
             ids = self.messages_of(topic)
             receives = "every event of the topic, as the envelope (`tidings.Event`)"
         else:
-            accepted = _accepted(handler.model)
-            ids = [self.ids[m] for m in accepted]
-            receives = f"{handler.model.event_type} version {handler.model.event_version}"
+            ids = [self.ids[key] for key in accepted]
+            receives = f"{handler.type} version {handler.version}"
             if len(accepted) > 1:
                 receives += " (older versions upcast to it)"
             receives += "; it acknowledges and skips other event types"
         fields: dict[str, Any] = {"action": "receive", "title": f"{service.name}.{handler.name}"}
-        doc = (handler.function.__doc__ or "").strip()
-        if doc:
-            fields["summary"] = doc.splitlines()[0]
+        text = self.texts.get((service.name, handler.name), _HandlerText("", ""))
+        if text.summary:
+            fields["summary"] = text.summary
+        retries = f"{text.retry}; then" if text.retry else "After its retries,"
         fields["description"] = (
             f"Handler `{handler.name}` of service `{service.name}` receives {receives}. Each "
-            f"delivery is one transaction of the service's store (inbox `{handler.consumer}`: "
-            f"a redelivered event is skipped). {_retry_text(handler.retry)}; then the event "
-            f"goes to `{service.dead_letter_topic}`."
+            f"delivery is one transaction of the service's store (inbox "
+            f"`{service.name}.{handler.name}`: a redelivered event is skipped). {retries} the "
+            f"event goes to `{service.dead_letter_topic}`."
         )
         group = {"type": "string", "enum": [group_prefix + service.name]}
         fields["bindings"] = {"kafka": {"groupId": group, "bindingVersion": KAFKA_BINDING_VERSION}}
@@ -403,21 +471,22 @@ class _Builder:
             components["securitySchemes"] = security_schemes
         return components
 
-    def _message(self, model: type[EventModel], message_id: str) -> dict[str, Any]:
-        data = self.schemas.add(model, message_id)
-        qualified = f"{model.__module__}.{model.__qualname__}"
-        doc = (model.__dict__.get("__doc__") or "").strip()
-        title = f"{model.event_type} v{model.event_version}"
-        message: dict[str, Any] = {"name": model.event_type, "title": title}
+    def _message(self, key: _Key, message_id: str) -> dict[str, Any]:
+        event_type, event_version = key
+        spec = self.messages.get(key) or MessageSpec({}, "", "Not in the schema registry.")
+        data = self.schemas.add(spec.schema, message_id)
+        qualified, doc = spec.model, spec.doc
+        title = f"{event_type} v{event_version}"
+        message: dict[str, Any] = {"name": event_type, "title": title}
         if doc:
             message["summary"] = doc.splitlines()[0]
         message["description"] = (doc + "\n\n" if doc else "") + (
-            f"Version {model.event_version} of `{model.event_type}` (`{qualified}`): the "
-            "CloudEvent in structured mode, its `data` the event's data (camelCase names)."
+            f"Version {event_version} of `{event_type}`{f' (`{qualified}`)' if qualified else ''}"
+            ": the CloudEvent in structured mode, its `data` the event's data (camelCase names)."
         )
         envelope = {
-            "type": {"type": "string", "const": model.event_type},
-            "typeversion": {"type": "integer", "const": model.event_version},
+            "type": {"type": "string", "const": event_type},
+            "typeversion": {"type": "integer", "const": event_version},
             "datacontenttype": {"type": "string", "const": "application/json"},
             "data": data,
         }
@@ -431,7 +500,8 @@ class _Builder:
         }
         message["correlationId"] = _ref("components", "correlationIds", CORRELATION)
         message["bindings"] = _ref("components", "messageBindings", KEY_BINDING)
-        message["x-tidings-model"] = qualified
+        if qualified:
+            message["x-tidings-model"] = qualified
         return message
 
 
@@ -572,116 +642,3 @@ def _correlation_id() -> dict[str, Any]:
         "(`$message.header#/ce_correlationid`).",
         "location": "$message.payload#/correlationid",
     }
-
-
-# JSON Schema 2020-12 (pydantic) -> AsyncAPI Schema Object (draft-07) ------------------------
-
-_SCHEMA_MAPS = {"dependentSchemas": "dependencies", "$defs": "definitions"}
-_SCHEMA_MAPS |= {name: name for name in ("properties", "patternProperties", "definitions")}
-_SCHEMA_VALUES = {"additionalProperties", "additionalItems", "items", "contains", "propertyNames"}
-_SCHEMA_VALUES |= {"not", "if", "then", "else"}
-_SCHEMA_LISTS = {"allOf", "anyOf", "oneOf", "prefixItems"}
-_DROPPED = {"$schema", "$id", "$anchor", "$dynamicAnchor", "$dynamicRef", "$comment"}
-_DROPPED |= {"unevaluatedProperties", "unevaluatedItems", "minContains", "maxContains"}
-
-
-class _Schemas:
-    """The data schemas and their definitions, placed in `components/schemas`."""
-
-    def __init__(self, reserved: Iterable[str]) -> None:
-        self.components: dict[str, Any] = {}
-        self._fingerprints: dict[str, str] = {}
-        self._reserved = set(reserved)
-
-    def add(self, model: type[EventModel], owner: str) -> dict[str, str]:
-        """Place `model`'s data schema (named `owner`) and its definitions (a definition
-        already placed with the same content is shared); a reference to the data schema."""
-        schema = json_schema(model)
-        defs: dict[str, Any] = schema.pop("$defs", None) or {}
-        names: dict[str, str] = {}
-        for name in defs:
-            fingerprint = _fingerprint(name, defs)
-            base = _NAME_CHARS.sub("_", name) or "schema"
-            candidate, n = base, 1
-            while (
-                candidate in self._reserved or candidate in self._fingerprints
-            ) and self._fingerprints.get(candidate) != fingerprint:
-                n += 1
-                candidate = f"{owner}.{base}" if n == 2 else f"{owner}.{base}_{n}"
-            names[name] = candidate
-            self._fingerprints[candidate] = fingerprint
-        for name, definition in defs.items():
-            self.components.setdefault(names[name], _draft07(definition, names, owner))
-        self.components[owner] = _draft07(schema, names, owner)
-        return _ref("components", "schemas", owner)
-
-
-def _fingerprint(name: str, defs: dict[str, Any]) -> str:
-    """The definition `name` and every definition it reaches, as canonical JSON."""
-    seen: dict[str, Any] = {}
-    todo = [name]
-    while todo:
-        current = todo.pop()
-        if current not in seen and current in defs:
-            seen[current] = defs[current]
-            todo.extend(_local_refs(defs[current]))
-    return json.dumps(seen, sort_keys=True)
-
-
-def _local_refs(value: Any) -> Iterable[str]:
-    for ref in _DEFS_REF.findall(json.dumps(value)):
-        yield _unescape(json.loads(f'"{ref}"'))
-
-
-def _unescape(token: str) -> str:
-    return unquote(token).replace("~1", "/").replace("~0", "~")
-
-
-def _rewrite_ref(ref: str, names: dict[str, str], owner: str) -> str:
-    """A `$ref` of a data schema as a reference inside the AsyncAPI document."""
-    if ref.startswith("#/$defs/"):
-        name, _, rest = ref.removeprefix("#/$defs/").partition("/")
-        target = names.get(_unescape(name), _unescape(name))
-        return _ref("components", "schemas", target)["$ref"] + (f"/{rest}" if rest else "")
-    if ref.startswith("#"):  # a pointer into the data schema itself
-        return _ref("components", "schemas", owner)["$ref"] + ref[1:].rstrip("/")
-    return ref
-
-
-def _draft07(schema: Any, names: dict[str, str], owner: str) -> Any:
-    """`schema` (JSON Schema 2020-12) as an AsyncAPI Schema Object (draft-07 based)."""
-    if isinstance(schema, list):
-        return [_draft07(item, names, owner) for item in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out: dict[str, Any] = {}
-    for key, value in schema.items():
-        if key in _DROPPED:
-            continue
-        if key == "$ref" and isinstance(value, str):
-            out[key] = _rewrite_ref(value, names, owner)
-        elif key in _SCHEMA_MAPS and isinstance(value, dict):
-            converted = {k: _draft07(v, names, owner) for k, v in value.items()}
-            out.setdefault(_SCHEMA_MAPS[key], {}).update(converted)
-        elif key in _SCHEMA_VALUES:
-            out[key] = _draft07(value, names, owner)
-        elif key in _SCHEMA_LISTS and isinstance(value, list):
-            out[key] = [_draft07(item, names, owner) for item in value]
-        elif key == "dependentRequired" and isinstance(value, dict):
-            out.setdefault("dependencies", {}).update(value)
-        elif key == "discriminator" and isinstance(value, dict):
-            mapping = value.get("mapping")
-            if isinstance(mapping, dict):
-                rewritten = {k: _rewrite_ref(str(v), names, owner) for k, v in mapping.items()}
-                value = {**value, "mapping": rewritten}
-            out["x-discriminator"] = value
-        else:
-            out[key] = value
-    if "prefixItems" in out:
-        prefix = out.pop("prefixItems")
-        if "items" in out:
-            out["additionalItems"] = out.pop("items")
-        out["items"] = prefix
-    if "$ref" in out and len(out) > 1:
-        out["allOf"] = [{"$ref": out.pop("$ref")}, *out.get("allOf", [])]
-    return out

@@ -142,13 +142,13 @@ def describe(service: DescribedService, at: datetime | None = None) -> ServiceRe
         handlers.append(HandlerRecord(h.name, tuple(h.topics), kind, version, accepts))
     publishes = {
         topic: tuple(sorted({(m.event_type, m.event_version) for m in models}))
-        for topic, models in sorted(service.publications.items())
+        for topic, models in service.publications.items()
     }
     return ServiceRecord(
         service.name,
         tuple(handlers),
         publishes,
-        dict(sorted(service.topics.items())),
+        dict(service.topics),
         service.dead_letter_topic,
         at,
     )
