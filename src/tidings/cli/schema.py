@@ -11,6 +11,7 @@ from tidings import compat
 from tidings.cli.common import fail, print_json, print_wide, run
 from tidings.cli.run import load_service
 from tidings.errors import TidingsError
+from tidings.ops import schemas
 from tidings.registry import SchemaRegistry
 
 app = typer.Typer(no_args_is_help=True, help="Event schemas registered in the broker.")
@@ -20,42 +21,43 @@ Targets = Annotated[list[str], typer.Argument(help="MODULE:SERVICE of each tidin
 
 
 async def _registry(broker: object) -> SchemaRegistry:
+    """The registry, read without writing (a broker without one has an empty registry)."""
     from tidings.brokers.base import Broker
 
     assert isinstance(broker, Broker)
-    return await SchemaRegistry(broker).load()
+    return await schemas.read_registry(broker)
 
 
 @app.command("list")
 def list_schemas(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """Every registered event type: its versions, compatibility mode, who registered it."""
-    registry = run(ctx, _registry)
-    rows: list[dict[str, object]] = []
-    for event_type in registry.types():
-        versions = registry.versions(event_type)
-        rows.append(
-            {
-                "type": event_type,
-                "versions": [r.version for r in versions],
-                "mode": registry.mode(event_type).value,
-                "registeredBy": versions[-1].service,
-                "at": versions[-1].at.isoformat(timespec="seconds"),
-            }
-        )
+    types = schemas.list_types(run(ctx, _registry))
     if as_json:
-        print_json(rows)
+        print_json(
+            [
+                {
+                    "type": t.type,
+                    "versions": [r.version for r in t.versions],
+                    "mode": t.mode.value,
+                    "registeredBy": t.latest.service,
+                    "at": t.latest.at.isoformat(timespec="seconds"),
+                    "publishedBy": list(t.published_by),
+                    "handledBy": list(t.handled_by),
+                }
+                for t in types
+            ]
+        )
         return
     from rich.table import Table
 
     table = Table("TYPE", "VERSIONS", "MODE", "LATEST BY", "AT")
-    for event_type in registry.types():
-        versions = registry.versions(event_type)
+    for t in types:
         table.add_row(
-            event_type,
-            ", ".join(str(r.version) for r in versions),
-            registry.mode(event_type).value,
-            versions[-1].service,
-            versions[-1].at.isoformat(timespec="seconds"),
+            t.type,
+            ", ".join(str(r.version) for r in t.versions),
+            t.mode.value,
+            t.latest.service,
+            t.latest.at.isoformat(timespec="seconds"),
         )
     print_wide(table)
 
@@ -68,10 +70,11 @@ def show(
 ) -> None:
     """The JSON Schema registered for an event type's version."""
     registry = run(ctx, _registry)
-    versions = registry.versions(event_type)
-    if not versions:
-        fail(f"no schema registered for {event_type} (see `tidings schema list`)")
-    registration = registry.get(event_type, version or versions[-1].version)
+    try:
+        latest = schemas.get_type(registry, event_type).latest.version
+        registration = schemas.get_version(registry, event_type, version or latest)
+    except TidingsError as exc:
+        fail(str(exc))
     print_json(registration.schema)
 
 
@@ -85,39 +88,40 @@ def diff(
 ) -> None:
     """What changed from version V1 to V2, and whether it breaks the type's mode."""
     registry = run(ctx, _registry)
-    before, after = registry.get(event_type, old).schema, registry.get(event_type, new).schema
-    mode = registry.mode(event_type)
-    differences = compat.differences(before, after)
-    breaking = compat.check(mode, after, [before])
+    try:
+        found = schemas.diff(registry, event_type, old, new)
+    except TidingsError as exc:
+        fail(str(exc))
     if as_json:
         print_json(
             {
                 "type": event_type,
                 "from": old,
                 "to": new,
-                "mode": mode.value,
+                "mode": found.mode.value,
                 "differences": [
                     {
-                        "kind": d.kind.value,
-                        "path": d.path,
-                        "message": d.message,
-                        "compatible": d.compatible,
+                        "kind": c.rule,
+                        "path": c.path,
+                        "message": c.message,
+                        "compatible": c.difference.compatible,
+                        "breaksMode": c.breaks,
                     }
-                    for d in differences
+                    for c in found.changes
                 ],
-                "breaking": [str(b) for b in breaking],
+                "breaking": [str(b) for b in found.breaking],
             }
         )
         return
-    for difference in differences:
-        typer.echo(("  " if difference.compatible else "! ") + str(difference))
-    if not differences:
+    for change in found.changes:
+        typer.echo(("! " if change.breaks else "  ") + str(change.difference))
+    if not found.changes:
         typer.echo("no differences")
     typer.echo(
-        f"{mode.value}: "
+        f"{found.mode.value}: "
         + (
             f"breaking as schemas alone (registered only with an upcaster chain from v{old})"
-            if breaking
+            if found.breaking
             else "compatible"
         )
     )

@@ -105,15 +105,26 @@ class IndexedEvent:
         return dlq.is_dead_letter_topic(self.topic)
 
 
+ANY_TYPE = "*"
+"""`Handles.type` of a handler that takes every event type (as the envelope)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Handles:
-    """A service handles events of `type` on `topic` (with `handler`, when a dead letter
-    named it)."""
+    """A service handles events of `type` (`ANY_TYPE`: every type) on `topic` (with
+    `handler`, when known). `declared`: from the service's own record in the schema registry
+    (exact, and complete for that service), else learnt from the log (what it told so far)."""
 
     service: str
     topic: str
     type: str
     handler: str | None
+    declared: bool = False
+    versions: tuple[int, ...] = ()
+    """The versions of `type` the handler reads (declared only)."""
+
+    def takes(self, event_type: str) -> bool:
+        return self.type in (ANY_TYPE, event_type)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,15 +1,18 @@
 """The system as a graph: services (consumer groups, and the sources of events) and topics;
 who consumes what (the topics a group has offsets on, with its lag), who produces what (the
 `source` of recent events), and each service's health (live members, unresolved dead
-letters).
+letters), and which event types each service handles: exactly, for the services that
+described themselves in the schema registry (`tidings.registry.ServiceRecord`), else what the
+log told an `EventIndex`.
 
 Nothing here reads a topic whole: producers are sampled from the newest records of each
-partition, dead letters are counted from offsets and the resolutions topic."""
+partition, dead letters are counted from offsets and the resolutions topic; the registry is
+small and read once."""
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from tidings import dlq
@@ -17,9 +20,11 @@ from tidings.brokers.base import Broker
 from tidings.ops.groups import list_groups
 from tidings.ops.index import Handles, is_internal
 from tidings.ops.records import read_records
+from tidings.ops.schemas import known_handles, read_registry
 from tidings.ops.tail import GROUP_PREFIX as TAIL_GROUP_PREFIX
 from tidings.ops.topics import list_topics
 from tidings.records import GroupInfo, TopicInfo
+from tidings.registry import ServiceRecord
 
 SAMPLE = 200
 """Newest records read per partition to learn who produces to a topic."""
@@ -47,6 +52,9 @@ class ServiceNode:
     consumes: tuple[str, ...]
     produces: tuple[str, ...]
     handles: tuple[Handles, ...] = ()
+    described: bool = False
+    """Its handlers are those it declared in the schema registry (exact), not learnt from the
+    log."""
 
     @property
     def members(self) -> int | None:
@@ -129,10 +137,17 @@ async def recent_sources(
 
 
 async def topology(
-    broker: Broker, *, handles: Sequence[Handles] = (), sample: int = SAMPLE
+    broker: Broker,
+    *,
+    handles: Sequence[Handles] = (),
+    services: Mapping[str, ServiceRecord] | None = None,
+    sample: int = SAMPLE,
 ) -> Topology:
-    """The graph as of now. `handles` (from an `EventIndex`) adds what is known of each
-    service's handlers."""
+    """The graph as of now. Each service's handlers are those of its record in the schema
+    registry (`services`, read from the broker when None), else those `handles` (from an
+    `EventIndex`: learnt from the log) tell of."""
+    if services is None:
+        services = (await read_registry(broker)).services
     infos = await list_topics(broker)
     flows = tuple(i for i in infos if not is_internal_topic(i.name, broker.namespace))
     flow_names = {i.name for i in flows}
@@ -158,10 +173,10 @@ async def topology(
         edges.append(Edge(source, topic, "produces", events=count))
         produces.setdefault(source, []).append(topic)
     known: dict[str, list[Handles]] = {}
-    for h in handles:
+    for h in known_handles(services, handles):
         known.setdefault(h.service, []).append(h)
     names = sorted(set(groups) | set(produces))
-    services = tuple(
+    nodes = tuple(
         ServiceNode(
             name,
             groups.get(name),
@@ -169,7 +184,8 @@ async def topology(
             tuple(consumes.get(name, ())),
             tuple(produces.get(name, ())),
             tuple(known.get(name, ())),
+            name in services,
         )
         for name in names
     )
-    return Topology(services, flows, tuple(edges), sample)
+    return Topology(nodes, flows, tuple(edges), sample)

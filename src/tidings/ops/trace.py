@@ -5,11 +5,15 @@ Events come from an `EventIndex` (their envelopes and positions); which services
 comes from the consumer groups' committed offsets: a group that subscribes to the event's
 topic has read it once its committed offset on that partition is past it (`pending` before).
 A *reaction* is a service that read events of the flow but published none of them (say, the
-e-mail sent for a confirmed order): the log shows that it took the event, not what it did."""
+e-mail sent for a confirmed order): the log shows that it took the event, not what it did.
+
+Which of the events a service's handlers take comes from its record in the schema registry
+when it has one (`tidings.registry.ServiceRecord`: exact - a reaction lists only the events
+its handlers take, with their names), else from what the log told the index."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -17,8 +21,10 @@ from tidings import dlq
 from tidings.brokers.base import Broker
 from tidings.ops.groups import list_groups
 from tidings.ops.index import EventIndex, Handles, IndexedEvent
+from tidings.ops.schemas import known_handles, read_registry
 from tidings.ops.topology import is_tool_group
 from tidings.records import GroupInfo
+from tidings.registry import ServiceRecord
 
 MAX_EVENTS = 2000
 """The most events of one correlation id a trace shows (`Trace.truncated` says if more)."""
@@ -31,8 +37,11 @@ class Reader:
     service: str
     read: bool
     handles: bool | None
-    """True/False when the log told which types the service handles on that topic (None: it
-    told nothing of that service on that topic; what it tells may be incomplete)."""
+    """True/False when the service's handlers on that topic are known: declared in the
+    registry (exact), or told by the log (may be incomplete); None: nothing is known of that
+    service on that topic."""
+    handlers: tuple[str, ...] = ()
+    """The handlers that take the event, when known."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +71,11 @@ class Reaction:
     read: tuple[IndexedEvent, ...]
     pending: tuple[IndexedEvent, ...]
     dead_lettered: tuple[IndexedEvent, ...] = ()
+    handlers: tuple[str, ...] = ()
+    """The handlers that took them (from the service's record in the registry)."""
+    exact: bool = False
+    """Only the events its handlers take (it described itself); else every event of the flow
+    on the topics it reads."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,18 +107,31 @@ def build_trace(
     groups: Sequence[GroupInfo] = (),
     handles: Sequence[Handles] = (),
     *,
+    described: Collection[str] = (),
     truncated: bool = False,
 ) -> Trace:
     """The trace of `events` (all with `correlation_id`), with the readers of each event among
-    `groups` (tool groups left out) and what `handles` tells of their handlers."""
+    `groups` (tool groups left out) and what `handles` tells of their handlers: all of them
+    for the services in `described` (those with a record in the registry, see
+    `tidings.ops.schemas.known_handles`)."""
     ordered = sorted(events, key=lambda e: (e.time, e.topic, e.partition, e.offset))
     flow = [e for e in ordered if not e.dead_letter]
     dead = tuple(e for e in ordered if e.dead_letter)
     services = tuple(dict.fromkeys(e.source for e in flow if e.source))
     services_groups = [g for g in groups if not is_tool_group(g.name)]
-    known: dict[tuple[str, str], set[str]] = {}
+    known: dict[tuple[str, str], list[Handles]] = {}
     for h in handles:
-        known.setdefault((h.service, h.topic), set()).add(h.type)
+        known.setdefault((h.service, h.topic), []).append(h)
+    exact = frozenset(described)
+
+    def takers(service: str, event: IndexedEvent) -> tuple[bool | None, tuple[str, ...]]:
+        """Whether `service` handles `event` (None: unknown), and with which handlers."""
+        on_topic = known.get((service, event.topic))
+        if on_topic is None:
+            return (False, ()) if service in exact else (None, ())
+        taking = [h for h in on_topic if h.takes(event.type)]
+        names = tuple(dict.fromkeys(h.handler for h in taking if h.handler))
+        return bool(taking), names
 
     def readers(event: IndexedEvent) -> tuple[Reader, ...]:
         found = []
@@ -112,9 +139,8 @@ def build_trace(
             for p in group.partitions:
                 if p.topic == event.topic and p.partition == event.partition:
                     read = p.committed is not None and p.committed > event.offset
-                    types = known.get((group.name, event.topic))
-                    handles_it = None if types is None else event.type in types
-                    found.append(Reader(group.name, read, handles_it))
+                    handles_it, names = takers(group.name, event)
+                    found.append(Reader(group.name, read, handles_it, names))
                     break
         return tuple(found)
 
@@ -147,7 +173,7 @@ def build_trace(
         events=tuple(flow),
         roots=tree,
         dead_letters=dead,
-        reactions=_reactions(flow, dead, services_groups, set(services)),
+        reactions=_reactions(flow, dead, services_groups, set(services), exact, takers),
         services=services,
         truncated=truncated,
         trace_ids=tuple(dict.fromkeys(e.trace_id for e in ordered if e.trace_id)),
@@ -159,35 +185,63 @@ def _reactions(
     dead: Sequence[IndexedEvent],
     groups: Sequence[GroupInfo],
     publishers: set[str],
+    exact: frozenset[str],
+    takers: Callable[[str, IndexedEvent], tuple[bool | None, tuple[str, ...]]],
 ) -> tuple[Reaction, ...]:
     reactions = []
     for group in groups:
         if group.name in publishers:
             continue
+        described = group.name in exact
         committed = {(p.topic, p.partition): p.committed for p in group.partitions}
         read: list[IndexedEvent] = []
         pending: list[IndexedEvent] = []
+        handlers: dict[str, None] = {}
         for event in flow:
             position = (event.topic, event.partition)
             if position not in committed:
                 continue
+            if described:
+                takes, names = takers(group.name, event)
+                if not takes:
+                    continue
+                handlers.update(dict.fromkeys(names))
             done = committed[position]
             (read if done is not None and done > event.offset else pending).append(event)
         set_aside = tuple(e for e in dead if e.topic == group.name + dlq.DLQ_SUFFIX)
         if read or pending or set_aside:
-            reactions.append(Reaction(group.name, tuple(read), tuple(pending), set_aside))
+            reactions.append(
+                Reaction(
+                    group.name,
+                    tuple(read),
+                    tuple(pending),
+                    set_aside,
+                    tuple(handlers),
+                    described,
+                )
+            )
     return tuple(reactions)
 
 
-async def trace(broker: Broker, index: EventIndex, correlation_id: str) -> Trace:
+async def trace(
+    broker: Broker,
+    index: EventIndex,
+    correlation_id: str,
+    *,
+    services: Mapping[str, ServiceRecord] | None = None,
+) -> Trace:
     """The flow with `correlation_id`, as far as `index` has read the log; the groups' offsets
-    are read now."""
+    are read now. `services`: the records of the schema registry (read from the broker when
+    None)."""
+    if services is None:
+        services = (await read_registry(broker)).services
     events = await index.by_correlation(correlation_id, MAX_EVENTS + 1)
     groups = [s.info for s in await list_groups(broker) if s.info is not None]
     return build_trace(
         correlation_id,
         events[:MAX_EVENTS],
         groups,
-        await index.handles(),
+        known_handles(services, await index.handles()),
+        described=services.keys(),
         truncated=len(events) > MAX_EVENTS,
     )
