@@ -2,7 +2,11 @@
 counters per event type, revenue per minute (from PAYMENT_CHARGED), orders placed per minute and
 units sold per product (from ORDER_PLACED). It takes events as they come, of any version: one
 whose data it cannot read is counted, not failed. `dashboard` turns those tables into the
-console's dashboard document (served at `GET /analytics/dashboard`)."""
+console's dashboard document (served at `GET /analytics/dashboard`).
+
+Its tables are a projection of the log, so they can be rebuilt from it: `clear` is the
+handler's reset hook, and `service` (configured by `TIDINGS_BROKER` / `TIDINGS_STORE`) is what
+`tidings rebuild examples.orders.services.analytics:service track` loads."""
 
 from __future__ import annotations
 
@@ -44,6 +48,14 @@ MIGRATIONS = [
 ]
 DASHBOARD_MINUTES = 30
 FINAL = ("ORDER_CONFIRMED", "ORDER_REJECTED", "ORDER_CANCELLED")
+TABLES = ("counters", "revenue", "placed", "products")
+
+
+async def clear(ctx: Context) -> None:
+    """The reset hook: empty every table the handler fills. Counters over all time cannot be
+    cleared from a point in time, so it takes no `since`: rebuilt from the beginning only."""
+    for table in TABLES:
+        await ctx.execute(f"DELETE FROM {table}")  # noqa: S608 (names from TABLES)
 
 
 def create(settings: Settings) -> Service:
@@ -55,7 +67,7 @@ def create(settings: Settings) -> Service:
         retry=settings.retry,
     )
 
-    @service.handler(*TOPICS)
+    @service.handler(*TOPICS, reset=clear)
     async def track(event: Event, ctx: Context) -> None:
         topic = ctx.position[0] if ctx.position else "?"
         ctx.defer(
@@ -185,3 +197,7 @@ async def dashboard(service: Service, now: datetime | None = None) -> dict[str, 
             },
         ],
     }
+
+
+service = create(Settings())
+"""The service as the environment configures it, for `tidings rebuild` (and `tidings run`)."""

@@ -34,6 +34,7 @@ from tidings.ops.groups import (
 )
 from tidings.ops.index import EventIndex, Handles, IndexedEvent, IndexStatus
 from tidings.ops.positions import PartitionSpan, offset_for_time, span
+from tidings.ops.rebuild import Rebuild, RebuiltPartition, rebuild
 from tidings.ops.records import EventFilter, LogEntry, RecordPage, decode, read_records
 from tidings.ops.tail import tail
 from tidings.ops.topics import CreatedTopic, create_topic, describe_topic, list_topics
@@ -69,6 +70,8 @@ __all__ = [
     "PartitionSpan",
     "Reaction",
     "Reader",
+    "Rebuild",
+    "RebuiltPartition",
     "RecordPage",
     "ReplayResult",
     "Replayed",
@@ -95,6 +98,7 @@ __all__ = [
     "offset_for_time",
     "purge_dead_letters",
     "read_records",
+    "rebuild",
     "recent_sources",
     "replay_dead_letters",
     "reset_offsets",

@@ -22,7 +22,8 @@ from tidings.dlq import (
 )
 from tidings.errors import ConfigError, UnknownTopicError
 from tidings.ops.records import partition_of
-from tidings.records import Record, TopicPartition
+from tidings.records import Message, Record, TopicPartition
+from tidings.runtime.parking import ORDERED, PURGED_FOR
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +121,36 @@ async def replay_dead_letters(
 
 async def purge_dead_letters(broker: Broker, letters: Sequence[DeadLetter]) -> list[DeadLetter]:
     """Mark `letters` purged (no longer listed or replayable; their records stay in the log).
-    DeadLetterError, and nothing purged, if one is resolved already."""
+    DeadLetterError, and nothing purged, if one is resolved already.
+
+    A letter that holds its key (a handler with ordered dead letters, header
+    `tidings-dlq-ordered`) first gets a purge marker in its original topic, so that its
+    handler releases the events parked behind it, in order (`tidings.runtime.parking`)."""
+    resolutions = await read_resolutions(broker)
+    if all(x.resolution is None and x.position not in resolutions for x in letters):
+        await _release_parked(broker, [x for x in letters if x.record.header(ORDERED)])
     return await dlq.purge(broker, letters)
+
+
+async def _release_parked(broker: Broker, letters: Sequence[DeadLetter]) -> None:
+    """Publish the purge marker of each of `letters` (a copy of the original record for no
+    handler, naming the handler whose key it releases), before the purge is recorded: a crash
+    in between leaves the letter listed, and purging it again sends a marker the handler
+    ignores."""
+    markers: dict[str, list[Message]] = {}
+    for letter in letters:
+        handler, topic = letter.record.header(ORDERED), letter.original_topic
+        if handler is None or topic is None or letter.record.key is None:
+            continue
+        headers = (*dlq.strip(letter.record.headers), (dlq.REPLAY_FOR, b""), (PURGED_FOR, handler))
+        markers.setdefault(topic, []).append(
+            Message(letter.record.value, letter.record.key, headers)
+        )
+    for topic, messages in markers.items():
+        try:
+            await broker.publish(topic, messages)
+        except UnknownTopicError:
+            continue  # nothing can wait behind it there any more
 
 
 async def get_dead_letter(broker: Broker, position: str) -> DeadLetter:

@@ -3,8 +3,10 @@ middleware."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from tidings.event import Event
@@ -17,7 +19,12 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True)
 class Handler:
-    """A registered handler. `consumer` (`<service>.<name>`) keys its inbox rows."""
+    """A registered handler. `consumer` (`<service>.<name>`) keys its inbox rows.
+
+    `reset` clears what the handler built, before `tidings rebuild` re-delivers its topics to
+    it (see `Reset`). With `ordered_dead_letters`, an event of a key it dead-letters holds back
+    every later event of that key for this handler until the dead letter is replayed or purged
+    (`tidings.runtime.parking`)."""
 
     name: str
     consumer: str
@@ -26,6 +33,8 @@ class Handler:
     function: Callable[..., Any]
     is_async: bool
     retry: Retry
+    reset: Reset | None = None
+    ordered_dead_letters: bool = False
 
     def accepts(self, event_type: str) -> bool:
         return self.model is None or self.model.event_type == event_type
@@ -33,6 +42,30 @@ class Handler:
     def parse(self, event: Event) -> EventModel | Event:
         """The argument for the handler: the typed model (upcast, validated) or the envelope."""
         return event if self.model is None else self.model.from_event(event)
+
+
+@dataclass(frozen=True, slots=True)
+class Reset:
+    """A handler's reset hook: `async def reset(ctx: Context, since: datetime | None)` (or a
+    `def` taking a SyncContext), run in one store transaction by `tidings rebuild` before the
+    handler's topics are re-delivered to it from `since` (None: from the beginning, so it
+    clears everything it built). A hook taking only `ctx` clears everything: its handler can
+    only be rebuilt from the beginning."""
+
+    function: Callable[..., Any]
+    is_async: bool
+    takes_since: bool
+
+    async def run(self, context: Context, since: datetime | None) -> None:
+        """Run the hook in `context`'s transaction (a `def` hook on a worker thread)."""
+        from tidings.runtime.context import SyncContext
+
+        args: tuple[Any, ...] = (since,) if self.takes_since else ()
+        if self.is_async:
+            await self.function(context, *args)
+        else:
+            loop = asyncio.get_running_loop()
+            await asyncio.to_thread(self.function, SyncContext(context, loop), *args)
 
 
 @dataclass(slots=True)

@@ -28,6 +28,9 @@ class Outcome(enum.StrEnum):
     """The handler had processed this event before (its inbox row): skipped."""
     UNKNOWN_TYPE = "unknown_type"
     """No handler takes this event's type on this topic: acknowledged."""
+    PARKED = "parked"
+    """Held back behind a dead letter of its key, for a handler with ordered dead letters
+    (`tidings.runtime.parking`): applied in order once that letter is replayed or purged."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +62,7 @@ class Stats:
     skipped: int = 0
     retried: int = 0
     dead_lettered: int = 0
+    parked: int = 0
     relayed: int = 0
     by_type: dict[str, int] = field(default_factory=dict)
 
@@ -76,5 +80,7 @@ class Stats:
                 self.skipped += 1
             elif outcome is Outcome.RETRIED:
                 self.retried += 1
+            elif outcome is Outcome.PARKED:
+                self.parked += 1
             else:
                 self.dead_lettered += 1
