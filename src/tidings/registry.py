@@ -497,10 +497,10 @@ class SchemaRegistry:
         await self.load()
         return True
 
-    def handlers_of(self, service: str) -> tuple[HandlerRecord, ...] | None:
-        """The handlers `service` described (None: it has no record here)."""
-        record = self.services.get(service)
-        return None if record is None else record.handlers
+    @property
+    def read_to(self) -> int:
+        """The offset of the registry topic read up to (what `load` read so far)."""
+        return self._next
 
     async def _publish(self, key: str, entry: _Record | _ServiceEntry) -> None:
         broker = self._broker()

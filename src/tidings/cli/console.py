@@ -47,9 +47,18 @@ def console(
         str | None,
         typer.Option("--index", help="The console's event index file (default: next to the data)."),
     ] = None,
+    asyncapi: Annotated[
+        str | None,
+        typer.Option(
+            "--asyncapi",
+            metavar="FILE",
+            help="An AsyncAPI 3 document (JSON or YAML, as `tidings asyncapi` writes it) for "
+            "the API page, instead of the one made from the schema registry.",
+        ),
+    ] = None,
 ) -> None:
     """Serve the web console: topology, topics and events, groups and lag, dead letters,
-    traces by correlation id, dashboards.
+    traces by correlation id, schemas and the services' AsyncAPI document, dashboards.
 
     Actions that change something need the console token: TIDINGS_CONSOLE_TOKEN, or the file
     console-token made on first run (mode 0600) next to the broker's database (else in
@@ -59,6 +68,7 @@ def console(
 
         from tidings.console import ConsoleConfig, console_token, create_app, data_directory
         from tidings.console import index_path as default_index
+        from tidings.console.apidoc import read_document
     except ImportError as exc:
         fail(f"the console needs its extra ({exc}): pip install 'tidings[console]'")
     url = str(ctx.obj)
@@ -74,6 +84,8 @@ def console(
         if not os.path.exists(path):
             fail(f"no broker database at {path}; check --broker / TIDINGS_BROKER")
     try:
+        if asyncapi is not None:
+            read_document(asyncapi)  # a file that is no AsyncAPI 3 document stops here
         directory = data_directory(url)
         token, token_file = console_token(directory)
         config = ConsoleConfig(
@@ -82,6 +94,7 @@ def console(
             index_path=index or default_index(url),
             dashboard=dashboard,
             jaeger_url=jaeger,
+            asyncapi_path=asyncapi,
         )
         app = create_app(config)
     except TidingsError as exc:

@@ -14,7 +14,7 @@ from starlette.staticfiles import StaticFiles
 
 from tidings.brokers.base import Broker
 from tidings.console.config import ConsoleConfig
-from tidings.console.routes import dashboard, deadletters, groups, system, topics
+from tidings.console.routes import api, dashboard, deadletters, groups, schemas, system, topics
 from tidings.console.security import Guard, SessionMiddleware
 from tidings.console.state import Console
 from tidings.console.views import HERE, fail, tidings_error
@@ -56,6 +56,8 @@ def create_app(
         *groups.routes,
         *deadletters.routes,
         *dashboard.routes,
+        *schemas.routes,
+        *api.routes,
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
     app = Starlette(

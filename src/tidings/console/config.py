@@ -1,5 +1,5 @@
 """What the console runs with: the broker, its token, where its index lives, the optional
-dashboard and Jaeger."""
+dashboard, Jaeger and AsyncAPI document."""
 
 from __future__ import annotations
 
@@ -23,13 +23,16 @@ class ConsoleConfig:
     """`token` guards every action that changes something; `index_path` is the console's own
     SQLite index of the log (a cache it can rebuild); `dashboard` an app's dashboard (an
     http(s) URL answering the dashboard document, or `module:attribute`); `jaeger_url` a
-    Jaeger UI to link traces to."""
+    Jaeger UI to link traces to; `asyncapi_path` an AsyncAPI 3 document (JSON or YAML, as
+    `tidings asyncapi` writes it) shown on the API page besides the one made from the schema
+    registry."""
 
     broker_url: str
     token: str
     index_path: str
     dashboard: str | None = None
     jaeger_url: str | None = None
+    asyncapi_path: str | None = None
     sample_interval: float = 2.0
     """Seconds between samples of lag and end offsets (the live charts and rates)."""
     index_interval: float = 1.0

@@ -1,7 +1,8 @@
 """What the console keeps while it runs: the broker connection, the event index (filled in the
-background), and samples of lag and end offsets (the live charts and the topics' rates).
+background), samples of lag and end offsets (the live charts and the topics' rates), the schema
+registry as last read, and the AsyncAPI documents of the API page.
 
-None of it writes to the broker: the indexer and the sampler only read."""
+None of it writes to the broker: the indexer, the sampler and the registry only read."""
 
 from __future__ import annotations
 
@@ -11,14 +12,17 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 from tidings import ops
 from tidings.brokers import connect
 from tidings.brokers.base import Broker
+from tidings.console.apidoc import AsyncApiFile
 from tidings.console.config import ConsoleConfig
 from tidings.console.dashboard import DashboardSource
-from tidings.ops import EventIndex
+from tidings.ops import EventIndex, schemas
 from tidings.records import TopicInfo, TopicPartition
+from tidings.registry import SchemaRegistry
 
 log = logging.getLogger("tidings.console")
 
@@ -117,9 +121,29 @@ class Console:
         self.index = EventIndex(config.index_path, config.broker_url)
         self.sampler = Sampler(self.broker, config.sample_interval)
         self.dashboard = DashboardSource(config.dashboard) if config.dashboard else None
+        self.asyncapi_file = AsyncApiFile(config.asyncapi_path) if config.asyncapi_path else None
+        self._registry = SchemaRegistry(self.broker)
+        self._registry_lock = asyncio.Lock()
+        self._api_doc: tuple[int, dict[str, Any]] | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
+    async def registry(self) -> SchemaRegistry:
+        """The schema registry, brought up to date (it reads only what is new)."""
+        async with self._registry_lock:
+            return await schemas.read_registry(self.broker, self._registry)
+
+    async def registry_document(self) -> dict[str, Any]:
+        """The AsyncAPI document of the services as the registry describes them (made again
+        only when the registry changed)."""
+        registry = await self.registry()
+        if self._api_doc is None or self._api_doc[0] != registry.read_to:
+            doc = schemas.api_document(registry, broker_url=self.config.broker_url)
+            self._api_doc = (registry.read_to, doc)
+        return self._api_doc[1]
+
     async def start(self, *, background: bool = True) -> None:
+        if self.asyncapi_file is not None:
+            self.asyncapi_file.load()  # a file that cannot be read stops the start
         if self.dashboard is not None:
             self.dashboard.load()
         if background:

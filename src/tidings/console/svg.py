@@ -104,7 +104,8 @@ def _service_node(service: ServiceNode, at: tuple[float, float]) -> str:
     href = f"/groups/{escape(service.name)}" if service.group is not None else "/groups"
     tip = f"{service.name}: {health}"
     if service.handles:
-        tip += "; handles " + ", ".join(sorted({h.type for h in service.handles}))
+        types = sorted({"every event" if h.type == "*" else h.type for h in service.handles})
+        tip += "; handles " + ", ".join(types)
     return (
         f'<a href="{href}" class="service-node" data-service="{escape(service.name)}" '
         f'data-health="{health}"><title>{escape(tip)}</title>'

@@ -15,10 +15,12 @@ from starlette.responses import HTMLResponse, Response
 from starlette.templating import Jinja2Templates
 
 from tidings import ops
+from tidings.console.apidoc import anchor, json_html, prose_html
 from tidings.console.security import CSRF_FIELD, Guard, form_value, same_origin, session_of
 from tidings.console.state import Console
 from tidings.dlq import DeadLetterError
 from tidings.errors import ConfigError, StorageError, TidingsError, UnknownTopicError
+from tidings.ops.schemas import UnknownSchemaError
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=str(HERE / "templates"))
@@ -61,6 +63,9 @@ templates.env.filters["when"] = _when
 templates.env.filters["ago"] = _ago
 templates.env.filters["dash"] = _dash
 templates.env.filters["number"] = _number
+templates.env.globals["anchor"] = anchor
+templates.env.globals["json_html"] = json_html
+templates.env.filters["prose"] = prose_html
 
 
 def console_of(request: Request) -> Console:
@@ -103,6 +108,8 @@ def error_status(exc: TidingsError) -> int:
         return 404 if str(exc).startswith("no dead letter") else 409
     if isinstance(exc, StorageError):
         return 503
+    if isinstance(exc, UnknownSchemaError):
+        return 404
     if isinstance(exc, ConfigError):
         return 400
     return 400

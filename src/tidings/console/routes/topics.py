@@ -165,7 +165,9 @@ async def record_page(request: Request) -> Response:
     parents: list[IndexedEvent] = []
     children: list[IndexedEvent] = []
     copies: list[IndexedEvent] = []
+    registered = False
     if event is not None:
+        registered = (event.type, event.version) in (await console.registry()).schemas
         if event.causation_id is not None:
             parents = await console.index.by_event_id(event.causation_id)
         children = await console.index.children(event.id)
@@ -185,6 +187,7 @@ async def record_page(request: Request) -> Response:
         parents=parents,
         children=children,
         copies=copies,
+        registered=registered,
         index=await index_status(console),
     )
 
