@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -17,9 +18,10 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from tidings import SchemaConflictError, connect
+from tidings import Event, SchemaConflictError, connect
 from tidings.cli import app
-from tidings.registry import SchemaRegistry
+from tidings.records import Message
+from tidings.registry import SERVICE_RECORD_VERSION, HandlerRecord, SchemaRegistry
 from tidings.schema import EventModel
 from tidings.service import Context, Service
 
@@ -215,3 +217,168 @@ def test_asyncapi_writes_the_order_systems_document(tmp_path: Path) -> None:
     assert document["asyncapi"] == "3.0.0"
     assert {"order-events", "inventory-events"} <= set(document["channels"])
     assert "inventory.reserve.receive.order-events" in document["operations"]
+
+
+# service records ----------------------------------------------------------------------------
+
+
+class Label(EventModel, type="REG_LABEL", version=1):
+    text: str
+
+
+class LabelV2(EventModel, type="REG_LABEL", version=2):
+    text: str
+    lang: str = "en"
+
+
+@LabelV2.upcaster(from_version=1)
+def _label_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    return {**data, "lang": "en"}
+
+
+def labelling(bus: str, tmp_path: Path, *, extra_handler: bool = False) -> Service:
+    service = Service("labelling", broker=bus, store=f"sqlite:///{tmp_path}/l.db")
+    service.publishes("label-events", Parcel, Label)
+
+    @service.handler("parcel-events", "returns")
+    async def print_label(event: LabelV2, ctx: Context) -> None: ...
+
+    @service.handler("audit")
+    async def audit(event: Event, ctx: Context) -> None: ...
+
+    if extra_handler:
+
+        @service.handler("parcel-events")
+        async def weigh(event: Parcel, ctx: Context) -> None: ...
+
+    return service
+
+
+async def registry_records(bus: str) -> int:
+    async with connect(bus) as broker:
+        info = await broker.admin.describe_topic("tidings.schemas")
+        return sum(p.end_offset for p in info.partitions)
+
+
+async def test_a_service_describes_itself_once_per_change(tmp_path: Path) -> None:
+    bus = f"sqlite:///{tmp_path}/bus.db"
+    service = labelling(bus, tmp_path)
+    await service.start()
+    await service.close()
+    found = await registry(bus)
+    record = found.services["labelling"]
+    assert record.v == SERVICE_RECORD_VERSION and record.at is not None
+    assert record.dead_letter_topic == "labelling.dlq"
+    assert record.publishes == {"label-events": (("REG_LABEL", 1), ("REG_PARCEL", 1))}
+    assert record.topics == {"label-events": 4}
+    handlers = {h.name: h for h in record.handlers}
+    assert handlers["print_label"] == HandlerRecord(
+        "print_label", ("parcel-events", "returns"), "REG_LABEL", 2, (1, 2)
+    )
+    assert handlers["audit"] == HandlerRecord("audit", ("audit",))  # every event type
+    assert handlers["audit"].takes("ANYTHING") and not handlers["print_label"].takes("X")
+    assert record.handles("returns", "REG_LABEL") == [handlers["print_label"]]
+    written = await registry_records(bus)
+
+    for _ in range(3):  # restarts with the same declarations add nothing
+        again = labelling(bus, tmp_path)
+        await again.start()
+        await again.close()
+    assert await registry_records(bus) == written
+
+    changed = labelling(bus, tmp_path, extra_handler=True)
+    await changed.start()
+    await changed.close()
+    assert await registry_records(bus) == written + 1  # the last record wins
+    latest = (await registry(bus)).services["labelling"]
+    assert [h.name for h in latest.handlers] == ["print_label", "audit", "weigh"]
+    assert latest.at is not None and latest.at > record.at
+
+
+async def test_a_service_of_envelope_handlers_only_describes_itself(tmp_path: Path) -> None:
+    bus = f"sqlite:///{tmp_path}/bus.db"
+    service = Service("auditor", broker=bus, store=f"sqlite:///{tmp_path}/a.db")
+
+    @service.handler("audit")
+    async def note(event: Event, ctx: Context) -> None: ...
+
+    await service.start()
+    await service.close()
+    found = await registry(bus)
+    assert found.schemas == {}
+    assert found.services["auditor"].handlers == (HandlerRecord("note", ("audit",)),)
+
+
+async def test_reading_the_registry_is_total(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    bus = f"sqlite:///{tmp_path}/bus.db"
+    service = labelling(bus, tmp_path)
+    await service.start()
+    await service.close()
+    newer = {  # a later format: unknown fields and kinds are ignored, not errors
+        "kind": "service",
+        "name": "from-the-future",
+        "v": 7,
+        "handlers": [{"name": "h", "topics": ["t"], "type": "T", "version": 3, "retry": {}}],
+        "owner": "team-x",
+    }
+    hostile = [
+        b"not json",
+        b"[1, 2]",
+        b'{"kind": "service"}',
+        b'{"kind": "service", "name": 3}',
+        b'{"kind": "service", "name": "x", "handlers": [{"name": "h"}]}',
+        b'{"kind": "schema", "type": "T", "version": "one"}',
+        b'{"kind": "mode", "type": "REG_LABEL", "mode": "SOMETIMES"}',
+        b'{"kind": "deprecation", "type": "REG_LABEL"}',
+        b"\xff\xfe",
+        json.dumps(newer).encode(),
+        json.dumps({"kind": "service", "name": "minimal"}).encode(),
+    ]
+    async with connect(bus) as broker:
+        await broker.publish("tidings.schemas", [Message(v, b"junk", partition=0) for v in hostile])
+    with caplog.at_level(logging.WARNING, logger="tidings.registry"):
+        found = await registry(bus)
+    assert set(found.services) == {"labelling", "from-the-future", "minimal"}
+    assert found.services["from-the-future"].handlers[0].accepts == ()
+    assert found.services["from-the-future"].v == 7
+    assert found.services["minimal"].handlers == () and found.services["minimal"].at is None
+    assert found.mode("REG_LABEL").value == "BACKWARD"  # the unknown mode changed nothing
+    assert found.skipped == 9  # eight that do not decode, one of an unknown kind
+    assert caplog.text.count("skipped, it does not decode") == 8
+    assert ("REG_LABEL", 1) in found.schemas
+    again = labelling(bus, tmp_path)  # a registry with junk in it still lets services start
+    await again.start()
+    await again.close()
+
+
+async def test_tools_read_the_registry_without_creating_it(tmp_path: Path) -> None:
+    bus = f"sqlite:///{tmp_path}/bus.db"
+    async with connect(bus) as broker:
+        await broker.admin.create_topic("other", 1)
+    listed = await cli(bus, "schema", "list", "--json")
+    assert listed.exit_code == 0 and json.loads(listed.output) == []
+    async with connect(bus) as broker:
+        assert [i.name for i in await broker.admin.list_topics()] == ["other"]
+
+
+async def test_schema_diff_marks_what_breaks_the_mode(tmp_path: Path) -> None:
+    bus = f"sqlite:///{tmp_path}/bus.db"
+    async with connect(bus) as broker:
+        found = SchemaRegistry(broker)
+        await found.set_mode("REG_PARCEL", "NONE")
+        await found.register([Parcel], "a")
+        await found.register([ParcelV2], "a")
+        await found.set_mode("REG_PARCEL", "BACKWARD")
+    backward = await cli(bus, "schema", "diff", "REG_PARCEL", "1", "2", "--json")
+    [change] = json.loads(backward.output)["differences"]
+    assert change["path"] == "#/properties/carrier" and change["breaksMode"] is True
+    text = await cli(bus, "schema", "diff", "REG_PARCEL", "1", "2")
+    assert text.output.startswith("! #/properties/carrier")
+    await cli(bus, "schema", "mode", "REG_PARCEL", "FORWARD")  # an old reader ignores it
+    forward = await cli(bus, "schema", "diff", "REG_PARCEL", "1", "2", "--json")
+    report = json.loads(forward.output)
+    assert report["differences"][0]["breaksMode"] is False and report["breaking"] == []
+    missing = await cli(bus, "schema", "diff", "REG_PARCEL", "1", "5")
+    assert missing.exit_code == 2 and "no version 5" in missing.output

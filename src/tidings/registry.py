@@ -25,7 +25,6 @@ ignore fields they do not know, so older and newer writers share the topic.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -322,7 +321,9 @@ class SchemaRegistry:
         """Take one record in; one that does not decode is skipped with a log line."""
         try:
             raw = msgspec.json.decode(record.value)
-            kind = raw.get("kind") if isinstance(raw, dict) else None
+            if not isinstance(raw, dict):
+                raise ValueError(f"a JSON {type(raw).__name__}, not an object")
+            kind = raw.get("kind")
             if kind == "service":
                 described = msgspec.convert(raw, _ServiceEntry).record()
                 self.services[described.name] = described
@@ -357,8 +358,7 @@ class SchemaRegistry:
                     entry.at or datetime.now(UTC),
                 )
         elif entry.kind == "mode":
-            with contextlib.suppress(ValueError):
-                self.modes[entry.type] = compat.Mode.parse(entry.mode)
+            self.modes[entry.type] = compat.Mode.parse(entry.mode)  # ValueError: skipped
 
     # reading --------------------------------------------------------------------------------
 
