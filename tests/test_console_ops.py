@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tidings import Event, connect, dlq, ops
 from tidings.brokers.base import Broker, CanRead, require
+from tidings.ops.schemas import known_handles
 from tidings.records import Record, TopicPartition
+from tidings.registry import SchemaRegistry
 
 TOPICS = ("order-events", "inventory-events")
 
@@ -224,3 +228,116 @@ def test_internal_topics_follow_the_namespace() -> None:
     assert ops.is_internal_topic("env1.tidings.schemas", "env1.")
     assert not ops.is_internal_topic("env1.order-events", "env1.")
     assert ops.is_internal_topic("__consumer_offsets")
+
+
+# what services declared in the schema registry --------------------------------------------
+
+
+@dataclass
+class _Model:
+    event_type: str
+    event_version: int
+
+
+@dataclass
+class _Handler:
+    name: str
+    topics: tuple[str, ...]
+    model: Any = None
+
+
+@dataclass
+class _Service:
+    """What `tidings.registry.describe` reads of a Service."""
+
+    name: str
+    handlers: list[_Handler]
+    publications: dict[str, list[Any]] = field(default_factory=dict)
+    topics: dict[str, int] = field(default_factory=dict)
+    dead_letter_topic: str = ""
+
+
+async def test_declared_handlers_make_topology_and_traces_exact(
+    broker: Broker, tmp_path: Path
+) -> None:
+    await publish(broker, flow("ord-5"))
+    await consume_all(broker, "orders", list(TOPICS))
+    await consume_all(broker, "email", ["order-events"])
+    await consume_all(broker, "loyalty", ["order-events"])
+    index = ops.EventIndex(str(tmp_path / "index.db"), broker.url)
+    try:
+        await index.update(broker)
+        inferred = await ops.topology(broker, handles=await index.handles())
+        before = await ops.trace(broker, index, "corr-ord-5")
+        # reading the registry never creates it
+        assert "tidings.schemas" not in {i.name for i in await broker.admin.list_topics()}
+        registry = SchemaRegistry(broker)
+        confirmed = _Model("ORDER_CONFIRMED", 1)
+        email = _Handler("send_confirmation", ("order-events",), confirmed)
+        await registry.describe_service(_Service("email", [email], dead_letter_topic="email.dlq"))
+        confirm = _Handler("confirm", ("inventory-events",), _Model("INVENTORY_RESERVED", 1))
+        history = _Handler("history", ("order-events", "inventory-events"))  # every event
+        await registry.describe_service(_Service("orders", [confirm, history]))
+        exact = await ops.topology(broker, handles=await index.handles())
+        after = await ops.trace(broker, index, "corr-ord-5")
+    finally:
+        index.close()
+
+    # without records: what the log told (inventory and orders reacted to events) or nothing
+    learnt = {s.name: s for s in inferred.services}
+    assert not any(s.described for s in inferred.services)
+    assert [(h.type, h.declared) for h in learnt["orders"].handles] == [
+        ("INVENTORY_RESERVED", False)
+    ]
+    assert learnt["email"].handles == ()
+    email_before = next(r for r in before.reactions if r.service == "email")
+    assert [e.type for e in email_before.read] == ["ORDER_PLACED", "ORDER_CONFIRMED"]
+    assert not email_before.exact
+
+    # with records: exactly what each service declared; the others as before
+    services = {s.name: s for s in exact.services}
+    assert services["email"].described and services["orders"].described
+    assert [(h.topic, h.type, h.handler, h.declared) for h in services["email"].handles] == [
+        ("order-events", "ORDER_CONFIRMED", "send_confirmation", True)
+    ]
+    assert {(h.topic, h.type, h.handler) for h in services["orders"].handles} == {
+        ("inventory-events", "*", "history"),
+        ("inventory-events", "INVENTORY_RESERVED", "confirm"),
+        ("order-events", "*", "history"),
+    }
+    assert not services["inventory"].described
+    assert [(h.type, h.declared) for h in services["inventory"].handles] == [
+        ("ORDER_PLACED", False)
+    ]
+    reactions = {r.service: r for r in after.reactions}
+    assert [e.type for e in reactions["email"].read] == ["ORDER_CONFIRMED"]
+    assert reactions["email"].handlers == ("send_confirmation",) and reactions["email"].exact
+    loyalty = reactions["loyalty"]  # no record: every event it read on its topics
+    assert [e.type for e in loyalty.read] == ["ORDER_PLACED", "ORDER_CONFIRMED"]
+    assert not loyalty.exact and loyalty.handlers == ()
+    [root] = after.roots
+    assert root.event.type == "ORDER_PLACED"
+    readers = {r.service: r for r in root.readers}
+    assert readers["email"].handles is False and readers["email"].read
+    assert readers["loyalty"].handles is None
+    assert readers["orders"].handles is True and readers["orders"].handlers == ("history",)
+    [reserved] = root.children
+    by_orders = next(r for r in reserved.readers if r.service == "orders")
+    assert set(by_orders.handlers) == {"confirm", "history"}
+
+
+def test_known_handles_prefer_records_to_inference() -> None:
+    from tidings.registry import HandlerRecord, ServiceRecord
+
+    learnt = [
+        ops.Handles("email", "order-events", "ORDER_PLACED", None),  # a guess from the log
+        ops.Handles("loyalty", "order-events", "ORDER_CONFIRMED", "add_points"),
+    ]
+    record = ServiceRecord("email", (HandlerRecord("send", ("order-events",), "X", 2, (1, 2)),))
+    known = known_handles({"email": record}, learnt)
+    assert known == [
+        ops.Handles("email", "order-events", "X", "send", declared=True, versions=(1, 2)),
+        learnt[1],
+    ]
+    assert known[0].takes("X") and not known[0].takes("ORDER_PLACED")
+    assert ops.Handles("s", "t", "*", None).takes("ANY")
