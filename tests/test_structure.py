@@ -20,6 +20,7 @@ LAYERS = {
     "tidings._ids": (),
     "tidings.event": ("tidings.errors", "tidings.records", "tidings._ids"),
     "tidings.schema": ("tidings.errors", "tidings.event"),
+    "tidings.blobs": ("tidings.errors",),
     "tidings.brokers": (
         "tidings.errors",
         "tidings.records",

@@ -3,6 +3,8 @@
 The public API lives here; everything in underscore modules is private.
 """
 
+from tidings import ordering
+from tidings.blobs import BlobInfo, BlobStore, DirectoryBlobStore
 from tidings.brokers import connect
 from tidings.brokers.base import (
     UNLIMITED,
@@ -17,6 +19,7 @@ from tidings.brokers.base import (
     require,
 )
 from tidings.errors import (
+    BlobNotFoundError,
     BrokerClosedError,
     CommitFailedError,
     ConfigError,
@@ -48,6 +51,7 @@ from tidings.event import (
     to_cloudevent,
     to_kafka_binary,
 )
+from tidings.ordering import Freshness, Gap, last_writer_wins, last_writer_wins_sync
 from tidings.records import (
     Batch,
     GroupInfo,
@@ -61,6 +65,7 @@ from tidings.records import (
     TopicPartition,
 )
 from tidings.retry import NO_RETRY, PermanentError, Retry
+from tidings.runtime.claimcheck import ClaimCheckError
 from tidings.schema import EventModel, SchemaError, WireModel, json_schema, registered
 from tidings.service import Context, Service, SyncContext
 from tidings.stores import connect_store
@@ -71,6 +76,9 @@ __all__ = [
     "UNLIMITED",
     "Admin",
     "Batch",
+    "BlobInfo",
+    "BlobNotFoundError",
+    "BlobStore",
     "Broker",
     "BrokerClosedError",
     "CanEnforceRetention",
@@ -78,6 +86,7 @@ __all__ = [
     "CanRead",
     "CanResetOffsets",
     "CanSeek",
+    "ClaimCheckError",
     "CommitFailedError",
     "ConfigError",
     "Consumer",
@@ -85,9 +94,12 @@ __all__ = [
     "ContextClosedError",
     "DeadLetterError",
     "DecodeError",
+    "DirectoryBlobStore",
     "DuplicateEventError",
     "Event",
     "EventModel",
+    "Freshness",
+    "Gap",
     "GroupInfo",
     "HandlerTimeoutError",
     "InboxConflictError",
@@ -126,6 +138,9 @@ __all__ = [
     "from_cloudevent",
     "from_kafka_binary",
     "json_schema",
+    "last_writer_wins",
+    "last_writer_wins_sync",
+    "ordering",
     "registered",
     "require",
     "to_cloudevent",

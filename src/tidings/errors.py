@@ -31,6 +31,10 @@ class DecodeError(TidingsError, ValueError):
     """Bytes read back could not be decoded into an event."""
 
 
+class BlobNotFoundError(TidingsError, LookupError):
+    """A blob store has no blob of that name (deleted by retention, or never reachable here)."""
+
+
 class BrokerClosedError(TidingsError, RuntimeError):
     """The broker or consumer was used after close()."""
 

@@ -32,6 +32,7 @@ from collections.abc import (
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar, get_type_hints
 
+from tidings.blobs import BlobStore
 from tidings.brokers import connect
 from tidings.brokers.base import UNLIMITED, Broker, CanRead, validate_topic_name
 from tidings.errors import (
@@ -42,6 +43,7 @@ from tidings.event import Event, event_to_message
 from tidings.records import Published
 from tidings.registry import SchemaRegistry
 from tidings.retry import Retry
+from tidings.runtime.claimcheck import default_blob_store
 from tidings.runtime.context import Context, PublishHook, SyncContext
 from tidings.runtime.handlers import Handler, Middleware
 from tidings.runtime.outcomes import Observer, Stats
@@ -84,6 +86,10 @@ class Service:
         middleware: Sequence[Middleware] = (),
         observers: Sequence[Observer] = (),
         register_schemas: bool = True,
+        max_event_bytes: int | None = None,
+        claim_check_over: int | None = None,
+        blobs: str | BlobStore | None = None,
+        blob_retention_s: float = 7 * 24 * 3600,
     ) -> None:
         if not isinstance(name, str) or not _NAME.match(name):
             raise ConfigError(
@@ -102,6 +108,21 @@ class Service:
                 "`tidings dlq` finds it"
             )
         self.inbox_retention_s = inbox_retention_s
+        for option, limit in (
+            ("max_event_bytes", max_event_bytes),
+            ("claim_check_over", claim_check_over),
+        ):
+            if limit is not None and (type(limit) is not int or limit < 1):
+                raise ConfigError(f"{option} must be a positive integer or None, got {limit!r}")
+        self.max_event_bytes = max_event_bytes
+        """The largest event `ctx.publish` accepts (None: the broker's limit, never above)."""
+        self.claim_check_over = claim_check_over
+        """Events larger than this many bytes are claim-checked (None: only when asked)."""
+        self._blobs_spec = blobs
+        self._blob_store: BlobStore | None = None
+        self.blob_retention_s = blob_retention_s
+        """Claim-checked payloads older than this are deleted (they must outlive the events
+        that refer to them: consumer lag, dead letters waiting for a replay)."""
         self.session_timeout = session_timeout
         self.max_batch = max_batch
         self.concurrency = concurrency
@@ -237,6 +258,15 @@ class Service:
             else:
                 self._store = spec
         return self._store
+
+    @property
+    def blob_store(self) -> BlobStore:
+        """Where claim-checked payloads go: `blobs=` (a directory or a BlobStore), else the
+        `TIDINGS_BLOBS` directory, else `blobs/` next to the embedded broker's file, else
+        `.tidings/blobs`. Every service exchanging claim-checked events must reach it."""
+        if self._blob_store is None:
+            self._blob_store = default_blob_store(self._blobs_spec, self.broker.url)
+        return self._blob_store
 
     async def start(self) -> None:
         """Open the store (framework tables and the service's migrations) and create the

@@ -10,6 +10,7 @@
     tidings schema list | show TYPE [--version N] | diff TYPE V1 V2 | mode TYPE [MODE]
                    | export DIR | check MODULE:SERVICE... [--against registry|DIR]
     tidings asyncapi MODULE:SERVICE... [--format yaml|json] [-o FILE]
+    tidings blobs list [--dir DIR] [--service S] | gc [--retention 7d] [--dir DIR] [--service S]
     tidings demo [OPTIONS OF python -m examples.orders]
 
 `--broker URL` (or `TIDINGS_BROKER`; default `sqlite:///.tidings/bus.db`) picks the broker.
@@ -23,6 +24,7 @@ from typing import Annotated
 
 import typer
 
+from tidings.cli import blobs as _blobs
 from tidings.cli import console as _console
 from tidings.cli import demo as _demo
 from tidings.cli import dlq as _dlq
@@ -64,6 +66,7 @@ app.add_typer(_topics.app, name="topics")
 app.add_typer(_groups.app, name="groups")
 app.add_typer(_dlq.app, name="dlq")
 app.add_typer(_schema.app, name="schema")
+app.add_typer(_blobs.app, name="blobs")
 app.command()(_schema.asyncapi)
 
 

@@ -10,11 +10,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
+from tidings.blobs import BlobStore
 from tidings.brokers.base import validate_topic_name
 from tidings.errors import ContextClosedError, MessageTooLargeError
 from tidings.event import Event, event_to_message
+from tidings.records import Message
+from tidings.runtime.claimcheck import BlobAttachment, check_in
 from tidings.schema import EventModel
 from tidings.stores.base import Params, Row, Transaction
+from tidings.stores.outbox import Numbering
 
 if TYPE_CHECKING:
     from tidings.brokers.base import Broker
@@ -24,6 +28,24 @@ PublishHook = Callable[[str, Event], Event]
 """Called by `Context.publish` with the topic and the envelope about to go into the outbox;
 returns the envelope to use (tracing puts its trace context in it)."""
 
+SEQUENCE_ROOM = len(b'"sequence":"9223372036854775807",')
+"""Bytes an event grows by when the outbox stamps its sequence number (at most)."""
+_BINARY_MARK = "ce_specversion"
+
+
+def stamp_sequence(message: Message, number: int) -> Message:
+    """`message` (an event from `event_to_message`) with the CloudEvents `sequence` attribute:
+    a `ce_sequence` header in binary mode, the first member of the JSON object otherwise."""
+    headers = message.headers
+    if any(name == _BINARY_MARK for name, _ in headers):
+        stamped = (*headers, ("ce_sequence", str(number).encode()))
+        return Message(message.value, message.key, stamped, message.partition)
+    value = message.value
+    if not value.startswith(b'{"'):
+        return message
+    value = b'{"sequence":"%d",' % number + value[1:]
+    return Message(value, message.key, headers, message.partition)
+
 
 class ContextOwner(Protocol):
     """What a Context needs of its service."""
@@ -31,9 +53,16 @@ class ContextOwner(Protocol):
     name: str
     known_topics: set[str]
     publish_hooks: list[PublishHook]
+    max_event_bytes: int | None
+    """The largest event `publish` accepts (None: the broker's limit; never above it)."""
+    claim_check_over: int | None
+    """Events larger than this are claim-checked (None: only when asked)."""
 
     @property
     def broker(self) -> Broker: ...
+
+    @property
+    def blob_store(self) -> BlobStore: ...
 
     async def check_topics(self, topics: Collection[str]) -> None: ...
 
@@ -67,6 +96,7 @@ class Context:
         self.unverified_topics: set[str] = set()
         """Topics published to that the service has not seen exist yet (`verify_topics`)."""
         self._closed = False
+        self._numbering = Numbering(service.name, stamp_sequence)
 
     def close(self) -> None:
         """End this context: every later call raises ContextClosedError."""
@@ -132,14 +162,23 @@ class Context:
         key: str | None = None,
         headers: Mapping[str, str] | None = None,
         binary: bool = False,
+        claim_check: bool | None = None,
     ) -> Event:
         """Queue `event` for `topic` in this transaction's outbox; returns the envelope.
 
         An `EventModel` gets this service as source, the current correlation id, and the
-        handled event's id as causation id. `key` defaults to the handled event's key.
-        Raises TopicError for an invalid topic name and MessageTooLargeError for an event the
-        broker would refuse; a topic that does not exist fails the transaction before it
-        commits (UnknownTopicError): an event that could never be relayed is never committed."""
+        handled event's id as causation id. `key` defaults to the handled event's key. When
+        the transaction commits, the outbox stamps an event of this service that has a key
+        with its sequence number (per service and key: `Event.sequence`, None in the envelope
+        returned here); an `Event` forwarded with another service's source keeps its own.
+
+        `claim_check=True` keeps the payload in the service's blob store and the event only a
+        reference to it (`dataref`), which handlers never see: they receive the payload.
+        `None` (the default) does so for events larger than `Service(claim_check_over=...)`;
+        `False` never. Raises TopicError for an invalid topic name and MessageTooLargeError,
+        queueing nothing, for an event over `Service(max_event_bytes=...)` or the broker's
+        limit; a topic that does not exist fails the transaction before it commits
+        (UnknownTopicError): an event that could never be relayed is never committed."""
         self._check_open()
         service = self.service
         if topic not in service.known_topics:
@@ -168,6 +207,10 @@ class Context:
                 changes["key"] = key
             if headers:
                 changes["headers"] = {**event.headers, **headers}
+            if event.dataref is not None:
+                changes["dataref"] = None  # the claim check is this publish's to decide
+            if event.sequence is not None and event.source in ("", service.name):
+                changes["sequence"] = None  # the outbox's to stamp
             envelope = msgspec.structs.replace(event, **changes) if changes else event
         else:
             raise TypeError(
@@ -175,16 +218,49 @@ class Context:
             )
         for hook in service.publish_hooks:
             envelope = hook(topic, envelope)
-        message = event_to_message(envelope, binary=binary)
-        limit = service.broker.max_message_bytes
-        if len(message.value) > limit or message.size > limit:
-            raise MessageTooLargeError(
-                f"event {envelope.id} ({envelope.type}) for topic {topic!r} is {message.size} "
-                f"bytes; the broker accepts at most {limit} (nothing was published)"
+        attachment: BlobAttachment | None = None
+        over = service.claim_check_over
+        if claim_check:
+            envelope, message, attachment = check_in(
+                envelope, service.blob_store, service.name, binary=binary
             )
-        self.tx.add_outbox(topic, envelope.id, message)
+        else:
+            message = event_to_message(envelope, binary=binary)
+            if claim_check is None and over is not None and message.size > over:
+                envelope, message, attachment = check_in(
+                    envelope, service.blob_store, service.name, binary=binary
+                )
+        self._check_size(topic, envelope, message, service.name)
+        self.tx.add_outbox(
+            topic,
+            envelope.id,
+            message,
+            numbering=self._numbering if _numbered(envelope, service.name) else None,
+            attachment=attachment,
+        )
         self.published.append(envelope)
         return envelope
+
+    def _check_size(self, topic: str, envelope: Event, message: Message, service: str) -> None:
+        broker_limit = self.service.broker.max_message_bytes
+        limit = self.service.max_event_bytes
+        size = message.size + (SEQUENCE_ROOM if _numbered(envelope, service) else 0)
+        if limit is None or limit >= broker_limit:
+            limit, what = broker_limit, "the broker accepts"
+        else:
+            what = f"Service(max_event_bytes={limit}) allows"
+        if size > limit:
+            raise MessageTooLargeError(
+                f"event {envelope.id} ({envelope.type}) for topic {topic!r} is {size} bytes; "
+                f"{what} at most {limit} (nothing was published; a large payload can travel "
+                "by claim check: publish(..., claim_check=True))"
+            )
+
+
+def _numbered(envelope: Event, service: str) -> bool:
+    """Whether the outbox numbers `envelope`: it has a key and this service is its source (an
+    event forwarded with another service's source keeps that service's number, if any)."""
+    return envelope.key is not None and envelope.source == service
 
 
 class SyncContext:
@@ -238,5 +314,8 @@ class SyncContext:
         key: str | None = None,
         headers: Mapping[str, str] | None = None,
         binary: bool = False,
+        claim_check: bool | None = None,
     ) -> Event:
-        return self._context.publish(topic, event, key=key, headers=headers, binary=binary)
+        return self._context.publish(
+            topic, event, key=key, headers=headers, binary=binary, claim_check=claim_check
+        )

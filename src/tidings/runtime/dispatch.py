@@ -41,6 +41,7 @@ from tidings.errors import (
 )
 from tidings.event import Event, event_from_record
 from tidings.records import Batch, Record, TopicPartition
+from tidings.runtime.claimcheck import resolve
 from tidings.runtime.context import Context, SyncContext
 from tidings.runtime.handlers import Handler, Invocation, chain
 from tidings.runtime.inbox import InboxBatch
@@ -271,7 +272,9 @@ class Dispatcher:
         inbox: InboxBatch | None,
     ) -> Failure | None:
         try:
-            argument = handler.parse(event)
+            argument = handler.parse(  # a claim-checked payload, fetched for this handler only
+                event if event.dataref is None else await resolve(self.service.blob_store, event)
+            )
         except SchemaError as exc:
             if await self._mark_dead(tx, record, handler, event.id, position):
                 log.error(
@@ -281,7 +284,9 @@ class Dispatcher:
                     handler.consumer,
                     exc,
                 )
-                self._dead_letter(tx, pending, record, event, handler, dlq.REASON_INVALID, exc)
+                undecodable = isinstance(exc, DecodeError)  # a claim check's missing payload
+                reason = dlq.REASON_UNDECODABLE if undecodable else dlq.REASON_INVALID
+                self._dead_letter(tx, pending, record, event, handler, reason, exc)
             return None
         claimed = inbox is not None and inbox.claim(handler.consumer, event.id, position)
         context = Context(self.service, tx, event=event, attempt=attempt, position=position)

@@ -21,6 +21,7 @@ from collections.abc import Awaitable
 from tidings.brokers.base import CanInspect, Consumer
 from tidings.errors import StorageError
 from tidings.records import Batch, TopicPartition
+from tidings.runtime.claimcheck import BLOB_GC_S, collect_garbage
 from tidings.runtime.dispatch import Dispatcher
 from tidings.runtime.relay import Relay
 from tidings.runtime.spec import ServiceSpec
@@ -59,7 +60,10 @@ class ServiceRunner:
         if not await self._start():
             return
         relay_stopping = asyncio.Event() if service.handlers else self.stopping
-        tasks = [asyncio.create_task(self._relay(relay_stopping), name="relay")]
+        tasks = [
+            asyncio.create_task(self._relay(relay_stopping), name="relay"),
+            asyncio.create_task(self._collect_blobs(), name="blob-gc"),
+        ]
         if service.handlers:
             consume = asyncio.create_task(self._consume(), name="consume")
             consume.add_done_callback(lambda _: relay_stopping.set())
@@ -70,7 +74,8 @@ class ServiceRunner:
         self._tasks = {task.get_name(): task for task in tasks}
         if service.handlers:  # ready once the consumer has joined its group (or failed)
             joined = asyncio.create_task(self._joined.wait())
-            await asyncio.wait({joined, tasks[1]}, return_when=asyncio.FIRST_COMPLETED)
+            consuming = self._tasks["consume"]
+            await asyncio.wait({joined, consuming}, return_when=asyncio.FIRST_COMPLETED)
             joined.cancel()
         self.ready.set()
         log.info("%s: running (%d handler(s))", service.name, len(service.handlers))
@@ -197,6 +202,24 @@ class ServiceRunner:
         for task in late:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _collect_blobs(self) -> None:
+        """Delete the service's claim-checked payloads past `blob_retention_s`, now and every
+        `BLOB_GC_S` seconds (several processes of a service may do it at once)."""
+        service = self.service
+        while not self.stopping.is_set():
+            try:
+                deleted = await collect_garbage(
+                    service.blob_store,
+                    prefix=f"{service.name}/",
+                    retention_s=service.blob_retention_s,
+                )
+                if deleted:
+                    log.info("%s: deleted %d blobs past retention", service.name, len(deleted))
+            except Exception:
+                log.exception("%s: deleting old blobs failed; will retry", service.name)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), BLOB_GC_S)
 
     async def _cleanup_inbox(self) -> None:
         """Delete old inbox rows below the group's committed offsets, which a broker that can

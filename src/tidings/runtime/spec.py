@@ -26,6 +26,7 @@ class ServiceSpec(ContextOwner, Protocol):
     concurrency: int
     session_timeout: float
     inbox_retention_s: float
+    blob_retention_s: float
 
     @property
     def store(self) -> Store: ...
