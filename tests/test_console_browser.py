@@ -8,6 +8,7 @@ Under CI=true a missing Chromium or Playwright fails these tests instead of skip
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -267,6 +268,50 @@ async def test_an_orders_trace_from_the_search_box(system: System) -> None:
     await page.click("[data-testid=trace-node][data-type=PAYMENT_CHARGED] > a")
     await expect(page.locator("[data-testid=parent]")).to_contain_text("INVENTORY_RESERVED")
     await expect(page.locator("[data-testid=child]")).to_contain_text("ORDER_CONFIRMED")
+
+
+async def test_the_schemas_and_api_pages_of_the_running_system(system: System) -> None:
+    page = system.page
+    refused: list[str] = []  # the pages keep to the console's CSP: nothing is refused
+    page.on("console", lambda m: refused.append(m.text) if "Content Security" in m.text else None)
+    await system.place(3)
+    await system.open("/schemas")
+    placed = page.locator("tr[data-testid=schema-row][data-type=ORDER_PLACED]")
+    await expect(placed).to_contain_text("v1 v2")
+    await expect(page.locator("tr[data-testid=registered-service]")).to_have_count(7)
+    await system.shot("schemas")
+    await placed.locator("a.event-type").click()
+    await expect(page.locator("[data-testid=version]")).to_have_count(2)
+    await page.click("[data-testid=diff-form] button")
+    breaking = page.locator("tr[data-testid=change][data-breaks=yes]")
+    await expect(breaking).to_contain_text("#/properties/currency")
+    await expect(page.locator("[data-testid=verdict]")).to_contain_text("breaking")
+
+    await system.open("/api")
+    services = page.locator("h3[data-testid=api-service]")
+    await expect(services).to_have_count(7)
+    await expect(page.locator("tr[data-testid=channel][data-channel=order-events]")).to_be_visible()
+    message = page.locator("details[id='message-ORDER_PLACED.v2']")
+    await (
+        page.locator("tr[data-testid=channel][data-channel=order-events]")
+        .locator("a[href='#message-ORDER_PLACED.v2']")
+        .click()
+    )
+    await message.locator("summary").click()
+    await expect(message.locator("[data-testid=payload-schema]")).to_contain_text("discountCode")
+    await system.open("/api")
+    await system.shot("api")
+    async with page.expect_download() as downloading:
+        await page.click("[data-testid=download-json]")
+    saved = await (await downloading.value).path()
+    doc = json.loads(Path(saved).read_text())
+    assert (
+        doc["asyncapi"] == "3.0.0" and "inventory.reserve.receive.order-events" in doc["operations"]
+    )
+    # the topology knows each service's handlers from what it declared
+    await system.open("/")
+    await expect(page.locator("td[data-testid=handles][data-described=yes]")).to_have_count(7)
+    assert refused == []
 
 
 async def test_the_dashboard_changes_while_orders_flow(system: System) -> None:
