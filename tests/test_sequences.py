@@ -88,6 +88,11 @@ async def test_events_carry_their_number_per_producer_and_key(
     assert sorted(
         x["sequence"] for x in structured if x["type"] == "SET" and x["partitionkey"] == "k1"
     ) == ["1", "3"]
+
+    async def relayed() -> bool:
+        return len(await read_topic(sink.broker, forwarded)) == 2  # type: ignore[arg-type]
+
+    await eventually(relayed)
     again, own = [json.loads(r.value) for r in await read_topic(sink.broker, forwarded)]  # type: ignore[arg-type]
     assert (again["source"], again["sequence"]) == (producer, "2")
     assert (own["source"], own["sequence"]) == (consumer, "1")
