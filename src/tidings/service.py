@@ -311,7 +311,7 @@ class Service:
         (see `tidings.registry`); SchemaConflictError stops the start."""
         handled = [h.model for h in self.handlers if h.model is not None]
         published = [m for models in self.publications.values() for m in models]
-        if not handled and not published:
+        if not self.handlers and not published:
             return
         if not isinstance(self.broker, CanRead):
             log.info("%s: the broker cannot hold a schema registry; not registered", self.name)
@@ -320,6 +320,7 @@ class Service:
         added = await registry.register(published, self.name, handled=handled)
         if added:
             log.info("%s: registered schemas %s", self.name, ", ".join(added))
+        await registry.describe_service(self)  # its handlers and publications, when changed
 
     async def check_topics(self, topics: Collection[str]) -> None:
         """UnknownTopicError naming the first of `topics` that does not exist on the broker;
