@@ -2,7 +2,8 @@
 background), samples of lag and end offsets (the live charts and the topics' rates), the schema
 registry as last read, and the AsyncAPI documents of the API page.
 
-None of it writes to the broker: the indexer, the sampler and the registry only read."""
+None of it writes to the broker on its own: the indexer, the sampler and the registry only read;
+setting a type's compatibility mode is the one write, done when a signed-in user asks."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from tidings import ops
+from tidings import compat, ops
 from tidings.brokers import connect
 from tidings.brokers.base import Broker
 from tidings.console.apidoc import AsyncApiFile
@@ -131,6 +132,12 @@ class Console:
         """The schema registry, brought up to date (it reads only what is new)."""
         async with self._registry_lock:
             return await schemas.read_registry(self.broker, self._registry)
+
+    async def set_mode(self, event_type: str, mode: compat.Mode) -> compat.Mode:
+        """Set a registered type's compatibility mode (the console's one write to the
+        registry; the caller checked who asks)."""
+        async with self._registry_lock:
+            return await schemas.set_mode(self._registry, event_type, mode)
 
     async def registry_document(self) -> dict[str, Any]:
         """The AsyncAPI document of the services as the registry describes them (made again

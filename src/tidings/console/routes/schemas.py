@@ -110,7 +110,7 @@ async def set_mode(request: Request) -> Response:
             mode=mode,
             effect=schemas.mode_effect(registry, summary.type, mode),
         )
-    await schemas.set_mode(registry, summary.type, mode)
+    await console.set_mode(summary.type, mode)
     query = urlencode({"mode_set": mode.value})
     return RedirectResponse(f"/schemas/{quote(summary.type, safe='')}?{query}", 303)
 
