@@ -67,6 +67,7 @@ LOAD_HOLDS = (
     "SELECT consumer, key, partition, record_offset, event_id, state FROM tidings_held_keys"
     " WHERE topic = ?"
 )
+"""The partition is named too: a key keeps its partition while the partition count stays."""
 MAX_UNEXPECTED_ATTEMPTS = 5
 """Attempts at a parked record that fails outside its handler before it is set aside."""
 
@@ -133,7 +134,7 @@ class Parking:
         self.active = bool(ordered)
         self.consumers = {h.consumer for h in ordered}
         self.topics = {t for h in ordered for t in h.topics}
-        self._partitions: dict[TopicPartition, _Partition] = {}
+        self._partitions: dict[tuple[str, int], _Partition] = {}
 
     async def prepare(self, store: Store) -> None:
         """Create the tables (once per store; several processes may race, so a lost race
@@ -150,39 +151,42 @@ class Parking:
                 if attempt == 2:
                     raise
 
-    def _state(self, tp: TopicPartition) -> _Partition:
-        state = self._partitions.get(tp)
+    def _state(self, topic: str, partition: int) -> _Partition:
+        state = self._partitions.get((topic, partition))
         if state is None:
-            state = self._partitions[tp] = _Partition()
+            state = self._partitions[(topic, partition)] = _Partition()
         return state
 
     # applying a batch ----------------------------------------------------------------------
 
     async def load(self, tx: Transaction, records: Sequence[Record]) -> None:
-        """At the start of a transaction applying `records` (one partition): the holds on
-        their keys and the partition's releasing keys, replacing what was known (a rolled
-        back transaction's changes included)."""
+        """At the start of a transaction applying `records` (one partition): the holds of the
+        partition - all of them in one indexed query while there are at most KEYS_PER_QUERY
+        (usually none), else those on the records' keys and the releasing ones - replacing
+        what was known (a rolled back transaction's changes included)."""
         if not records or records[0].topic not in self.topics:
             return
         first = records[0]
-        state = self._state(TopicPartition(first.topic, first.partition))
-        keys = list({r.key for r in records if r.key is not None})
+        state = self._state(first.topic, first.partition)
+        where = (first.topic, first.partition)
+        rows = await tx.fetchall(
+            f"{LOAD_HOLDS} AND partition = ? LIMIT ?", (*where, KEYS_PER_QUERY + 1)
+        )
+        if len(rows) > KEYS_PER_QUERY:  # many keys held: only those this batch needs
+            keys = list({r.key for r in records if r.key is not None})
+            rows = []
+            for index in range(0, max(len(keys), 1), KEYS_PER_QUERY):
+                chunk = keys[index : index + KEYS_PER_QUERY]
+                within = f"key IN ({', '.join('?' * len(chunk))}) OR " if chunk else ""
+                sql = f"{LOAD_HOLDS} AND partition = ? AND ({within}state = ?)"
+                rows += await tx.fetchall(sql, (*where, *chunk, RELEASING))
         holds: dict[tuple[str, bytes], Hold] = {}
-        releasing = False
-        for index in range(0, max(len(keys), 1), KEYS_PER_QUERY):
-            chunk = keys[index : index + KEYS_PER_QUERY]
-            within = f"key IN ({', '.join('?' * len(chunk))}) OR " if chunk else ""
-            sql = f"{LOAD_HOLDS} AND ({within}(partition = ? AND state = ?))"
-            rows = await tx.fetchall(sql, (first.topic, *chunk, first.partition, RELEASING))
-            for consumer, key, partition, offset, event_id, hold_state in rows:
-                if consumer in self.consumers:
-                    hold = Hold(int(partition), int(offset), str(event_id), str(hold_state))
-                    holds[(str(consumer), bytes(key))] = hold
-                    releasing = releasing or (
-                        hold.state == RELEASING and hold.partition == first.partition
-                    )
+        for consumer, key, partition, offset, event_id, hold_state in rows:
+            if consumer in self.consumers:
+                hold = Hold(int(partition), int(offset), str(event_id), str(hold_state))
+                holds[(str(consumer), bytes(key))] = hold
         state.holds = holds
-        state.releasing = releasing
+        state.releasing = any(h.state == RELEASING for h in holds.values())
 
     def holds(self, handler: Handler, record: Record) -> bool:
         """Whether `record` must be parked for `handler`: its key is held for it and the record
@@ -190,7 +194,7 @@ class Parking:
         parked record being released whose key was held again meanwhile: it stays parked."""
         if record.key is None:
             return False
-        state = self._partitions.get(TopicPartition(record.topic, record.partition))
+        state = self._partitions.get((record.topic, record.partition))
         if state is None or not state.holds:
             return False
         hold = state.holds.get((handler.consumer, record.key))
@@ -227,10 +231,11 @@ class Parking:
         """`handler` (ordered) applied `record`. If it is a parked record being released, it
         is no longer parked; if it is the replay of the dead letter its key is held for, the
         key starts releasing."""
-        if record.key is None or record.header(dlq.REPLAY_FOR) is None:
+        state = self._partitions.get((record.topic, record.partition))
+        if state is None or not (state.holds or state.current) or record.key is None:
+            return  # nothing of this partition is held: no replay of a held event
+        if record.header(dlq.REPLAY_FOR) is None:
             return
-        tp = TopicPartition(record.topic, record.partition)
-        state = self._state(tp)
         if (handler.consumer, record.offset) in state.current:
             await self._unpark(tx, handler.consumer, record)
             hold = state.holds.get((handler.consumer, record.key))
@@ -252,7 +257,7 @@ class Parking:
             return
         hold = await self._hold(tx, consumer, record)
         if hold is not None and hold.state == DEAD and hold.event_id == event.id:
-            state = self._state(TopicPartition(record.topic, record.partition))
+            state = self._state(record.topic, record.partition)
             await self._set_releasing(tx, consumer, record, state, hold)
             log.warning(
                 "%s: the dead letter of %s was purged; releasing the events of its key",
@@ -269,7 +274,7 @@ class Parking:
         if record.key is None:
             return letter
         consumer = handler.consumer
-        state = self._state(TopicPartition(record.topic, record.partition))
+        state = self._state(record.topic, record.partition)
         partition, offset = record.partition, record.offset
         if (consumer, record.offset) in state.current:  # a parked record being released
             await self._unpark(tx, consumer, record)
@@ -306,14 +311,14 @@ class Parking:
 
     def pending(self, tp: TopicPartition) -> bool:
         """A key of `tp` is releasing: drain it (`next_parked`) before acking the batch."""
-        state = self._partitions.get(tp)
+        state = self._partitions.get((tp.topic, tp.partition))
         return state is not None and state.releasing
 
     async def next_parked(self, store: Store, tp: TopicPartition) -> list[Record]:
         """The next parked records (up to RELEASE_PAGE, in offset order, of one releasing
         key of `tp`) as records for their handler only (`tidings-replay-for`); a releasing
         key with nothing parked any more is let go. [] once no key of `tp` is releasing."""
-        state = self._state(tp)
+        state = self._state(tp.topic, tp.partition)
         state.current.clear()
         async with store.transaction() as tx:
             holds = await tx.fetchall(
@@ -403,7 +408,7 @@ class Parking:
     def _releasing(self, tp: TopicPartition, record: Record) -> bool:
         """Whether `record` (parked) is still to be applied: its key is still releasing (not
         held again by a dead letter) and it was not applied yet."""
-        state = self._state(tp)
+        state = self._state(tp.topic, tp.partition)
         consumer = (record.header(dlq.REPLAY_FOR) or b"").decode()
         assert record.key is not None
         hold = state.holds.get((consumer, record.key))
@@ -453,9 +458,7 @@ class Parking:
             " AND consumer = ? AND partition = ?",
             (record.offset, record.topic, record.key, consumer, record.partition),
         )
-        self._state(TopicPartition(record.topic, record.partition)).current.discard(
-            (consumer, record.offset)
-        )
+        self._state(record.topic, record.partition).current.discard((consumer, record.offset))
 
 
 def _now_ms() -> int:
