@@ -45,7 +45,7 @@ from tidings.registry import SchemaRegistry
 from tidings.retry import Retry
 from tidings.runtime.claimcheck import default_blob_store
 from tidings.runtime.context import Context, PublishHook, SyncContext
-from tidings.runtime.handlers import Handler, Middleware
+from tidings.runtime.handlers import Handler, Middleware, Reset
 from tidings.runtime.outcomes import Observer, Stats
 from tidings.runtime.relay import RelayHook
 from tidings.runtime.runner import ServiceRunner, run_service
@@ -165,15 +165,23 @@ class Service:
         *topics: str,
         retry: Retry | None = None,
         name: str | None = None,
+        reset: Callable[..., Any] | None = None,
+        ordered_dead_letters: bool = False,
     ) -> Callable[[H], H]:
         """Register a handler for events on `topics`.
 
         The handler's first parameter's annotation picks what it receives: an EventModel
         subclass (only events of that type, upcast and validated) or `Event` (every event, as
         the envelope). The second parameter is the Context (`async def`) or SyncContext
-        (`def`, run on a worker thread)."""
+        (`def`, run on a worker thread).
+
+        `reset(ctx, since)` (or `reset(ctx)`: rebuilt only from the beginning) clears what the
+        handler built, for `tidings rebuild` (see `tidings.runtime.handlers.Reset`). With
+        `ordered_dead_letters=True`, a dead-lettered event holds back the later events of its
+        key for this handler until it is replayed or purged (`tidings.runtime.parking`)."""
         if not topics:
             raise ConfigError("handler() needs at least one topic")
+        reset_hook = _reset_hook(reset) if reset is not None else None
 
         def register(function: H) -> H:
             model = _event_parameter(function)
@@ -193,6 +201,8 @@ class Service:
                     function=function,
                     is_async=inspect.iscoroutinefunction(function),
                     retry=retry or self.retry,
+                    reset=reset_hook,
+                    ordered_dead_letters=ordered_dead_letters,
                 )
             )
             return function
@@ -409,6 +419,19 @@ class Service:
         """Ask a running `run()` to finish in-flight work and return."""
         if self.runner is not None:
             self.runner.stop()
+
+
+def _reset_hook(function: Callable[..., Any]) -> Reset:
+    """A handler's reset hook, checked: `(ctx)` or `(ctx, since)`."""
+    if not callable(function):
+        raise ConfigError(f"reset= takes a function (ctx[, since]), got {function!r}")
+    count = len(inspect.signature(function).parameters)
+    if count not in (1, 2):
+        raise ConfigError(
+            f"reset hook {getattr(function, '__name__', function)!r} must take (ctx) or "
+            f"(ctx, since); it takes {count} parameter(s)"
+        )
+    return Reset(function, inspect.iscoroutinefunction(function), takes_since=count == 2)
 
 
 def _event_parameter(function: Callable[..., Any]) -> type[EventModel] | None:

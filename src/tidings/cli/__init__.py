@@ -4,6 +4,7 @@
     tidings groups list | describe GROUP
     tidings tail TOPIC [--from earliest|latest|OFFSET|ISO-TIME] [--limit N] [--no-follow]
     tidings replay GROUP --to earliest|latest|OFFSET|ISO-TIME [--topic T ...]
+    tidings rebuild MODULE:SERVICE HANDLER [--from earliest|ISO-TIME]
     tidings run MODULE:SERVICE [--grace SECONDS]
     tidings dlq list [FILTERS] [--all] | show ID | replay (ID... | --all | FILTERS)
                 | purge (ID... | --all | FILTERS) [--yes]
@@ -29,6 +30,7 @@ from tidings.cli import console as _console
 from tidings.cli import demo as _demo
 from tidings.cli import dlq as _dlq
 from tidings.cli import groups as _groups
+from tidings.cli import rebuild as _rebuild
 from tidings.cli import run as _run
 from tidings.cli import schema as _schema
 from tidings.cli import tail as _tail
@@ -55,6 +57,7 @@ def _options(
 
 
 app.command()(_groups.replay)
+app.command()(_rebuild.rebuild)
 app.command(epilog=_tail.EPILOG)(_tail.tail)
 app.command()(_run.run)
 app.command()(_console.console)

@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 from tidings import dlq
@@ -46,6 +46,8 @@ from tidings.runtime.context import Context, SyncContext
 from tidings.runtime.handlers import Handler, Invocation, chain
 from tidings.runtime.inbox import InboxBatch
 from tidings.runtime.outcomes import Outcome, Settled
+from tidings.runtime.parking import Parking
+from tidings.runtime.rebuild import Rebuilds
 from tidings.runtime.spec import ServiceSpec
 from tidings.runtime.watch import Watch
 from tidings.schema import SchemaError
@@ -74,7 +76,7 @@ class _RolledBack(Exception):
         self.index = index
 
 
-class _Stopping(Exception):
+class _Stopping(BaseException):  # as a cancellation: no `except Exception` takes it
     """The service is stopping during a retry backoff: leave the record for the next run."""
 
 
@@ -101,6 +103,16 @@ class Dispatcher:
         """Per partition, (offset, attempts) of a record failing outside its handlers."""
         self._streaks: dict[TopicPartition, int] = {}
         """Consecutive failures outside handlers per partition (for the pause)."""
+        self._parking = Parking(service.handlers)
+        self._rebuilds = Rebuilds()
+        self._route: Callable[..., list[Handler]] = self._due_handlers
+        """`_due_handlers`, under the rebuild markers while a rebuild is under way."""
+
+    async def prepare(self) -> None:
+        """Before consuming: ordered dead letters' tables, rebuild markers (or ConfigError)."""
+        await self._parking.prepare(self.store)
+        if await self._rebuilds.load(self.service):
+            self._route = self._rebuilds.router(self._due_handlers)
 
     # batches ---------------------------------------------------------------------------
 
@@ -134,8 +146,13 @@ class Dispatcher:
                     return
                 self._streaks.pop(tp, None)
                 self._failures.pop(tp, None)
+            if self._parking.pending(tp) and not await self._parking.release(
+                tp, self.store, self._careful, self._set_aside, self.stopping
+            ):
+                consumer.nack(batch, records[-1].offset)  # redelivered: the release resumes
+                return
         except _Stopping:
-            consumer.nack(batch, records[index].offset)
+            consumer.nack(batch, records[min(index, len(records) - 1)].offset)
             return
         except asyncio.CancelledError:
             consumer.nack(batch, records[min(index, len(records) - 1)].offset)
@@ -159,7 +176,7 @@ class Dispatcher:
         for index in range(start, end):
             record = records[index]
             event = _decode(record)
-            handlers = self._due_handlers(record, event) if isinstance(event, Event) else []
+            handlers = self._route(record, event) if isinstance(event, Event) else []
             if handlers:
                 assert isinstance(event, Event)
                 keys.extend((handler.consumer, event.id) for handler in handlers)
@@ -167,6 +184,8 @@ class Dispatcher:
         try:
             async with self.store.transaction() as tx:
                 tx.deferred_errors_escape = True
+                if self._parking.active:
+                    await self._parking.load(tx, records[start:end])
                 inbox = InboxBatch(await tx.inbox_find(keys))
                 for offset, (record, event, handlers) in enumerate(planned):
                     failure = await self._apply_record(
@@ -203,10 +222,12 @@ class Dispatcher:
         index = start
         failure: Failure | None = None
         async with self._guarded_transaction(pending) as tx:
+            if self._parking.active:
+                await self._parking.load(tx, records[start:end])
             while index < end:
                 record = records[index]
                 event = _decode(record)
-                handlers = self._due_handlers(record, event) if isinstance(event, Event) else []
+                handlers = self._route(record, event) if isinstance(event, Event) else []
                 failure = await self._apply_record(
                     tx, pending, record, event, handlers, guarded=True
                 )
@@ -244,10 +265,14 @@ class Dispatcher:
             marker = f"undecodable:{record.topic}:{record.partition}:{record.offset}"
             if await tx.inbox_add(self.service.name, marker, position, InboxStatus.DEAD):
                 log.error("%s: undecodable record dead-lettered: %s", self.service.name, event)
-                self._dead_letter(tx, pending, record, None, None, dlq.REASON_UNDECODABLE, event)
+                reason = dlq.REASON_UNDECODABLE
+                await self._dead_letter(tx, pending, record, None, None, reason, event)
             return None
         if not handlers:
-            if not retrying and _header(record, dlq.REPLAY_FOR) is None:
+            if _header(record, dlq.REPLAY_FOR) is not None:
+                if self._parking.active:  # perhaps a purge marker (tidings.runtime.parking)
+                    await self._parking.purged(tx, record, event)
+            elif not retrying and not self._rebuilds.hides(record):
                 pending.append(Settled(Outcome.UNKNOWN_TYPE, record, event, None))
             return None
         for handler in handlers:
@@ -271,6 +296,10 @@ class Dispatcher:
         guarded: bool,
         inbox: InboxBatch | None,
     ) -> Failure | None:
+        if handler.ordered_dead_letters and self._parking.holds(handler, record):
+            if await self._parking.park(tx, record, handler):
+                pending.append(Settled(Outcome.PARKED, record, event, handler))
+            return None
         try:
             argument = handler.parse(  # a claim-checked payload, fetched for this handler only
                 event if event.dataref is None else await resolve(self.service.blob_store, event)
@@ -286,7 +315,7 @@ class Dispatcher:
                 )
                 undecodable = isinstance(exc, DecodeError)  # a claim check's missing payload
                 reason = dlq.REASON_UNDECODABLE if undecodable else dlq.REASON_INVALID
-                self._dead_letter(tx, pending, record, event, handler, reason, exc)
+                await self._dead_letter(tx, pending, record, event, handler, reason, exc)
             return None
         claimed = inbox is not None and inbox.claim(handler.consumer, event.id, position)
         context = Context(self.service, tx, event=event, attempt=attempt, position=position)
@@ -319,7 +348,7 @@ class Dispatcher:
                     handler.consumer,
                     exc,
                 )
-                self._dead_letter(
+                await self._dead_letter(
                     tx, pending, record, event, handler, dlq.REASON_PERMANENT, exc, attempt
                 )
             return None
@@ -327,6 +356,8 @@ class Dispatcher:
         pending.append(
             Settled(Outcome.OK, record, event, handler, attempt=attempt, duration=duration)
         )
+        if handler.ordered_dead_letters:
+            await self._parking.ran(tx, record, event, handler)
         return None
 
     async def _claim(
@@ -443,7 +474,7 @@ class Dispatcher:
                     pending,
                     record,
                     event,
-                    self._due_handlers(record, event, dead),
+                    self._route(record, event, dead),
                     guarded=True,
                     attempt=attempt,
                     retrying=True,
@@ -464,7 +495,7 @@ class Dispatcher:
         async with self._guarded_transaction(pending) as tx:
             position = (record.topic, record.partition, record.offset)
             if await self._mark_dead(tx, record, handler, event.id, position):
-                self._dead_letter(
+                await self._dead_letter(
                     tx,
                     pending,
                     record,
@@ -480,7 +511,7 @@ class Dispatcher:
                 pending,
                 record,
                 event,
-                self._due_handlers(record, event, dead),
+                self._route(record, event, dead),
                 guarded=True,
                 retrying=True,
             )
@@ -499,7 +530,7 @@ class Dispatcher:
         await tx.inbox_delete(handler.consumer, event_id)
         return await tx.inbox_add(handler.consumer, event_id, position, InboxStatus.DEAD)
 
-    def _dead_letter(
+    async def _dead_letter(
         self,
         tx: Transaction,
         pending: Pending,
@@ -518,6 +549,8 @@ class Dispatcher:
             handler=handler.consumer if handler else None,
             attempts=attempts,
         )
+        if handler is not None and event is not None and handler.ordered_dead_letters:
+            message = await self._parking.dead_lettered(tx, record, event, handler, message)
         dedupe = f"dlq:{record.topic}:{record.partition}:{record.offset}:{consumer}"
         tx.add_outbox(self.service.dead_letter_topic, dedupe, message)
         pending.append(
@@ -612,7 +645,9 @@ class Dispatcher:
         try:
             async with self._guarded_transaction(pending) as tx:
                 if await tx.inbox_add(self.service.name, marker, position, InboxStatus.DEAD):
-                    self._dead_letter(tx, pending, record, None, None, reason, error, attempts)
+                    await self._dead_letter(
+                        tx, pending, record, None, None, reason, error, attempts
+                    )
         except StorageError:
             raise
         except Exception:

@@ -59,6 +59,8 @@ class ServiceRunner:
         service = self.service
         if not await self._start():
             return
+        if service.handlers:
+            await self.dispatcher.prepare()
         relay_stopping = asyncio.Event() if service.handlers else self.stopping
         tasks = [
             asyncio.create_task(self._relay(relay_stopping), name="relay"),
