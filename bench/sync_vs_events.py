@@ -110,6 +110,7 @@ LAG_GRACE_S = 10.0
 """Seconds after an open-loop window's last order is final by which every group's committed
 offsets must have caught up (they are committed about once a second)."""
 CAPACITY_START = 0.8
+OPEN_LOOP_CONNECTIONS = 64
 """The capacity search starts at this share of the closed-loop rate at --concurrency."""
 
 
@@ -756,12 +757,17 @@ def _kept(result: OpenResult) -> list[str]:
 
 
 def open_client(base_url: str, timeout: float, **headers: str) -> Any:
-    """The client of the open-loop trials: the same client, as many connections as needed."""
+    """The client of the open-loop trials: the same client with `OPEN_LOOP_CONNECTIONS`
+    connections; requests beyond wait for one (in their response time). Opening a connection
+    per request in flight instead makes a server that falls a little behind collapse - and
+    the client with it, which scans its pool at every request."""
     return httpx.AsyncClient(
         base_url=base_url,
         headers=headers,
         timeout=timeout + 1.0,
-        limits=httpx.Limits(max_connections=1000, max_keepalive_connections=1000),
+        limits=httpx.Limits(
+            max_connections=OPEN_LOOP_CONNECTIONS, max_keepalive_connections=OPEN_LOOP_CONNECTIONS
+        ),
     )
 
 

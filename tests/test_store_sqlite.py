@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 from pathlib import Path
 
 import pytest
 
-from tidings.stores.sqlite import CHECKPOINT_INTERVAL_S, SQLiteStore, SQLiteTransaction
+from tidings.stores.sqlite import CHECKPOINT_INTERVAL_S, SQLiteStore
 from tidings.testing.store_contract import StoreContract
 
 
@@ -24,9 +25,9 @@ async def test_commit_runs_inline_while_fast_and_on_the_worker_thread_when_slow(
     threads: list[int] = []
     commit = store._commit
 
-    def recording_commit(tx: SQLiteTransaction) -> list[str]:
+    def recording_commit(conn: sqlite3.Connection, outbox: bool) -> list[str]:
         threads.append(threading.get_ident())
-        return commit(tx)
+        return commit(conn, outbox)
 
     monkeypatch.setattr(store, "_commit", recording_commit)
     try:

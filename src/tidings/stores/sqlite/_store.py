@@ -27,6 +27,8 @@ log = logging.getLogger("tidings.store")
 OUTBOX_COMMITTED = b"o"
 INLINE_COMMIT_MAX_S = 0.002
 """COMMIT runs on the event loop's thread while the recent average commit is faster."""
+MAX_GROUP = 256
+"""Transactions committed together at most (group commit: they share one COMMIT)."""
 CHECKPOINT_INTERVAL_S = 0.25
 """Least time between two WAL checkpoints (one is started after a commit)."""
 
@@ -48,6 +50,11 @@ class SQLiteStore(Store):
         self._next_checkpoint = 0.0
         self._commit_s = 0.0
         self._lock: asyncio.Lock | None = None
+        self._waiting = 0
+        """Tasks waiting for `_lock`."""
+        self._group: _Group | None = None
+        """The transactions sharing the writer connection's open SQLite transaction."""
+        self._background: set[asyncio.Task[None]] = set()
         self._conn: sqlite3.Connection | None = None
         self._relay_conn: sqlite3.Connection | None = None
         self._checkpoint_conn: sqlite3.Connection | None = None
@@ -69,7 +76,10 @@ class SQLiteStore(Store):
         await self.start()
         assert self._lock is not None and self._relay_conn is not None
         conn = self._relay_conn
-        async with self._lock:
+        await self._acquire()
+        try:
+            if self._group is not None:  # the writer connection holds SQLite's write lock
+                await self._commit_uncancelled(self._group)
             began = False
             if inline:
                 try:
@@ -89,6 +99,8 @@ class SQLiteStore(Store):
                     raise
             else:
                 result = await self._io(self._relay_db.write, fn)
+        finally:
+            self._lock.release()
         self._maybe_checkpoint()
         return result
 
@@ -147,48 +159,174 @@ class SQLiteStore(Store):
             ran += 1
         return ran
 
+    async def _acquire(self) -> None:
+        """Take the store's lock, counted among its waiters meanwhile."""
+        assert self._lock is not None
+        self._waiting += 1
+        try:
+            await self._lock.acquire()
+        finally:
+            self._waiting -= 1
+
     @contextlib.asynccontextmanager
     async def _begin(self) -> AsyncIterator[SQLiteTransaction]:
-        """BEGIN IMMEDIATE under the store's lock: inline, unless another process holds the
-        write lock (then it waits on the worker thread). COMMIT - an fsync with
-        `synchronous=full` - runs inline while commits are fast (their recent average below
-        INLINE_COMMIT_MAX_S), since a hop to a thread and back costs more than a fast fsync
-        and the lock is held meanwhile; on a slow disk it runs on the worker thread, so the
-        event loop is never blocked long."""
+        """A transaction of the service, committed together with the transactions waiting for
+        the store when it ends (group commit: one COMMIT, one fsync with `synchronous=full`,
+        for all of them).
+
+        Transactions run one at a time under the store's lock, each in a savepoint of the
+        writer connection's SQLite transaction: one that fails rolls back to its savepoint
+        alone. When one ends and others are waiting, it lets them run in the same SQLite
+        transaction and waits its turn again; whichever finds the group still open then - or
+        finds nobody waiting, or `MAX_GROUP` transactions in it - commits it. Every
+        transaction of a group returns (or raises, if its COMMIT failed) only once that COMMIT
+        is done: nothing is acknowledged before it is on disk. A transaction may see what an
+        earlier one of its group wrote before that is committed; both then commit, or fail,
+        together, as if they had run one after the other.
+
+        BEGIN IMMEDIATE runs inline, unless another process holds the write lock (then it waits
+        on the worker thread). COMMIT runs inline while commits are fast (their recent average
+        below INLINE_COMMIT_MAX_S), since a hop to a thread and back costs more than a fast
+        fsync; on a slow disk it runs on the worker thread, so the event loop is never blocked
+        long - and the transactions arriving meanwhile form the next group."""
         await self.start()
         assert self._lock is not None and self._conn is not None
         conn = self._conn
-        async with self._lock:
+        await self._acquire()
+        group = self._group
+        try:
+            if group is None:
+                await self._begin_immediate(conn)
+                group = self._group = _Group(asyncio.get_running_loop().create_future())
+            with _sqlite.storage_errors(self.path):
+                conn.execute("SAVEPOINT tidings_tx")
+        except BaseException:
+            await asyncio.shield(self._leave_failed(conn, group))
+            raise
+        tx = SQLiteTransaction(conn, self.path)
+        try:
+            yield tx
+            with _sqlite.storage_errors(self.path):
+                conn.execute("RELEASE tidings_tx")
+        except BaseException:
+            await asyncio.shield(self._leave_failed(conn, group))
+            raise
+        group.members += 1
+        group.outbox = group.outbox or bool(tx.outbox)
+        await self._leave(group)
+
+    async def _begin_immediate(self, conn: sqlite3.Connection) -> None:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if not _sqlite.is_busy(exc):
+                raise _sqlite.translate(exc, self.path) from exc
+            await self._io(_sqlite.retry_busy, lambda: conn.execute("BEGIN IMMEDIATE"), self.path)
+
+    async def _leave(self, group: _Group) -> None:
+        """After a transaction of `group` (holding the lock): let the transactions waiting
+        join the group and wait for its COMMIT, or commit it. Returns once it is committed;
+        raises if that failed."""
+        assert self._lock is not None
+        await asyncio.sleep(0)  # transactions ready to start join this group
+        if self._waiting and group.members < MAX_GROUP:
+            self._lock.release()
             try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                if not _sqlite.is_busy(exc):
-                    raise _sqlite.translate(exc, self.path) from exc
-                await self._io(
-                    _sqlite.retry_busy, lambda: conn.execute("BEGIN IMMEDIATE"), self.path
-                )
-            tx = SQLiteTransaction(conn, self.path)
-            try:
-                yield tx
-                if self._commit_s < INLINE_COMMIT_MAX_S:
-                    peers = self._commit(tx)
-                else:
-                    peers = await self._io(self._commit, tx)
+                await self._acquire()
             except BaseException:
-                if conn.in_transaction:
-                    await asyncio.shield(self._io(self._rollback, conn))
+                # cancelled while waiting its turn: the group is committed by whoever uses the
+                # store next (a transaction, a relay write, close) - or by this task
+                asyncio.get_running_loop().create_task(self._commit_soon(group))
                 raise
-        if tx.outbox:
+            if group.done.done():
+                self._lock.release()
+                _raise_if_failed(group, self.path)
+                return
+        try:
+            if group is self._group:
+                await self._commit_uncancelled(group)
+        finally:
+            self._lock.release()
+        _raise_if_failed(group, self.path)
+
+    async def _leave_failed(self, conn: sqlite3.Connection, group: _Group | None) -> None:
+        """After a transaction that failed (holding the lock): roll it back to its savepoint,
+        and leave the group to the transactions waiting, or commit what the group did before
+        it. If SQLite rolled back its whole transaction (an I/O error, a full disk), the group
+        fails."""
+        assert self._lock is not None
+        try:
+            if group is None or group is not self._group:
+                return
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK TO tidings_tx")
+                    conn.execute("RELEASE tidings_tx")
+            if not conn.in_transaction:
+                self._group = None
+                _fail(group, StorageError(f"{self.path}: the transaction was rolled back"))
+            elif self._waiting:
+                return  # they commit it
+            elif group.members:
+                await self._commit_group(group)
+            else:
+                self._group = None
+                self._rollback(conn)
+                group.done.set_result(None)
+        finally:
+            self._lock.release()
+
+    async def _commit_soon(self, group: _Group) -> None:
+        assert self._lock is not None
+        await self._acquire()
+        try:
+            if group is self._group:
+                await self._commit_uncancelled(group)
+        finally:
+            self._lock.release()
+
+    async def _commit_uncancelled(self, group: _Group) -> None:
+        """`_commit_group`, finished even if this task is cancelled meanwhile (the lock, held
+        by the caller, must not be released while the connection commits); a cancellation
+        is raised afterwards."""
+        task = asyncio.ensure_future(self._commit_group(group))
+        cancelled = False
+        while not task.done():
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                cancelled = True
+        if cancelled:
+            raise asyncio.CancelledError
+
+    async def _commit_group(self, group: _Group) -> None:
+        """COMMIT `group` (holding the lock) and settle its members: `group.done` is set, or
+        fails with the error of the COMMIT. Never raises."""
+        conn = self._conn
+        assert conn is not None
+        self._group = None
+        try:
+            if self._commit_s < INLINE_COMMIT_MAX_S:
+                peers = self._commit(conn, group.outbox)
+            else:
+                peers = await self._io(self._commit, conn, group.outbox)
+        except BaseException as exc:
+            if conn.in_transaction:
+                await asyncio.shield(self._io(self._rollback, conn))
+            _fail(group, exc)
+            return
+        group.done.set_result(None)
+        if group.outbox:
             self.notifier.send(OUTBOX_COMMITTED, peers)
         self._maybe_checkpoint()
 
-    def _commit(self, tx: SQLiteTransaction) -> list[str]:
+    def _commit(self, conn: sqlite3.Connection, outbox: bool) -> list[str]:
         """COMMIT (on either thread); keeps the average commit time. Returns the processes to
         wake if the transaction wrote outbox rows."""
         with _sqlite.storage_errors(self.path):
-            peers = Notifier.peers(tx._conn) if tx.outbox else []
+            peers = Notifier.peers(conn) if outbox else []
             started = time.perf_counter()
-            tx._conn.execute("COMMIT")
+            conn.execute("COMMIT")
             self._commit_s = 0.8 * self._commit_s + 0.2 * (time.perf_counter() - started)
         return peers
 
@@ -364,15 +502,41 @@ class SQLiteStore(Store):
                 callback()
 
         self.notifier.add(on_signal)
-        self.notifier.listen(lambda name: self._db.write(lambda c: Notifier.register_sql(c, name)))
+        self.notifier.listen(self._register_listener)
+
+    def _register_listener(self, name: str) -> None:
+        """Record this process's wake-up socket in the file. On an event loop, by a task that
+        writes under the store's lock: a blocking write here could wait for the SQLite
+        transaction of a group of this very loop, which cannot commit meanwhile."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._db.write(lambda c: Notifier.register_sql(c, name))
+            return
+
+        async def register() -> None:
+            try:
+                await self._write(lambda c: Notifier.register_sql(c, name))
+            except Exception:
+                log.exception("%s: recording the relay's wake-up socket failed", self.path)
+
+        task = loop.create_task(register())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        for task in list(self._background):
+            task.cancel()
         if self._lock is not None:
-            async with self._lock:
-                pass
+            await self._acquire()
+            try:
+                if self._group is not None:
+                    await self._commit_uncancelled(self._group)
+            finally:
+                self._lock.release()
         if self._checkpointing is not None:
             with contextlib.suppress(Exception):
                 await self._checkpointing
@@ -422,3 +586,31 @@ def _runs(seqs: Sequence[int]) -> list[tuple[int, int]]:
         else:
             runs.append((seq, seq))
     return runs
+
+
+class _Group:
+    """Transactions sharing one SQLite transaction of the writer connection, committed once."""
+
+    __slots__ = ("done", "members", "outbox")
+
+    def __init__(self, done: asyncio.Future[None]) -> None:
+        self.done = done
+        """Set once the COMMIT is done; its error if it failed."""
+        self.members = 0
+        """Transactions of the group that ended well (their work awaits the COMMIT)."""
+        self.outbox = False
+
+
+def _fail(group: _Group, error: BaseException) -> None:
+    if not group.done.done():
+        group.done.set_exception(error)
+
+
+def _raise_if_failed(group: _Group, path: str) -> None:
+    """The error of the group's COMMIT, raised for one of its transactions."""
+    error = group.done.exception()
+    if error is None:
+        return
+    if isinstance(error, StorageError | sqlite3.Error):
+        raise StorageError(f"{path}: the commit failed: {error}") from error
+    raise StorageError(f"{path}: the commit failed ({error!r})") from error
