@@ -323,5 +323,11 @@ async def serving(
 
 
 def run_loop(main: Coroutine[Any, Any, T]) -> T:
-    """Run `main` on the event loop the order system's processes serve HTTP with."""
-    return asyncio.run(main)
+    """Run `main` on the event loop the order system's processes serve HTTP with: uvloop when
+    it is installed (the `demo` extra installs it; uvicorn then parses HTTP with httptools
+    too), else asyncio's own."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)

@@ -22,6 +22,9 @@ from collections.abc import Callable, Iterable
 log = logging.getLogger("tidings.notify")
 
 Callback = Callable[[bytes], None]
+"""Called with what was sent: its first byte says what happened, the rest may say more (which
+topics were appended to, say); a receiver that does not know the detail reads only the first."""
+MAX_DATAGRAM = 4096
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS listeners (
@@ -81,12 +84,12 @@ class Notifier:
         assert sock is not None
         while not self._closed:
             try:
-                data = sock.recv(64)
+                data = sock.recv(MAX_DATAGRAM)
             except OSError:
                 return
             if not data or self._closed:
                 continue
-            self._deliver(data[:1])
+            self._deliver(data)
 
     def _deliver(self, kind: bytes) -> None:
         with self._lock:

@@ -39,10 +39,19 @@ log = logging.getLogger("tidings.consumer")
 T = TypeVar("T")
 
 Listener = Callable[[bytes], None]
-"""Called from any thread with b"d" (records appended) or b"g" (a group changed)."""
+"""Called from any thread with b"d" (records appended) or b"g" (a group changed). After b"d"
+may come the names of the topics appended to (`appended`), each after a NUL byte; without
+them, any topic may have records."""
 
 DATA_APPENDED = b"d"
 GROUP_CHANGED = b"g"
+MAX_NOTICE_BYTES = 1024
+
+
+def appended(topics: Collection[str]) -> bytes:
+    """The wake-up for records appended to `topics`: consumers of other topics sleep on."""
+    notice = DATA_APPENDED + b"".join(b"\0" + topic.encode() for topic in sorted(topics))
+    return notice if len(notice) <= MAX_NOTICE_BYTES else DATA_APPENDED
 
 
 class LocalLog(Protocol):
@@ -109,6 +118,7 @@ class LocalConsumer(Consumer, CanSeek):
         self._log = log_
         self.group = group
         self.topics = tuple(dict.fromkeys(topics))
+        self._topic_names = frozenset(topic.encode() for topic in self.topics)
         self._max_batch = max_batch
         self._session = session_timeout
         self._heartbeat_every = max(0.02, min(1.0, session_timeout / 5))
@@ -322,9 +332,9 @@ class LocalConsumer(Consumer, CanSeek):
                 loop.call_soon_threadsafe(event.set)
 
     def _on_signal(self, kind: bytes) -> None:
-        if kind == GROUP_CHANGED:
+        if kind[:1] == GROUP_CHANGED:
             self._tick_now.set()
-        else:
+        elif len(kind) <= 1 or not self._topic_names.isdisjoint(kind[2:].split(b"\0")):
             self._wake()
 
     async def _io(self, fn: Callable[..., T], *args: object) -> T:

@@ -10,6 +10,7 @@ order and a reader never sees a gap that fills in later.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import logging
 import sqlite3
@@ -438,21 +439,18 @@ class SQLiteLog:
 
     def watermarks(self, tps: Collection[TopicPartition]) -> dict[TopicPartition, tuple[int, int]]:
         def query(conn: sqlite3.Connection) -> dict[TopicPartition, tuple[int, int]]:
+            """One statement for every topic (a consumer asks at each fetch)."""
+            ids = {self.topic(conn, topic)[0]: topic for topic in {tp.topic for tp in tps}}
+            if not ids:
+                return {}
+            rows = conn.execute(_watermarks_sql(len(ids)), tuple(ids)).fetchall()
+            found = {(ids[t], p): (start, end) for t, p, start, end in rows}
             marks = {}
-            by_topic: dict[str, list[TopicPartition]] = {}
             for tp in tps:
-                by_topic.setdefault(tp.topic, []).append(tp)
-            for topic, wanted in by_topic.items():
-                topic_id, _ = self.topic(conn, topic)
-                rows = conn.execute(
-                    "SELECT partition, start_offset, end_offset FROM partitions WHERE topic_id = ?",
-                    (topic_id,),
-                ).fetchall()
-                found = {p: (start, end) for p, start, end in rows}
-                for tp in wanted:
-                    if tp.partition not in found:
-                        raise UnknownTopicError(f"{tp} does not exist")
-                    marks[tp] = found[tp.partition]
+                mark = found.get((tp.topic, tp.partition))
+                if mark is None:
+                    raise UnknownTopicError(f"{tp} does not exist")
+                marks[tp] = mark
             return marks
 
         return self.db.read(query)
@@ -543,6 +541,15 @@ class SQLiteLog:
 
     def remove_listener(self, listener: Listener) -> None:
         self.notifier.remove(listener)
+
+
+@functools.lru_cache(maxsize=8)
+def _watermarks_sql(topics: int) -> str:
+    marks = ", ".join("?" * topics)
+    return (
+        "SELECT topic_id, partition, start_offset, end_offset FROM partitions"  # noqa: S608
+        f" WHERE topic_id IN ({marks})"
+    )
 
 
 def _unregister(conn: sqlite3.Connection, name: str) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from tidings import _sqlite
 from tidings._notify import Notifier
-from tidings.brokers._local import DATA_APPENDED
+from tidings.brokers._local import appended
 from tidings.brokers.sqlite._log import SQLiteLog
 from tidings.errors import BrokerClosedError, StorageError
 from tidings.records import Message, Published
@@ -183,7 +183,13 @@ class Writer:
             return Notifier.peers(conn)
 
         peers = self._db.write(tx)
-        self._log.notifier.send(DATA_APPENDED, peers)
+        written = {
+            topic
+            for (topic, _, _), outcome in zip(group, outcomes, strict=True)
+            if not isinstance(outcome, BaseException)
+        }
+        if written:  # consumers of other topics are not woken
+            self._log.notifier.send(appended(written), peers)
         for (_, _, future), outcome in zip(group, outcomes, strict=True):
             if isinstance(outcome, BaseException):
                 future.set_exception(outcome)
