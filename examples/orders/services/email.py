@@ -3,8 +3,10 @@
 The handler records the email in its table (in the delivery's transaction, with the inbox) and
 writes the message to `<mailbox>/<order id>.eml` by atomic rename. If the handler runs again
 for the same event (redelivery, a batch applied again), the file is simply rewritten with the
-same name: still exactly one confirmation per order. It is a plain `def` handler, so its file
-I/O runs on a worker thread."""
+same name: still exactly one confirmation per order. The write is a few small calls into the
+page cache (no fsync), so the `async` handler makes them inline: a plain `def` handler would
+run on a worker thread and cost two thread hops per event (four with its statement), which
+made this service the slowest of the seven."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from pathlib import Path
 
 from examples.orders.events import ORDER_EVENTS, OrderConfirmed
 from examples.orders.settings import Settings
-from tidings import Service, SyncContext
+from tidings import Context, Service
 
 NAME = "email"
 
@@ -59,10 +61,10 @@ def create(settings: Settings) -> Service:
     )
 
     @service.handler(ORDER_EVENTS)
-    def send_confirmation(event: OrderConfirmed, ctx: SyncContext) -> None:
+    async def send_confirmation(event: OrderConfirmed, ctx: Context) -> None:
         recipient = f"{event.user_id}@example.test"
         path = mailbox / f"{event.order_id}.eml"
-        ctx.execute(
+        ctx.defer(
             "INSERT INTO emails(order_id, recipient, path, sent_at) VALUES (?, ?, ?, ?)"
             " ON CONFLICT(order_id) DO NOTHING",
             (event.order_id, recipient, str(path), datetime.now(UTC).isoformat()),
