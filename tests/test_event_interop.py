@@ -67,7 +67,7 @@ def test_another_producers_sequence_that_is_no_number_is_ignored(text: str) -> N
 def test_invalid_sequence_or_dataref_cannot_be_built() -> None:
     for fields in ({"sequence": -1}, {"sequence": True}, {"sequence": 2**63}, {"dataref": "a\nb"}):
         with pytest.raises(ValueError):
-            Event(type="T", **fields)  # type: ignore[arg-type]
+            Event(type="T", **fields)
 
 
 # the article's envelope --------------------------------------------------------------------------

@@ -81,19 +81,19 @@ async def test_events_carry_their_number_per_producer_and_key(
         by_key.setdefault(event.key, []).append(event.sequence)
     assert by_key == {"k1": [1, 2, 3], "k2": [1, 2], "hot": list(range(1, 13)), None: [None]}
 
-    records = await read_topic(source.broker, topic)  # type: ignore[arg-type]
+    records = await read_topic(source.broker, topic)
     binary = [r for r in records if r.header("ce_specversion") is not None]
-    assert sorted(r.header("ce_sequence") for r in binary) == [b"1", b"2"]
+    assert sorted(r.header("ce_sequence") or b"" for r in binary) == [b"1", b"2"]
     structured = [json.loads(r.value) for r in records if r.header("ce_specversion") is None]
     assert sorted(
         x["sequence"] for x in structured if x["type"] == "SET" and x["partitionkey"] == "k1"
     ) == ["1", "3"]
 
     async def relayed() -> bool:
-        return len(await read_topic(sink.broker, forwarded)) == 2  # type: ignore[arg-type]
+        return len(await read_topic(sink.broker, forwarded)) == 2
 
     await eventually(relayed)
-    again, own = [json.loads(r.value) for r in await read_topic(sink.broker, forwarded)]  # type: ignore[arg-type]
+    again, own = [json.loads(r.value) for r in await read_topic(sink.broker, forwarded)]
     assert (again["source"], again["sequence"]) == (producer, "2")
     assert (own["source"], own["sequence"]) == (consumer, "1")
 
