@@ -124,3 +124,21 @@ async def test_the_number_is_counted_against_the_size_limit(tmp_path: Path) -> N
         assert json.loads(stamped[0].message.value)["sequence"] == str(largest - 1499)
     finally:
         await service.close()
+
+
+async def test_a_service_can_do_without_numbers(tmp_path: Path) -> None:
+    service = Service(
+        "unnumbered",
+        broker=f"sqlite:///{tmp_path}/bus.db",
+        store=f"sqlite:///{tmp_path}/u.db",
+        topics={"t": 1},
+        sequence_numbers=False,
+    )
+    try:
+        async with service.transaction() as ctx:
+            ctx.publish("t", Event(type="T", key="k", data=1))
+        rows = await service.store.outbox_claim("r", 10, 30.0)
+        assert rows is not None and "sequence" not in json.loads(rows[0].message.value)
+        assert await service.store.query("SELECT count(*) FROM tidings_sequences") == [(0,)]
+    finally:
+        await service.close()

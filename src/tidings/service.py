@@ -90,6 +90,7 @@ class Service:
         claim_check_over: int | None = None,
         blobs: str | BlobStore | None = None,
         blob_retention_s: float = 7 * 24 * 3600,
+        sequence_numbers: bool = True,
     ) -> None:
         if not isinstance(name, str) or not _NAME.match(name):
             raise ConfigError(
@@ -123,6 +124,9 @@ class Service:
         self.blob_retention_s = blob_retention_s
         """Claim-checked payloads older than this are deleted (they must outlive the events
         that refer to them: consumer lag, dead letters waiting for a replay)."""
+        self.sequence_numbers = sequence_numbers
+        """The outbox stamps the service's events that have a key with their number per key
+        (`Event.sequence`); False saves the store a row update per key and transaction."""
         self.session_timeout = session_timeout
         self.max_batch = max_batch
         self.concurrency = concurrency

@@ -37,7 +37,7 @@ def stamp_sequence(message: Message, number: int) -> Message:
     """`message` (an event from `event_to_message`) with the CloudEvents `sequence` attribute:
     a `ce_sequence` header in binary mode, the first member of the JSON object otherwise."""
     headers = message.headers
-    if any(name == _BINARY_MARK for name, _ in headers):
+    if headers and headers[0][0] == _BINARY_MARK:  # where `to_kafka_binary` puts it
         stamped = (*headers, ("ce_sequence", str(number).encode()))
         return Message(message.value, message.key, stamped, message.partition)
     value = message.value
@@ -57,6 +57,8 @@ class ContextOwner(Protocol):
     """The largest event `publish` accepts (None: the broker's limit; never above it)."""
     claim_check_over: int | None
     """Events larger than this are claim-checked (None: only when asked)."""
+    sequence_numbers: bool
+    """Whether the outbox stamps the service's keyed events with their sequence numbers."""
 
     @property
     def broker(self) -> Broker: ...
@@ -96,7 +98,9 @@ class Context:
         self.unverified_topics: set[str] = set()
         """Topics published to that the service has not seen exist yet (`verify_topics`)."""
         self._closed = False
-        self._numbering = Numbering(service.name, stamp_sequence)
+        self._numbering = (
+            Numbering(service.name, stamp_sequence) if service.sequence_numbers else None
+        )
 
     def close(self) -> None:
         """End this context: every later call raises ContextClosedError."""
@@ -244,7 +248,8 @@ class Context:
     def _check_size(self, topic: str, envelope: Event, message: Message, service: str) -> None:
         broker_limit = self.service.broker.max_message_bytes
         limit = self.service.max_event_bytes
-        size = message.size + (SEQUENCE_ROOM if _numbered(envelope, service) else 0)
+        numbered = self._numbering is not None and _numbered(envelope, service)
+        size = message.size + (SEQUENCE_ROOM if numbered else 0)
         if limit is None or limit >= broker_limit:
             limit, what = broker_limit, "the broker accepts"
         else:
