@@ -7,9 +7,9 @@ The producer is not tidings: like the article's `producer.send` (kafkajs), it wr
 envelope `{"eventType", "eventId", "timestamp", "version", "data"}` keyed by the order id, with
 `correlation-id` and `source` headers - with confluent-kafka on Kafka, with the embedded broker's
 raw `publish` otherwise. The inventory service is a tidings service: its handler receives the
-typed `OrderPlaced` (camelCase on the wire, snake_case in Python), its inbox makes a redelivered
-record harmless, and the INVENTORY_RESERVED it publishes through its outbox continues the
-article's correlation id, with the article's eventId as its causation id.
+order system's typed `OrderPlaced` - version 2, upcast from the article's version 1 (USD) - its
+inbox makes a resent record harmless, and the INVENTORY_RESERVED it publishes through its outbox
+continues the article's correlation id, with the article's eventId as its causation id.
 """
 
 from __future__ import annotations
@@ -22,28 +22,11 @@ import uuid
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
-from tidings import Context, EventModel, Message, Service, WireModel, connect
+from examples.orders.events import INVENTORY_EVENTS, ORDER_EVENTS, InventoryReserved, OrderPlaced
+from tidings import Context, Message, Service, connect
 
-ORDER_TOPIC = "order-events"
-INVENTORY_TOPIC = "inventory-events"
-
-
-class Item(WireModel):
-    product_id: str
-    quantity: int
-    price: float
-
-
-class OrderPlaced(EventModel, type="ORDER_PLACED", version=1):
-    order_id: str
-    user_id: str
-    items: list[Item]
-    total: float
-
-
-class InventoryReserved(EventModel, type="INVENTORY_RESERVED", version=1):
-    order_id: str
-    items: list[Item]
+ORDER_TOPIC = ORDER_EVENTS
+INVENTORY_TOPIC = INVENTORY_EVENTS
 
 
 def article_message(
@@ -112,7 +95,14 @@ def inventory_service(
         await ctx.execute(
             "INSERT INTO reservations(order_id, units) VALUES (?, ?)", (event.order_id, units)
         )
-        ctx.publish(inventory_topic, InventoryReserved(order_id=event.order_id, items=event.items))
+        reserved = InventoryReserved(
+            order_id=event.order_id,
+            user_id=event.user_id,
+            items=event.items,
+            total=event.total,
+            currency=event.currency,
+        )
+        ctx.publish(inventory_topic, reserved)
 
     return service
 

@@ -58,6 +58,7 @@ async def test_the_articles_producer_talks_to_a_tidings_service(where: Site) -> 
             assert follow_up.causation_id == order.id  # the article's eventId
             assert follow_up.source == name and follow_up.sequence == 1
             assert json.loads(record.value)["type"] == "INVENTORY_RESERVED"
+            assert follow_up.data["currency"] == "USD"  # v1 upcast to the handler's v2
     finally:
         await broker.close()
 
