@@ -138,6 +138,38 @@ async def test_post_order_answers_at_once_and_the_order_is_confirmed_by_events(
         assert analytics["revenuePerMinute"][0]["currency"] == "EUR"
 
 
+async def test_the_demo_serves_metrics_and_health_of_all_seven_services(
+    cluster: InProcessCluster,
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with httpx.AsyncClient(base_url=cluster.api_url) as http:
+        response = await http.post(
+            "/orders", json=ORDER, headers={"Authorization": f"Bearer {TOKEN}"}
+        )
+        assert response.status_code == 202, response.text
+        assert all(c.ok for c in await settled(cluster))
+        assert cluster.metrics_url.startswith("http://127.0.0.1:")
+
+        async def processed() -> dict[tuple[str, str], float]:
+            text = (await http.get(cluster.metrics_url)).text
+            return {
+                (s.labels["service"], s.labels["type"]): s.value
+                for family in text_string_to_metric_families(text)
+                for s in family.samples
+                if s.name == "tidings_events_processed_total" and s.labels["outcome"] == "ok"
+            }
+
+        counted = await processed()
+        assert counted.get(("inventory", "ORDER_PLACED")) == 1, counted
+        assert counted.get(("payment", "INVENTORY_RESERVED")) == 1, counted
+        assert counted.get(("orders", "PAYMENT_CHARGED")) == 1, counted
+        health = cluster.metrics_url.removesuffix("/metrics")
+        ready = await http.get(f"{health}/readyz")
+        assert ready.status_code == 200, ready.text
+        assert set(ready.json()["services"]) == set(cluster.services)
+
+
 async def test_an_old_client_without_currency_publishes_order_placed_v1(
     cluster: InProcessCluster,
 ) -> None:

@@ -27,7 +27,9 @@ from tidings import Service
 
 
 class InProcessCluster:
-    """Every service as asyncio tasks in this process; one HTTP server for both APIs."""
+    """Every service as asyncio tasks in this process; one HTTP server for both APIs and one
+    telemetry endpoint for all seven services (/metrics, /healthz, /readyz at `metrics_url`'s
+    host and port; not served when the `metrics` extra is missing)."""
 
     def __init__(self, settings: Settings, token: str, host: str, port: int) -> None:
         self.settings = settings
@@ -35,11 +37,13 @@ class InProcessCluster:
         self.token, self.host, self.port = token, host, port
         self._tasks: list[asyncio.Task[None]] = []
         self._http: contextlib.AbstractAsyncContextManager[HttpServer] | None = None
-        self.api_url = self.analytics_url = ""
+        self._telemetry = contextlib.AsyncExitStack()
+        self.api_url = self.analytics_url = self.metrics_url = ""
 
     async def start(self) -> None:
-        """Start every service and the HTTP server; if any of it fails, stop what started."""
+        """Start every service and the HTTP servers; if any of it fails, stop what started."""
         try:
+            self.metrics_url = await self._serve_telemetry()
             for service in self.services.values():
                 self._tasks.append(await service.run_in_background())
             app = create_app(
@@ -55,6 +59,19 @@ class InProcessCluster:
             raise
         self.api_url = self.analytics_url = f"http://{self.host}:{server.port}"
 
+    async def _serve_telemetry(self) -> str:
+        try:
+            from tidings.telemetry import metrics
+            from tidings.telemetry.server import serving as telemetry_serving
+        except ImportError:  # the metrics extra is not installed
+            return ""
+        collected = metrics.Metrics()
+        for service in self.services.values():
+            metrics.instrument(service, collected)
+        endpoint = telemetry_serving(list(self.services.values()), 0, self.host, collected)
+        port = await self._telemetry.enter_async_context(endpoint)
+        return f"http://{self.host}:{port}/metrics"
+
     async def stop(self) -> None:
         if self._http is not None:
             await self._http.__aexit__(None, None, None)
@@ -62,6 +79,7 @@ class InProcessCluster:
         for service in self.services.values():
             service.stop()
         await asyncio.wait_for(asyncio.gather(*self._tasks, return_exceptions=True), 60)
+        await self._telemetry.aclose()
 
 
 def free_port(host: str) -> int:

@@ -288,6 +288,16 @@ def _print_access(
             f"console    {web.url}   dashboard  {web.url}dashboard   ({web.token_hint})",
             soft_wrap=True,
         )
+    if isinstance(cluster, InProcessCluster) and cluster.metrics_url:
+        health = cluster.metrics_url.removesuffix("/metrics")
+        console.print(
+            f"metrics    {cluster.metrics_url}   health  {health}/healthz  {health}/readyz",
+            soft_wrap=True,
+        )
+    elif isinstance(cluster, ProcessCluster) and cluster.metrics_urls:
+        console.print(
+            f"metrics    {cluster.metrics_urls.get('orders', '')} (orders; one per service)"
+        )
     console.print(
         f"  curl -X POST {cluster.api_url}/orders -H 'Authorization: Bearer '{bearer} "
         "-H 'Content-Type: application/json' "
