@@ -4,7 +4,7 @@ A closed loop (N requests in flight) measures latency at the rate the server hap
 sustain; capacity needs the opposite: requests sent at a fixed rate whatever the answers, as
 shoppers arrive, for a fixed time, and a verdict on whether the system kept up. `open_loop`
 sends request i at `start + i / rate` (requests that fall due together go out together: the
-sender never waits for an answer), each answered or timed out on its own task.
+sender never waits for an answer) to whichever of its connections is free first.
 
 `search` tries rates until it brackets the highest one that passes a caller's `verdict`: from a
 first guess it goes up by `STEP_UP` while rates pass (down by half while they fail), then halves
@@ -14,7 +14,7 @@ the bracket `refine` times. Every try is reported to the caller's `report`.
 from __future__ import annotations
 
 import asyncio
-import time
+import contextlib
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -64,39 +64,77 @@ class OpenResult:
         }
 
 
+CONNECTIONS = 64
+"""Keep-alive connections of the open-loop client: requests due while all are busy wait for
+one, and that wait counts in their response time."""
+
+
+@dataclass
+class OpenLoopClient:
+    """Where the open-loop requests go: `base_url` and headers sent with every request."""
+
+    base_url: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
 async def open_loop(
-    client: httpx.AsyncClient,
+    client: OpenLoopClient,
     requests: Sequence[tuple[dict[str, Any], dict[str, str]]],
     rate: float,
     timeout: float,
 ) -> OpenResult:
-    """POST `requests` (body, headers) to /orders at `rate` per second; no retries."""
+    """POST `requests` (body, headers) to /orders at `rate` per second; no retries. A request's
+    response time runs from when it was due; one not answered within `timeout` of that (or
+    still waiting for a connection then) fails as a timeout.
+
+    `CONNECTIONS` workers take the next request due, each with an httpx client of its own
+    holding one connection: httpx's shared pool, with requests cancelled by their timeout,
+    degrades under overload until nearly every request times out, which measured the client
+    rather than the server."""
     result = OpenResult(rate=rate, seconds=len(requests) / rate)
     loop = asyncio.get_running_loop()
-    tasks: list[asyncio.Task[None]] = []
+    queue: asyncio.Queue[tuple[float, dict[str, Any], dict[str, str]] | None] = asyncio.Queue()
 
-    async def one(body: dict[str, Any], headers: dict[str, str]) -> None:
-        started = time.perf_counter()
-        kind: str | None = None
-        try:
-            async with asyncio.timeout(timeout):
-                response = await client.post("/orders", json=body, headers=headers)
-            if 200 <= response.status_code < 300:
-                order_id = response.json().get("orderId")
-                if order_id:
-                    result.order_ids.append(str(order_id))
-            else:
-                kind = f"HTTP {response.status_code}"
-        except TimeoutError:
-            kind = "timeout"
-        except httpx.HTTPError as exc:
-            kind = type(exc).__name__
-        result.times_ms.append((time.perf_counter() - started) * 1000)
-        if kind is None:
-            result.ok += 1
-        else:
+    def done(due: float, kind: str | None, response: httpx.Response | None = None) -> None:
+        result.times_ms.append((loop.time() - due) * 1000)
+        if kind is not None:
             result.errors[kind] += 1
+            return
+        result.ok += 1
+        with contextlib.suppress(ValueError, AttributeError):
+            order_id = response.json().get("orderId") if response is not None else None
+            if order_id:
+                result.order_ids.append(str(order_id))
 
+    async def worker(http: httpx.AsyncClient) -> None:
+        while (item := await queue.get()) is not None:
+            due, body, headers = item
+            left = due + timeout - loop.time()
+            if left <= 0:
+                done(due, "timeout")
+                continue
+            try:
+                async with asyncio.timeout(left):
+                    response = await http.post("/orders", json=body, headers=headers)
+            except TimeoutError:
+                done(due, "timeout")
+            except httpx.HTTPError as exc:
+                done(due, type(exc).__name__)
+            else:
+                ok = 200 <= response.status_code < 300
+                done(due, None if ok else f"HTTP {response.status_code}", response)
+
+    # made before the clock starts: a client takes milliseconds to make (its TLS context)
+    clients = [
+        httpx.AsyncClient(
+            base_url=client.base_url,
+            headers=client.headers,
+            timeout=timeout + 1.0,  # asyncio.timeout above cuts each request at its due time
+            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+        )
+        for _ in range(CONNECTIONS)
+    ]
+    workers = [asyncio.create_task(worker(http)) for http in clients]
     start = loop.time() + 0.01
     first = last = start
     for index, (body, headers) in enumerate(requests):
@@ -109,10 +147,13 @@ async def open_loop(
         if index == 0:
             first = now
         last = now
-        tasks.append(asyncio.create_task(one(body, headers)))
+        queue.put_nowait((due, body, headers))
         result.sent += 1
     result.send_seconds = last - first if len(requests) > 1 else 0.0
-    await asyncio.gather(*tasks)
+    for _ in workers:
+        queue.put_nowait(None)
+    await asyncio.gather(*workers)
+    await asyncio.gather(*(http.aclose() for http in clients))
     return result
 
 

@@ -37,7 +37,10 @@ before it answers (here with no simulated latency in the downstream handlers);
 `article_claim` - 650 ms, 15 ms, 43x.
 
 **Capacity** (`capacity_orders_per_s`): orders sent open-loop at a steady rate (request i at
-i / rate seconds, whatever the answers) for `--capacity-seconds` (60); a rate passes if every
+i / rate seconds, whatever the answers) for `--capacity-seconds` (60), by 64 workers, each an httpx
+client with one keep-alive connection (`bench._capacity`: one shared pool collapses under
+open-loop overload), the same for both sides; a request's response time runs from when it
+was due. A rate passes if every
 request answered 2xx with response p99 <= 1 s, the client kept the rate (>= 95%), every order
 of the window ended final with time-to-final p99 <= 1 s, and every consumer group's lag was
 back to 0 within `LAG_GRACE_S` of the last order's final status. The search starts near the
@@ -76,7 +79,7 @@ from typing import Any
 
 import httpx
 
-from bench._capacity import OpenResult, Verdict, open_loop, search
+from bench._capacity import OpenLoopClient, OpenResult, Verdict, open_loop, search
 from bench._common import emit, machine, percentile, workdir
 
 BENCH = "sync_vs_events"
@@ -110,7 +113,6 @@ LAG_GRACE_S = 10.0
 """Seconds after an open-loop window's last order is final by which every group's committed
 offsets must have caught up (they are committed about once a second)."""
 CAPACITY_START = 0.8
-OPEN_LOOP_CONNECTIONS = 64
 """The capacity search starts at this share of the closed-loop rate at --concurrency."""
 
 
@@ -708,7 +710,7 @@ class Capacity:
     def __init__(
         self,
         name: str,
-        client: httpx.AsyncClient,
+        client: OpenLoopClient,
         settings: Settings,
         seconds: float,
         judge: Callable[[OpenResult], Awaitable[Verdict]],
@@ -754,21 +756,6 @@ def _kept(result: OpenResult) -> list[str]:
     if result.achieved < RATE_KEPT * result.rate:
         problems.append(f"sent {result.achieved:.0f}/s of {result.rate:.0f}/s")
     return problems
-
-
-def open_client(base_url: str, timeout: float, **headers: str) -> Any:
-    """The client of the open-loop trials: the same client with `OPEN_LOOP_CONNECTIONS`
-    connections; requests beyond wait for one (in their response time). Opening a connection
-    per request in flight instead makes a server that falls a little behind collapse - and
-    the client with it, which scans its pool at every request."""
-    return httpx.AsyncClient(
-        base_url=base_url,
-        headers=headers,
-        timeout=timeout + 1.0,
-        limits=httpx.Limits(
-            max_connections=OPEN_LOOP_CONNECTIONS, max_keepalive_connections=OPEN_LOOP_CONNECTIONS
-        ),
-    )
 
 
 # the two sides, and the bare endpoint ---------------------------------------------------------
@@ -948,14 +935,14 @@ async def run_capacity(
             problems.append(f"response p99 {result.pct(99):.0f} ms")
         return not problems, {**result.summary(), "problems": problems}
 
-    async with open_client(api_url, settings.timeout, **auth) as client:
-        events = Capacity("events", client, settings, settings.capacity_seconds, judge_events)
-        rate, trials = await events.run(CAPACITY_START * closed.count / closed.seconds)
-    async with open_client(bare_url, settings.timeout, **auth) as client:
-        bare = Capacity("bare", client, settings, settings.bare_capacity_seconds, judge_bare)
-        bare_rate, bare_trials = await bare.run(
-            CAPACITY_START * bare_closed.count / bare_closed.seconds
-        )
+    client = OpenLoopClient(api_url, auth)
+    events = Capacity("events", client, settings, settings.capacity_seconds, judge_events)
+    rate, trials = await events.run(CAPACITY_START * closed.count / closed.seconds)
+    client = OpenLoopClient(bare_url, auth)
+    bare = Capacity("bare", client, settings, settings.bare_capacity_seconds, judge_bare)
+    bare_rate, bare_trials = await bare.run(
+        CAPACITY_START * bare_closed.count / bare_closed.seconds
+    )
     emit(
         BENCH,
         "bare_capacity_requests_per_s",
