@@ -241,16 +241,25 @@ class Service:
 
     # resources --------------------------------------------------------------------------
 
-    def bind(self, *, broker: str | Broker | None = None, store: str | Store | None = None) -> None:
-        """Use these backends instead of the ones configured (`broker=`/`store=`, environment,
-        defaults) - for tests: `tidings.testing.ServiceHarness` binds `memory://` ones. Only
-        before the service starts."""
-        if self._started or self._broker is not None or self._store is not None:
+    def bind(
+        self,
+        *,
+        broker: str | Broker | None = None,
+        store: str | Store | None = None,
+        blobs: str | BlobStore | None = None,
+    ) -> None:
+        """Use these backends instead of the ones configured (`broker=`/`store=`/`blobs=`,
+        environment, defaults) - for tests: `tidings.testing.ServiceHarness` binds `memory://`
+        ones and a temporary blob directory. Only before the service starts."""
+        opened = self._broker is not None or self._store is not None
+        if self._started or opened or self._blob_store is not None:
             raise ConfigError(f"service {self.name!r}: bind() its backends before it starts")
         if broker is not None:
             self._broker_spec = broker
         if store is not None:
             self._store_spec = store
+        if blobs is not None:
+            self._blobs_spec = blobs
 
     @property
     def broker(self) -> Broker:

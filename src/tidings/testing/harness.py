@@ -19,6 +19,7 @@ what the service published is on the broker, so a test reads the outcome without
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -32,6 +33,7 @@ from tidings.brokers.memory import MemoryBroker
 from tidings.errors import DecodeError, UnknownTopicError
 from tidings.event import Event, event_from_record
 from tidings.records import Record, TopicPartition
+from tidings.runtime.claimcheck import resolve
 from tidings.runtime.outcomes import Outcome, Settled
 from tidings.schema import EventModel
 from tidings.service import Service
@@ -64,8 +66,9 @@ class Letter:
 
 
 class ServiceHarness:
-    """Runs `service` on a `memory://` broker and store (or the ones given) for a test; an
-    async context manager. `timeout` bounds each wait."""
+    """Runs `service` on a `memory://` broker and store (or the ones given) and a temporary
+    blob directory (for claim-checked payloads) for a test; an async context manager.
+    `timeout` bounds each wait."""
 
     def __init__(
         self,
@@ -80,12 +83,13 @@ class ServiceHarness:
         self._broker_url = broker or f"memory://harness-{uuid.uuid4().hex[:12]}"
         self._store_url = store or "memory://"
         self._task: asyncio.Task[None] | None = None
+        self._blobs = tempfile.TemporaryDirectory(prefix="tidings-harness-blobs-")
         self._final: dict[tuple[str, str], int] = {}
         """How often each (event id, handler consumer name or "" for none) was done with for
         good: deliveries of one event are told apart by the count."""
 
     async def __aenter__(self) -> Self:
-        self.service.bind(broker=self._broker_url, store=self._store_url)
+        self.service.bind(broker=self._broker_url, store=self._store_url, blobs=self._blobs.name)
         self.service.observers.append(self)
         self._task = await self.service.run_in_background(grace_period=self.timeout)
         return self
@@ -107,6 +111,7 @@ class ServiceHarness:
         broker = self.service.broker
         if isinstance(broker, MemoryBroker):
             await broker.close()
+        self._blobs.cleanup()
 
     # driving ------------------------------------------------------------------------------
 
@@ -166,8 +171,9 @@ class ServiceHarness:
     async def published(self, topic: str, model: type[M] | None = None) -> list[Any]:
         """Every event on `topic` so far, in the order the topic holds them (per partition), as
         `Event`s - or only those of `model`'s type, as `model` instances; [] if the topic does
-        not exist."""
-        events = [event_from_record(r) for r in await self._read(topic)]
+        not exist. Claim-checked events come with their payload, as handlers receive them."""
+        blobs = self.service.blob_store
+        events = [await resolve(blobs, event_from_record(r)) for r in await self._read(topic)]
         if model is None:
             return events
         return [model.from_event(e) for e in events if e.type == model.event_type]
