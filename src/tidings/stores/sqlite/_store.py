@@ -50,8 +50,8 @@ class SQLiteStore(Store):
         self._next_checkpoint = 0.0
         self._commit_s = 0.0
         self._lock: asyncio.Lock | None = None
-        self._waiting = 0
-        """Tasks waiting for `_lock`."""
+        self._joining = 0
+        """Transactions waiting for `_lock` to begin: they can join the open group."""
         self._group: _Group | None = None
         """The transactions sharing the writer connection's open SQLite transaction."""
         self._background: set[asyncio.Task[None]] = set()
@@ -159,14 +159,19 @@ class SQLiteStore(Store):
             ran += 1
         return ran
 
-    async def _acquire(self) -> None:
-        """Take the store's lock, counted among its waiters meanwhile."""
+    async def _acquire(self, *, joining: bool = False) -> None:
+        """Take the store's lock; a transaction about to begin is counted in `_joining`
+        meanwhile (other waiters - relay writes, a group member waiting for its COMMIT, close -
+        are not: a group is not held open for them)."""
         assert self._lock is not None
-        self._waiting += 1
+        if not joining:
+            await self._lock.acquire()
+            return
+        self._joining += 1
         try:
             await self._lock.acquire()
         finally:
-            self._waiting -= 1
+            self._joining -= 1
 
     @contextlib.asynccontextmanager
     async def _begin(self) -> AsyncIterator[SQLiteTransaction]:
@@ -192,7 +197,7 @@ class SQLiteStore(Store):
         await self.start()
         assert self._lock is not None and self._conn is not None
         conn = self._conn
-        await self._acquire()
+        await self._acquire(joining=True)
         group = self._group
         try:
             if group is None:
@@ -229,7 +234,7 @@ class SQLiteStore(Store):
         raises if that failed."""
         assert self._lock is not None
         await asyncio.sleep(0)  # transactions ready to start join this group
-        if self._waiting and group.members < MAX_GROUP:
+        if self._joining and group.members < MAX_GROUP:
             self._lock.release()
             try:
                 await self._acquire()
@@ -265,10 +270,10 @@ class SQLiteStore(Store):
             if not conn.in_transaction:
                 self._group = None
                 _fail(group, StorageError(f"{self.path}: the transaction was rolled back"))
-            elif self._waiting:
+            elif self._joining:
                 return  # they commit it
             elif group.members:
-                await self._commit_group(group)
+                await self._commit_uncancelled(group)
             else:
                 self._group = None
                 self._rollback(conn)
@@ -286,9 +291,13 @@ class SQLiteStore(Store):
             self._lock.release()
 
     async def _commit_uncancelled(self, group: _Group) -> None:
-        """`_commit_group`, finished even if this task is cancelled meanwhile (the lock, held
-        by the caller, must not be released while the connection commits); a cancellation
-        is raised afterwards."""
+        """Commit `group` (holding the lock): inline while commits are fast (no hop through
+        the event loop, so nothing else runs meanwhile), else `_commit_group` on the worker
+        thread, finished even if this task is cancelled meanwhile (the lock must not be
+        released while the connection commits); a cancellation is raised afterwards."""
+        if self._commit_s < INLINE_COMMIT_MAX_S:
+            self._commit_inline(group)
+            return
         task = asyncio.ensure_future(self._commit_group(group))
         cancelled = False
         while not task.done():
@@ -299,22 +308,36 @@ class SQLiteStore(Store):
         if cancelled:
             raise asyncio.CancelledError
 
+    def _commit_inline(self, group: _Group) -> None:
+        """COMMIT `group` on this thread and settle its members. Never raises."""
+        conn = self._conn
+        assert conn is not None
+        self._group = None
+        try:
+            peers = self._commit(conn, group.outbox)
+        except BaseException as exc:
+            if conn.in_transaction:
+                self._rollback(conn)
+            _fail(group, exc)
+            return
+        self._committed(group, peers)
+
     async def _commit_group(self, group: _Group) -> None:
-        """COMMIT `group` (holding the lock) and settle its members: `group.done` is set, or
+        """COMMIT `group` on the worker thread and settle its members: `group.done` is set, or
         fails with the error of the COMMIT. Never raises."""
         conn = self._conn
         assert conn is not None
         self._group = None
         try:
-            if self._commit_s < INLINE_COMMIT_MAX_S:
-                peers = self._commit(conn, group.outbox)
-            else:
-                peers = await self._io(self._commit, conn, group.outbox)
+            peers = await self._io(self._commit, conn, group.outbox)
         except BaseException as exc:
             if conn.in_transaction:
                 await asyncio.shield(self._io(self._rollback, conn))
             _fail(group, exc)
             return
+        self._committed(group, peers)
+
+    def _committed(self, group: _Group, peers: list[str]) -> None:
         group.done.set_result(None)
         if group.outbox:
             self.notifier.send(OUTBOX_COMMITTED, peers)
