@@ -291,12 +291,12 @@ class SQLiteStore(Store):
             self._lock.release()
 
     async def _commit_uncancelled(self, group: _Group) -> None:
-        """Commit `group` (holding the lock): inline while commits are fast (no hop through
-        the event loop, so nothing else runs meanwhile), else `_commit_group` on the worker
-        thread, finished even if this task is cancelled meanwhile (the lock must not be
-        released while the connection commits); a cancellation is raised afterwards."""
+        """`_commit_group` (holding the lock). While commits are fast it is awaited directly:
+        it never suspends then, so nothing else runs on the loop meanwhile. Else it runs as a
+        task finished even if this task is cancelled meanwhile (the lock must not be released
+        while the connection commits); a cancellation is raised afterwards."""
         if self._commit_s < INLINE_COMMIT_MAX_S:
-            self._commit_inline(group)
+            await self._commit_group(group)
             return
         task = asyncio.ensure_future(self._commit_group(group))
         cancelled = False
@@ -308,36 +308,22 @@ class SQLiteStore(Store):
         if cancelled:
             raise asyncio.CancelledError
 
-    def _commit_inline(self, group: _Group) -> None:
-        """COMMIT `group` on this thread and settle its members. Never raises."""
-        conn = self._conn
-        assert conn is not None
-        self._group = None
-        try:
-            peers = self._commit(conn, group.outbox)
-        except BaseException as exc:
-            if conn.in_transaction:
-                self._rollback(conn)
-            _fail(group, exc)
-            return
-        self._committed(group, peers)
-
     async def _commit_group(self, group: _Group) -> None:
-        """COMMIT `group` on the worker thread and settle its members: `group.done` is set, or
+        """COMMIT `group` (holding the lock) and settle its members: `group.done` is set, or
         fails with the error of the COMMIT. Never raises."""
         conn = self._conn
         assert conn is not None
         self._group = None
         try:
-            peers = await self._io(self._commit, conn, group.outbox)
+            if self._commit_s < INLINE_COMMIT_MAX_S:
+                peers = self._commit(conn, group.outbox)
+            else:
+                peers = await self._io(self._commit, conn, group.outbox)
         except BaseException as exc:
             if conn.in_transaction:
                 await asyncio.shield(self._io(self._rollback, conn))
             _fail(group, exc)
             return
-        self._committed(group, peers)
-
-    def _committed(self, group: _Group, peers: list[str]) -> None:
         group.done.set_result(None)
         if group.outbox:
             self.notifier.send(OUTBOX_COMMITTED, peers)
