@@ -26,6 +26,7 @@ from collections.abc import (
     AsyncIterator,
     Callable,
     Collection,
+    Iterable,
     Mapping,
     Sequence,
 )
@@ -171,6 +172,7 @@ class Service:
         name: str | None = None,
         reset: Callable[..., Any] | None = None,
         ordered_dead_letters: bool = False,
+        locks: str | Iterable[str] | Callable[[Any], Iterable[str]] | None = None,
     ) -> Callable[[H], H]:
         """Register a handler for events on `topics`.
 
@@ -182,10 +184,18 @@ class Service:
         `reset(ctx, since)` (or `reset(ctx)`: rebuilt only from the beginning) clears what the
         handler built, for `tidings rebuild` (see `tidings.runtime.handlers.Reset`). With
         `ordered_dead_letters=True`, a dead-lettered event holds back the later events of its
-        key for this handler until it is replayed or purged (`tidings.runtime.parking`)."""
+        key for this handler until it is replayed or purged (`tidings.runtime.parking`).
+
+        `locks` names the shared rows the handler writes - a name, names, or a function of
+        the handler's argument returning them (`lambda order: [item.sku for item in
+        order.items]`): each transaction takes the locks of all its events first, in one
+        order, so concurrent transactions (partitions, instances) writing the same rows wait
+        for each other instead of deadlocking (PostgreSQL advisory locks; nothing on SQLite,
+        whose writers take turns). Every handler writing those rows must name them."""
         if not topics:
             raise ConfigError("handler() needs at least one topic")
         reset_hook = _reset_hook(reset) if reset is not None else None
+        lock_names = _lock_names(locks)
 
         def register(function: H) -> H:
             model = _event_parameter(function)
@@ -207,6 +217,7 @@ class Service:
                     retry=retry or self.retry,
                     reset=reset_hook,
                     ordered_dead_letters=ordered_dead_letters,
+                    locks=lock_names,
                 )
             )
             return function
@@ -432,6 +443,21 @@ class Service:
         """Ask a running `run()` to finish in-flight work and return."""
         if self.runner is not None:
             self.runner.stop()
+
+
+def _lock_names(
+    locks: str | Iterable[str] | Callable[[Any], Iterable[str]] | None,
+) -> Callable[[Any], Iterable[str]] | None:
+    """`handler(locks=...)` as a function of the handler's argument (None: no locks)."""
+    if locks is None or callable(locks):
+        return locks
+    names = (locks,) if isinstance(locks, str) else tuple(locks)
+    if not names or not all(isinstance(name, str) and name for name in names):
+        raise ConfigError(
+            f"locks= takes a lock name, a list of names or a function of the event returning"
+            f" them, got {locks!r}"
+        )
+    return lambda _argument: names
 
 
 def _reset_hook(function: Callable[..., Any]) -> Reset:

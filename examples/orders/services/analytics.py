@@ -67,7 +67,9 @@ def create(settings: Settings) -> Service:
         retry=settings.retry,
     )
 
-    @service.handler(*TOPICS, reset=clear)
+    # every event adds to a few shared counter rows: one lock keeps concurrent transactions
+    # from deadlocking on them (see inventory)
+    @service.handler(*TOPICS, reset=clear, locks="counters")
     async def track(event: Event, ctx: Context) -> None:
         topic = ctx.position[0] if ctx.position else "?"
         ctx.defer(

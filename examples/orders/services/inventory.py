@@ -19,6 +19,7 @@ from examples.orders.settings import Settings
 from tidings import Context, Service
 
 NAME = "inventory"
+STOCK_LOCK = "stock"
 
 MIGRATIONS = [
     """CREATE TABLE stock (
@@ -59,7 +60,10 @@ def create(settings: Settings) -> Service:
 
     service.publishes(INVENTORY_EVENTS, InventoryReserved, InventoryReservationFailed)
 
-    @service.handler(ORDER_EVENTS)
+    # Every order takes from the same few stock rows: the two handlers that write them name
+    # one lock, so that concurrent transactions (other partitions' batches, other instances)
+    # queue for the stock instead of deadlocking on it (PostgreSQL; SQLite has one writer).
+    @service.handler(ORDER_EVENTS, locks=STOCK_LOCK)
     async def reserve(event: OrderPlaced, ctx: Context) -> None:
         wanted: dict[str, int] = {}
         for item in event.items:
@@ -110,7 +114,7 @@ def create(settings: Settings) -> Service:
             ),
         )
 
-    @service.handler("payment-events")
+    @service.handler("payment-events", locks=STOCK_LOCK)
     async def release(event: PaymentFailed, ctx: Context) -> None:
         rows = await ctx.fetchall(
             "SELECT product_id, quantity FROM reservations"

@@ -69,6 +69,8 @@ figure with each consecutive failure of the partition, up to the second."""
 
 Pending = list[Settled]
 """What a transaction decided about its events; final (counted, observed) once it commits."""
+Planned = list[tuple[Record, Event | DecodeError, list[Handler]]]
+"""Records decoded, each with the handlers due to run it."""
 
 
 class _RolledBack(Exception):
@@ -107,6 +109,7 @@ class Dispatcher:
         self._rebuilds = Rebuilds()
         self._route: Callable[..., list[Handler]] = self._due_handlers
         """`_due_handlers`, under the rebuild markers while a rebuild is under way."""
+        self._locking = any(handler.locks is not None for handler in service.handlers)
 
     async def prepare(self) -> None:
         """Before consuming: ordered dead letters' tables, rebuild markers (or ConfigError)."""
@@ -171,19 +174,18 @@ class Dispatcher:
         surfaced elsewhere or was caught, or when a deferred constraint failed at COMMIT) - and
         then nothing of `records[start:end]` was committed."""
         pending: Pending = []
-        planned: list[tuple[Record, Event | DecodeError, list[Handler]]] = []
-        keys: list[InboxKey] = []
-        for index in range(start, end):
-            record = records[index]
-            event = _decode(record)
-            handlers = self._route(record, event) if isinstance(event, Event) else []
-            if handlers:
-                assert isinstance(event, Event)
-                keys.extend((handler.consumer, event.id) for handler in handlers)
-            planned.append((record, event, handlers))
+        planned = self._plan(records, start, end)
+        keys: list[InboxKey] = [
+            (handler.consumer, event.id)
+            for _, event, handlers in planned
+            if isinstance(event, Event)
+            for handler in handlers
+        ]
         try:
             async with self.store.transaction() as tx:
                 tx.deferred_errors_escape = True
+                if self._locking:
+                    await self._lock(tx, planned)
                 if self._parking.active:
                     await self._parking.load(tx, records[start:end])
                 inbox = InboxBatch(await tx.inbox_find(keys))
@@ -205,6 +207,51 @@ class Dispatcher:
         self._settled(pending)
         return end
 
+    def _plan(self, records: Sequence[Record], start: int, end: int) -> Planned:
+        """`records[start:end]` decoded, each with the handlers due to run it."""
+        planned: Planned = []
+        for index in range(start, end):
+            record = records[index]
+            event = _decode(record)
+            handlers = self._route(record, event) if isinstance(event, Event) else []
+            planned.append((record, event, handlers))
+        return planned
+
+    async def _lock(self, tx: Transaction, planned: Planned) -> None:
+        """Take, in `tx` and before anything else, the locks the handlers name for their
+        events (`Handler.locks`), all together: one global order, so no deadlock between
+        transactions that name the same things."""
+        names: list[str] = []
+        for _, event, handlers in planned:
+            if isinstance(event, Event):
+                for handler in handlers:
+                    if handler.locks is not None:
+                        names += await self._lock_names(handler, event)
+        if names:
+            await tx.lock(names)
+
+    async def _lock_names(self, handler: Handler, event: Event) -> list[str]:
+        """What `handler.locks` names for `event` - nothing if it cannot say (an event that
+        fails validation is the handler's to dead-letter; a `locks` function that raises is
+        logged and the handler runs without its locks)."""
+        assert handler.locks is not None
+        try:
+            if event.dataref is not None:
+                event = await resolve(self.service.blob_store, event)
+            names = handler.locks(handler.parse(event))
+            return [names] if isinstance(names, str) else [str(name) for name in names]
+        except SchemaError:
+            return []
+        except Exception as exc:
+            log.warning(
+                "%s: the locks function of %s raised for %s: %r; it runs without its locks",
+                self.service.name,
+                handler.consumer,
+                event.id,
+                exc,
+            )
+            return []
+
     @contextlib.asynccontextmanager
     async def _guarded_transaction(self, pending: Pending) -> AsyncIterator[Transaction]:
         """A transaction for handlers in savepoints: deferred constraints are checked at each
@@ -221,13 +268,13 @@ class Dispatcher:
         pending: Pending = []
         index = start
         failure: Failure | None = None
+        planned = self._plan(records, start, end)
         async with self._guarded_transaction(pending) as tx:
+            if self._locking:
+                await self._lock(tx, planned)
             if self._parking.active:
                 await self._parking.load(tx, records[start:end])
-            while index < end:
-                record = records[index]
-                event = _decode(record)
-                handlers = self._route(record, event) if isinstance(event, Event) else []
+            for record, event, handlers in planned:
                 failure = await self._apply_record(
                     tx, pending, record, event, handlers, guarded=True
                 )
@@ -468,13 +515,16 @@ class Dispatcher:
                     raise _Stopping
             attempt += 1
             pending: Pending = []
+            handlers = self._route(record, event, dead)
             async with self._guarded_transaction(pending) as tx:
+                if self._locking:
+                    await self._lock(tx, [(record, event, handlers)])
                 next_failure = await self._apply_record(
                     tx,
                     pending,
                     record,
                     event,
-                    self._route(record, event, dead),
+                    handlers,
                     guarded=True,
                     attempt=attempt,
                     retrying=True,
@@ -492,7 +542,10 @@ class Dispatcher:
             failure.error,
         )
         pending = []
+        handlers = self._route(record, event, [*dead, handler.consumer])
         async with self._guarded_transaction(pending) as tx:
+            if self._locking:
+                await self._lock(tx, [(record, event, handlers)])
             position = (record.topic, record.partition, record.offset)
             if await self._mark_dead(tx, record, handler, event.id, position):
                 await self._dead_letter(
@@ -511,7 +564,7 @@ class Dispatcher:
                 pending,
                 record,
                 event,
-                self._route(record, event, dead),
+                handlers,
                 guarded=True,
                 retrying=True,
             )

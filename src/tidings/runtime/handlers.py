@@ -4,7 +4,7 @@ middleware."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -24,7 +24,9 @@ class Handler:
     `reset` clears what the handler built, before `tidings rebuild` re-delivers its topics to
     it (see `Reset`). With `ordered_dead_letters`, an event of a key it dead-letters holds back
     every later event of that key for this handler until the dead letter is replayed or purged
-    (`tidings.runtime.parking`)."""
+    (`tidings.runtime.parking`). `locks(argument)` names the shared things the handler writes
+    for an event; a transaction takes the locks of all its events before running any of them
+    (`Transaction.lock`)."""
 
     name: str
     consumer: str
@@ -35,6 +37,7 @@ class Handler:
     retry: Retry
     reset: Reset | None = None
     ordered_dead_letters: bool = False
+    locks: Callable[[Any], Iterable[str]] | None = None
 
     def accepts(self, event_type: str) -> bool:
         return self.model is None or self.model.event_type == event_type

@@ -9,7 +9,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, ClassVar, TypeVar, final
 
@@ -96,7 +96,7 @@ class Transaction(Statements, OutboxWriter, InboxRows):
     and outbox rows for every backend. A backend implements only primitives that run its
     driver and raise what the caller should see: `_execute`, `_fetchall`, `_run_deferred`,
     `_write_outbox`, `_take_sequences` and the `_inbox_*` ones; it names its driver's errors
-    in `driver_errors` and may set `IMMEDIATE_CONSTRAINTS`, `_copy_params` and
+    in `driver_errors` and may set `IMMEDIATE_CONSTRAINTS`, `_lock`, `_copy_params` and
     `_usable_after_interruption`.
     Savepoints are plain SAVEPOINT / ROLLBACK TO SAVEPOINT / RELEASE SAVEPOINT statements."""
 
@@ -190,6 +190,18 @@ class Transaction(Statements, OutboxWriter, InboxRows):
     async def check_constraints_immediately(self) -> None:
         if self.IMMEDIATE_CONSTRAINTS is not None:
             await self.execute(self.IMMEDIATE_CONSTRAINTS)
+
+    @final
+    async def lock(self, names: Iterable[str]) -> None:
+        """Hold the named locks until the transaction ends, taken in one global order, so that
+        transactions naming the same things (hot rows: a product's stock, an account) wait for
+        each other instead of deadlocking - however many events, partitions and processes
+        they cover - provided every transaction that writes those rows names them, before its
+        first write. Take them once, at the start of the transaction. Names are per store
+        (per PostgreSQL schema). Stores that run one writer at a time (SQLite) need none."""
+        unique = sorted(set(names))
+        if unique:
+            await self._statement(self._lock, unique)
 
     # outbox ----------------------------------------------------------------------------------
 
@@ -338,6 +350,9 @@ class Transaction(Statements, OutboxWriter, InboxRows):
 
     @abc.abstractmethod
     async def _fetchall(self, sql: str, params: Params) -> list[Row]: ...
+
+    async def _lock(self, names: Sequence[str]) -> None:
+        """Take `names` (sorted, unique) in order; nothing where one writer runs at a time."""
 
     @abc.abstractmethod
     async def _run_deferred(self, pending: Sequence[tuple[str, Params]]) -> None:

@@ -621,6 +621,31 @@ class StoreContract(SequenceContract):
         assert await store.query("SELECT count(*) FROM orders") == [(200,)]
         assert sorted(await relay_all(store)) == sorted(f"e-{n}" for n in range(200))
 
+    async def test_named_locks_keep_hot_rows_from_deadlocking(self, store: Store) -> None:
+        """Transactions that write the same rows in opposite orders, each naming them with
+        `lock` first, wait for each other instead of deadlocking (SQLite: one writer at a time
+        anyway; PostgreSQL: advisory locks), and every write lands."""
+        await store.migrate(
+            [BUSINESS, "CREATE TABLE hot (id TEXT PRIMARY KEY, n INTEGER NOT NULL)"]
+        )
+        async with store.transaction() as tx:
+            await tx.execute("INSERT INTO hot(id, n) VALUES ('a', 0), ('b', 0), ('c', 0)")
+        orders = [("a", "b", "c"), ("c", "b", "a"), ("b", "c", "a"), ("c", "a", "b")] * 3
+        both_started = asyncio.Barrier(len(orders))
+
+        async def write(ids: tuple[str, ...]) -> None:
+            async with store.transaction() as tx:
+                await tx.lock([*reversed(ids), ids[0]])  # any order, repeats: one set
+                await tx.execute("UPDATE hot SET n = n + 1 WHERE id = ?", (ids[0],))
+                with contextlib.suppress(TimeoutError):  # SQLite: the others wait to begin
+                    await asyncio.wait_for(both_started.wait(), 0.2)
+                for id_ in ids[1:]:
+                    await tx.execute("UPDATE hot SET n = n + 1 WHERE id = ?", (id_,))
+
+        await asyncio.wait_for(asyncio.gather(*(write(o) for o in orders)), 30)
+        rows = await store.query("SELECT id, n FROM hot ORDER BY id")
+        assert rows == [("a", len(orders)), ("b", len(orders)), ("c", len(orders))]
+
     async def test_fresh_store_is_empty(self, store_url: str) -> None:
         async with connect_store(store_url) as store:
             assert await store.outbox_size() == 0

@@ -172,6 +172,14 @@ CLAIM = """
 """
 
 
+TAKE_LOCKS = (
+    "SELECT count(pg_advisory_xact_lock(k)) FROM"
+    " (SELECT k FROM unnest(%s::bigint[]) AS k ORDER BY k) AS keys"
+)
+"""Advisory locks on the keys, one after another in ascending order (a volatile function of a
+sorted subquery runs in its order)."""
+
+
 def lock_key(*parts: str) -> int:
     """A stable advisory-lock key (bigint) for `parts`."""
     digest = hashlib.blake2b("\0".join(parts).encode(), digest_size=8).digest()

@@ -28,8 +28,10 @@ from tidings.stores.postgres._sql import (
     INBOX_PRIMARY_KEY,
     OUTBOX_ADD_ALL,
     OUTBOX_UNIQUE,
+    TAKE_LOCKS,
     TAKE_SEQUENCES,
     Conn,
+    lock_key,
 )
 from tidings.stores.postgres._url import PostgresURL
 from tidings.stores.transaction import OutboxEntry, Params, Row, SequenceKey, Transaction
@@ -95,6 +97,12 @@ class PostgresTransaction(Transaction):
         if cursor.description is None:
             return []
         return await cursor.fetchall()
+
+    async def _lock(self, names: Sequence[str]) -> None:
+        """Transaction-scoped advisory locks on keys hashed from the schema and each name,
+        taken in the keys' order (a collision only makes two names share a lock)."""
+        keys = sorted({lock_key("tidings.lock", self._config.schema, name) for name in names})
+        await self._exec(TAKE_LOCKS, (keys,))
 
     async def _run_deferred(self, pending: Sequence[tuple[str, Params]]) -> None:
         """One pipeline: consecutive runs of the same statement as one `executemany`, one
