@@ -1,7 +1,7 @@
-"""`python -m bench pipeline`, `kafka`, `poison` and `sync_vs_events` run end to end with
-`--quick` and print every metric their issue names, with the work complete: every event's effect
-applied exactly once (the effects table holds one row per event; none lost, none twice), every
-order of the order system final with its invariants.
+"""`python -m bench pipeline`, `kafka`, `poison`, `sync_vs_events` and `instances` run end to end
+with `--quick` and print every metric their issue names, with the work complete: every event's
+effect applied exactly once (the effects table holds one row per event; none lost, none twice),
+every order of the order system final with its invariants.
 Whether a figure meets its target is for BENCHMARKS.md, measured on a quiet machine, not for a
 test on a shared one."""
 
@@ -175,3 +175,40 @@ def test_sync_vs_events_benchmark_on_kafka_and_postgresql(tmp_path: Path) -> Non
         timeout=380,
     )
     check_sync_vs_events(metrics, "kafka")
+
+
+@pytest.mark.timeout(300)
+def test_instances_benchmark_kills_and_restarts_and_loses_nothing(tmp_path: Path) -> None:
+    """Two processes of inventory, payment and loyalty on Kafka + PostgreSQL, one killed and
+    restarted mid-run: every figure printed, a kill happened, every order final with its
+    invariants, every declined payment's stock released."""
+    bootstrap = server_setting("TIDINGS_KAFKA_BOOTSTRAP", "kafka")
+    dsn = server_setting("TIDINGS_POSTGRES_DSN", "postgres")
+    metrics = run_bench(
+        "instances",
+        "--quick",
+        "--static",
+        "--bootstrap",
+        bootstrap,
+        "--dsn",
+        dsn,
+        "--dir",
+        str(tmp_path),
+        timeout=280,
+    )
+    for name in (
+        "time_to_final_p50_ms",
+        "time_to_final_p99_ms",
+        "release_p50_ms",
+        "release_p99_ms",
+        "max_partition_stall_s",
+        "max_partition_stall_s_steady",
+    ):
+        assert isinstance(metrics[name]["value"], int | float), metrics[name]
+    release = metrics["release_p99_ms"]
+    assert release["payment_failed"] > 0 and release["released"] == release["payment_failed"]
+    assert metrics["deadlock_retries"]["value"] >= 0
+    assert metrics["time_to_final_p50_ms"]["kills"] >= 1
+    invariants = metrics["invariants"]
+    assert invariants["value"] is True, invariants
+    assert invariants["restarts"] >= 1

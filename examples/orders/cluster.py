@@ -16,11 +16,12 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
 
 from examples.orders.api import HttpServer, create_app, serving
-from examples.orders.serve import NAMES, TOKEN_ENV, WITH_HTTP, ready_file
+from examples.orders.serve import NAMES, TOKEN_ENV, WITH_HTTP, instance_key, ready_file
 from examples.orders.services import build_all
 from examples.orders.settings import Settings
 from tidings import Service
@@ -89,9 +90,11 @@ def free_port(host: str) -> int:
 
 
 class ProcessCluster:
-    """One `python -m examples.orders.serve NAME` process per service, logs in
-    `<dir>/logs/<name>.log`. `services` are this process's own handles on their databases
-    (started, never run): reading them is safe while the processes write."""
+    """One `python -m examples.orders.serve NAME` process per service - or `instances[NAME]`
+    of them, known as NAME, NAME-2, ... (not for the services with an HTTP API) - logs in
+    `<dir>/logs/<key>.log`. `services` are this process's own handles on their databases
+    (started, never run): reading them is safe while the processes write. `start`, `kill`,
+    `restart` and `terminate` take those keys."""
 
     def __init__(
         self,
@@ -100,7 +103,19 @@ class ProcessCluster:
         token: str,
         host: str,
         port: int,
+        instances: Mapping[str, int] | None = None,
+        static_membership: bool = False,
     ) -> None:
+        self.static_membership = static_membership
+        """On Kafka, each process a static member of its groups (named by its key)."""
+        self.keys: dict[str, tuple[str, int]] = {}
+        """Every process's key -> (service name, instance number)."""
+        for name in NAMES:
+            count = (instances or {}).get(name, 1)
+            if count > 1 and name in WITH_HTTP:
+                raise ValueError(f"{name} serves HTTP on one port: one instance only")
+            for instance in range(1, count + 1):
+                self.keys[instance_key(name, instance)] = (name, instance)
         self.settings = settings
         self.directory = directory.resolve()
         self.token, self.host = token, host
@@ -116,10 +131,10 @@ class ProcessCluster:
         """Each running process's Prometheus endpoint (/metrics; /healthz and /readyz beside)."""
         self.restarts = 0
 
-    async def start(self, names: tuple[str, ...] = NAMES) -> None:
-        """Start the named services (those not running) and wait until each is ready. If one
-        cannot start, the ones this call started are stopped again."""
-        wanted = [n for n in names if not self.running(n)]
+    async def start(self, names: tuple[str, ...] | None = None) -> None:
+        """Start the named processes (default: all; those not running) and wait until each is
+        ready. If one cannot start, the ones this call started are stopped again."""
+        wanted = [n for n in (names or tuple(self.keys)) if not self.running(n)]
         try:
             for name in wanted:
                 self._spawn(name)
@@ -137,20 +152,28 @@ class ProcessCluster:
         process = self.processes.get(name)
         return process is not None and process.poll() is None
 
-    def _spawn(self, name: str) -> None:
+    def _spawn(self, key: str) -> None:
+        name, instance = self.keys[key]
         (self.directory / "logs").mkdir(parents=True, exist_ok=True)
-        ready_file(self.directory, name).unlink(missing_ok=True)
-        if name not in self._logs:
-            self._logs[name] = open(self.directory / "logs" / f"{name}.log", "ab")  # noqa: SIM115
-        command = [sys.executable, "-m", "examples.orders.serve", name]
+        ready_file(self.directory, key).unlink(missing_ok=True)
+        if key not in self._logs:
+            self._logs[key] = open(self.directory / "logs" / f"{key}.log", "ab")  # noqa: SIM115
+        command = [sys.executable, "-m", "examples.orders.serve", name, "--instance", str(instance)]
         command += ["--dir", str(self.directory), "--host", self.host, *self.extra_args]
         command += ["--metrics-port", "0"]
         if name in WITH_HTTP:
             command += ["--port", str(self.ports[name])]
-        self.processes[name] = subprocess.Popen(
+        env = {**os.environ, TOKEN_ENV: self.token}
+        broker = env.get("TIDINGS_BROKER", "")
+        if self.static_membership and broker.startswith("kafka://"):
+            # a stable member identity: restarted, the process takes its partitions back at
+            # once instead of waiting for the dead member's session to time out
+            separator = "&" if "?" in broker else "?"
+            env["TIDINGS_BROKER"] = f"{broker}{separator}consumer.group.instance.id={key}"
+        self.processes[key] = subprocess.Popen(
             command,
-            env={**os.environ, TOKEN_ENV: self.token},
-            stdout=self._logs[name],
+            env=env,
+            stdout=self._logs[key],
             stderr=subprocess.STDOUT,
             cwd=Path(__file__).resolve().parents[2],
         )

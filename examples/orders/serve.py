@@ -4,10 +4,11 @@
 
 Runs the service's consumers and outbox relay, plus its HTTP API for `orders` and `analytics`,
 and with `--metrics-port` its telemetry endpoint (/metrics, /healthz, /readyz). When it is ready
-it writes `<dir>/run/<name>.json` (`{"pid", "port", "metrics_port"}`). SIGTERM/SIGINT stop the
-HTTP server, then drain in-flight events and exit 0; a second signal exits at once (nothing
-committed is lost, nothing is applied twice). Broker and store come from `TIDINGS_BROKER` /
-`TIDINGS_STORE`, else SQLite files under `--dir`.
+it writes `<dir>/run/<name>.json` (`{"pid", "port", "metrics_port"}`; `<name>-<n>.json` for
+`--instance n` > 1: more processes of one service share its consumer groups and database).
+SIGTERM/SIGINT stop the HTTP server, then drain in-flight events and exit 0; a second signal
+exits at once (nothing committed is lost, nothing is applied twice). Broker and store come
+from `TIDINGS_BROKER` / `TIDINGS_STORE`, else SQLite files under `--dir`.
 """
 
 from __future__ import annotations
@@ -33,8 +34,13 @@ NAMES = tuple(module.NAME for module in MODULES)
 WITH_HTTP = ("orders", "analytics")
 
 
-def ready_file(directory: Path, name: str) -> Path:
-    return directory / "run" / f"{name}.json"
+def instance_key(name: str, instance: int = 1) -> str:
+    """How one process of a service is known: its name, `<name>-<n>` from the second on."""
+    return name if instance == 1 else f"{name}-{instance}"
+
+
+def ready_file(directory: Path, key: str) -> Path:
+    return directory / "run" / f"{key}.json"
 
 
 async def serve(args: argparse.Namespace) -> int:
@@ -80,15 +86,15 @@ async def serve(args: argparse.Namespace) -> int:
             )
             http = await stack.enter_async_context(serving(app, args.host, args.port))
             port = http.port
-        _announce(directory, args.name, port, metrics_port)
+        _announce(directory, instance_key(args.name, args.instance), port, metrics_port)
         await _until(stop, running)
         service.stop()
         await running
     return 0
 
 
-def _announce(directory: Path, name: str, port: int, metrics_port: int | None) -> None:
-    path = ready_file(directory, name)
+def _announce(directory: Path, key: str, port: int, metrics_port: int | None) -> None:
+    path = ready_file(directory, key)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     ready = {"pid": os.getpid(), "port": port, "metrics_port": metrics_port}
@@ -109,6 +115,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m examples.orders.serve", description=__doc__)
     parser.add_argument("name", choices=NAMES)
     parser.add_argument("--dir", default=".tidings")
+    parser.add_argument(
+        "--instance", type=int, default=1, help="which process of the service this is (1, 2...)"
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="HTTP port (orders, analytics)")
     parser.add_argument("--failure-rate", type=float, default=0.1, help="payment declines")
