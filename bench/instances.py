@@ -58,7 +58,7 @@ class Settings:
     dir: str | None
     bootstrap: str | None
     dsn: str | None
-    static: bool = False
+    instance_ids: bool = False
     quick: bool = False
     backend: str = "kafka-pg"
 
@@ -76,9 +76,10 @@ def parse(argv: Sequence[str]) -> Settings:
     parser.add_argument("--failure-rate", type=float, default=0.2, help="payments declined")
     parser.add_argument("--instances", type=int, default=2, help="processes per doubled service")
     parser.add_argument(
-        "--static",
+        "--instance-ids",
         action="store_true",
-        help="static group membership: each process's consumer.group.instance.id is its key",
+        help="give each process a stable TIDINGS_INSTANCE_ID (its relay lease and Kafka"
+        " static membership survive its restart)",
     )
     parser.add_argument("--dir", default=None)
     parser.add_argument("--bootstrap", default=os.environ.get("TIDINGS_KAFKA_BOOTSTRAP"))
@@ -99,7 +100,7 @@ def parse(argv: Sequence[str]) -> Settings:
         dir=args.dir,
         bootstrap=args.bootstrap,
         dsn=args.dsn,
-        static=args.static,
+        instance_ids=args.instance_ids,
         quick=quick,
     )
 
@@ -168,7 +169,7 @@ async def run(settings: Settings, directory: str) -> None:
             path, payment_failure_rate=settings.failure_rate
         )
         cluster = ProcessCluster(
-            order_settings, path, sve.TOKEN, sve.HOST, 0, instances, settings.static
+            order_settings, path, sve.TOKEN, sve.HOST, 0, instances, settings.instance_ids
         )
         try:
             await cluster.start()
@@ -239,7 +240,7 @@ async def run(settings: Settings, directory: str) -> None:
                 "kills": len(kills),
                 "kill_every_s": settings.kill_every,
                 "payment_failure_rate": settings.failure_rate,
-                "static_membership": settings.static,
+                "instance_ids": settings.instance_ids,
                 **backend_context,
             }
             finals = sve._to_final_ms(rows)

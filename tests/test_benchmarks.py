@@ -187,7 +187,7 @@ def test_instances_benchmark_kills_and_restarts_and_loses_nothing(tmp_path: Path
     metrics = run_bench(
         "instances",
         "--quick",
-        "--static",
+        "--instance-ids",
         "--bootstrap",
         bootstrap,
         "--dsn",

@@ -143,3 +143,35 @@ async def test_run_removes_everything_before_it_stops(store: GatedStore, broker:
     assert await store.outbox_size() == 0
     assert await topic_values(broker) == [f"{n}".encode() for n in range(50)]
     assert await store.outbox_claim("relay-b", 10, 1.0) == []  # lease released
+
+
+async def test_a_restarted_relay_with_a_stable_id_takes_its_lease_back_at_once(
+    store: GatedStore, broker: Broker
+) -> None:
+    """A relay that crashed holding the lease: another relay waits for the lease to expire;
+    the same process restarted with its stable id (TIDINGS_INSTANCE_ID) relays at once."""
+    crashed = Relay(store, broker, relay_id="relay-orders-pod-1", lease_s=60.0)
+    await commit(store, 1)
+    assert await crashed.relay_once() == 1
+    await crashed.settle()  # ... and then the process is killed, holding the lease
+    await commit(store, 2)
+    assert await Relay(store, broker, lease_s=60.0).relay_once() is None  # a stranger waits
+    restarted = Relay(store, broker, relay_id="relay-orders-pod-1", lease_s=60.0)
+    assert await restarted.relay_once() == 1
+    await restarted.settle()
+    assert await topic_values(broker) == [b"1", b"2"]
+
+
+async def test_the_relay_is_named_after_the_instance_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tidings import ConfigError, Service
+    from tidings.runtime.runner import ServiceRunner
+
+    service = Service("orders", broker="memory://", store=f"sqlite:///{tmp_path}/o.db")
+    assert ServiceRunner(service).relay.relay_id != ServiceRunner(service).relay.relay_id
+    monkeypatch.setenv("TIDINGS_INSTANCE_ID", "orders-7f9c")
+    assert ServiceRunner(service).relay.relay_id == "relay-orders-orders-7f9c"
+    monkeypatch.setenv("TIDINGS_INSTANCE_ID", "pod 1; DROP")
+    with pytest.raises(ConfigError, match="TIDINGS_INSTANCE_ID"):
+        ServiceRunner(service)

@@ -25,6 +25,7 @@ from examples.orders.serve import NAMES, TOKEN_ENV, WITH_HTTP, instance_key, rea
 from examples.orders.services import build_all
 from examples.orders.settings import Settings
 from tidings import Service
+from tidings.instance import INSTANCE_ENV
 
 
 class InProcessCluster:
@@ -104,10 +105,10 @@ class ProcessCluster:
         host: str,
         port: int,
         instances: Mapping[str, int] | None = None,
-        static_membership: bool = False,
+        instance_ids: bool = False,
     ) -> None:
-        self.static_membership = static_membership
-        """On Kafka, each process a static member of its groups (named by its key)."""
+        self.instance_ids = instance_ids
+        """Each process's TIDINGS_INSTANCE_ID is its key (see `tidings.instance`)."""
         self.keys: dict[str, tuple[str, int]] = {}
         """Every process's key -> (service name, instance number)."""
         for name in NAMES:
@@ -164,12 +165,10 @@ class ProcessCluster:
         if name in WITH_HTTP:
             command += ["--port", str(self.ports[name])]
         env = {**os.environ, TOKEN_ENV: self.token}
-        broker = env.get("TIDINGS_BROKER", "")
-        if self.static_membership and broker.startswith("kafka://"):
-            # a stable member identity: restarted, the process takes its partitions back at
-            # once instead of waiting for the dead member's session to time out
-            separator = "&" if "?" in broker else "?"
-            env["TIDINGS_BROKER"] = f"{broker}{separator}consumer.group.instance.id={key}"
+        if self.instance_ids:
+            # a stable identity: restarted, the process takes its relay lease and (on Kafka)
+            # its partitions back at once instead of waiting for the dead one's to expire
+            env[INSTANCE_ENV] = key
         self.processes[key] = subprocess.Popen(
             command,
             env=env,

@@ -74,6 +74,7 @@ class Relay:
         dead_letter_topic: str | None = None,
         max_bytes: int = CLAIM_MAX_BYTES,
         hooks: Sequence[RelayHook] = (),
+        relay_id: str | None = None,
     ) -> None:
         self.store = store
         self.hooks = list(hooks)
@@ -84,7 +85,10 @@ class Relay:
         self.dead_letter_topic = dead_letter_topic
         """Where the dead letters of rows set aside go (None: set aside without one)."""
         self.max_bytes = max_bytes
-        self.relay_id = f"relay-{uuid.uuid4().hex[:12]}"
+        self.relay_id = relay_id or f"relay-{uuid.uuid4().hex[:12]}"
+        """The lease holder's name. A stable one (`tidings.instance`) lets this process,
+        restarted after a crash, hold the lease it had at once; two live relays of one outbox
+        must never share one."""
         self.published = 0
         self.set_aside = 0
         self._wakeup = asyncio.Event()

@@ -20,6 +20,7 @@ from collections.abc import Awaitable
 
 from tidings.brokers.base import CanInspect, Consumer
 from tidings.errors import StorageError
+from tidings.instance import instance_id
 from tidings.records import Batch, TopicPartition
 from tidings.runtime.claimcheck import BLOB_GC_S, collect_garbage
 from tidings.runtime.dispatch import Dispatcher
@@ -45,6 +46,7 @@ class ServiceRunner:
             service.broker,
             dead_letter_topic=service.dead_letter_topic,
             hooks=service.relay_hooks,
+            relay_id=f"relay-{service.name}-{instance}" if (instance := instance_id()) else None,
         )
         self._deadline: float | None = None
         """When the grace period ends (monotonic), once stopping."""

@@ -20,6 +20,7 @@ from tidings.brokers.kafka._member import GroupMember
 from tidings.brokers.kafka._records import KafkaRecords, item_offset
 from tidings.brokers.kafka._settings import rdkafka_log
 from tidings.errors import BrokerClosedError, CommitFailedError, ConfigError
+from tidings.instance import instance_id
 from tidings.records import Batch, OffsetReset, SeekTo, TopicPartition
 
 log = logging.getLogger("tidings.kafka")
@@ -126,6 +127,9 @@ class KafkaConsumer(GroupMember, Consumer, CanSeek):
             "auto.offset.reset": "earliest",
             "error_cb": self._on_client_error,
         }
+        instance = instance_id()
+        if instance and "group.instance.id" not in config:
+            config["group.instance.id"] = instance  # static membership (tidings.instance)
         max_poll = int(config["max.poll.interval.ms"])
         if max_poll < session_ms or self._revoke_timeout * 1000 >= max_poll:
             raise ConfigError(
