@@ -21,8 +21,10 @@ LAYERS = {
     "tidings.event": ("tidings.errors", "tidings.records", "tidings._ids"),
     "tidings.schema": ("tidings.errors", "tidings.event"),
     "tidings.blobs": ("tidings.errors",),
+    "tidings.instance": ("tidings.errors",),
     "tidings.brokers": (
         "tidings.errors",
+        "tidings.instance",
         "tidings.records",
         "tidings.partitioner",
         "tidings.brokers",

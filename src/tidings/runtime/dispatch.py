@@ -45,6 +45,7 @@ from tidings.runtime.claimcheck import resolve
 from tidings.runtime.context import Context, SyncContext
 from tidings.runtime.handlers import Handler, Invocation, chain
 from tidings.runtime.inbox import InboxBatch
+from tidings.runtime.locks import take_locks
 from tidings.runtime.outcomes import Outcome, Settled
 from tidings.runtime.parking import Parking
 from tidings.runtime.rebuild import Rebuilds
@@ -52,7 +53,6 @@ from tidings.runtime.spec import ServiceSpec
 from tidings.runtime.watch import Watch
 from tidings.schema import SchemaError
 from tidings.stores.base import (
-    InboxKey,
     InboxStatus,
     Position,
     StatementFailedElsewhere,
@@ -69,8 +69,7 @@ figure with each consecutive failure of the partition, up to the second."""
 
 Pending = list[Settled]
 """What a transaction decided about its events; final (counted, observed) once it commits."""
-Planned = list[tuple[Record, Event | DecodeError, list[Handler]]]
-"""Records decoded, each with the handlers due to run it."""
+Planned = list[tuple[Record, Event | DecodeError, list[Handler]]]  # records with their handlers
 
 
 class _RolledBack(Exception):
@@ -175,17 +174,12 @@ class Dispatcher:
         then nothing of `records[start:end]` was committed."""
         pending: Pending = []
         planned = self._plan(records, start, end)
-        keys: list[InboxKey] = [
-            (handler.consumer, event.id)
-            for _, event, handlers in planned
-            if isinstance(event, Event)
-            for handler in handlers
-        ]
+        keys = [(h.consumer, e.id) for _, e, hs in planned if isinstance(e, Event) for h in hs]
         try:
             async with self.store.transaction() as tx:
                 tx.deferred_errors_escape = True
                 if self._locking:
-                    await self._lock(tx, planned)
+                    await take_locks(self.service, tx, planned)
                 if self._parking.active:
                     await self._parking.load(tx, records[start:end])
                 inbox = InboxBatch(await tx.inbox_find(keys))
@@ -217,41 +211,6 @@ class Dispatcher:
             planned.append((record, event, handlers))
         return planned
 
-    async def _lock(self, tx: Transaction, planned: Planned) -> None:
-        """Take, in `tx` and before anything else, the locks the handlers name for their
-        events (`Handler.locks`), all together: one global order, so no deadlock between
-        transactions that name the same things."""
-        names: list[str] = []
-        for _, event, handlers in planned:
-            if isinstance(event, Event):
-                for handler in handlers:
-                    if handler.locks is not None:
-                        names += await self._lock_names(handler, event)
-        if names:
-            await tx.lock(names)
-
-    async def _lock_names(self, handler: Handler, event: Event) -> list[str]:
-        """What `handler.locks` names for `event` - nothing if it cannot say (an event that
-        fails validation is the handler's to dead-letter; a `locks` function that raises is
-        logged and the handler runs without its locks)."""
-        assert handler.locks is not None
-        try:
-            if event.dataref is not None:
-                event = await resolve(self.service.blob_store, event)
-            names = handler.locks(handler.parse(event))
-            return [names] if isinstance(names, str) else [str(name) for name in names]
-        except SchemaError:
-            return []
-        except Exception as exc:
-            log.warning(
-                "%s: the locks function of %s raised for %s: %r; it runs without its locks",
-                self.service.name,
-                handler.consumer,
-                event.id,
-                exc,
-            )
-            return []
-
     @contextlib.asynccontextmanager
     async def _guarded_transaction(self, pending: Pending) -> AsyncIterator[Transaction]:
         """A transaction for handlers in savepoints: deferred constraints are checked at each
@@ -271,7 +230,7 @@ class Dispatcher:
         planned = self._plan(records, start, end)
         async with self._guarded_transaction(pending) as tx:
             if self._locking:
-                await self._lock(tx, planned)
+                await take_locks(self.service, tx, planned)
             if self._parking.active:
                 await self._parking.load(tx, records[start:end])
             for record, event, handlers in planned:
@@ -518,7 +477,7 @@ class Dispatcher:
             handlers = self._route(record, event, dead)
             async with self._guarded_transaction(pending) as tx:
                 if self._locking:
-                    await self._lock(tx, [(record, event, handlers)])
+                    await take_locks(self.service, tx, [(record, event, handlers)])
                 next_failure = await self._apply_record(
                     tx,
                     pending,
@@ -545,7 +504,7 @@ class Dispatcher:
         handlers = self._route(record, event, [*dead, handler.consumer])
         async with self._guarded_transaction(pending) as tx:
             if self._locking:
-                await self._lock(tx, [(record, event, handlers)])
+                await take_locks(self.service, tx, [(record, event, handlers)])
             position = (record.topic, record.partition, record.offset)
             if await self._mark_dead(tx, record, handler, event.id, position):
                 await self._dead_letter(
