@@ -153,7 +153,7 @@ class Stalls:
 
 
 async def run(settings: Settings, directory: str) -> None:
-    from examples.orders.checks import LogCounter, check_invariants
+    from examples.orders.checks import LogCounter
     from examples.orders.cluster import ProcessCluster
     from examples.orders.events import TOPICS
     from examples.orders.load import CATALOG
@@ -309,13 +309,9 @@ async def run(settings: Settings, directory: str) -> None:
                 **context,
             )
             log = LogCounter(broker, TOPICS)
-            deadline = time.monotonic() + sve.SETTLE_TIMEOUT_S
-            while True:
-                checks = await check_invariants(cluster.services, log, order_settings.mailbox)
-                failed = [f"{c.name}: {c.detail}" for c in checks if not c.ok]
-                if not failed or time.monotonic() > deadline:
-                    break
-                await asyncio.sleep(0.5)
+            checks, failed = await sve.settled_invariants(
+                cluster.services, log, order_settings.mailbox
+            )
             emit(
                 BENCH,
                 "invariants",

@@ -611,6 +611,20 @@ def _report_final(rows: list[tuple[str, str, str]], suffix: str, **context: Any)
         emit(BENCH, f"events_time_to_final_p99_ms{suffix}", percentile(times, 99), "ms", **context)
 
 
+async def settled_invariants(services: Any, log: Any, mailbox: Path) -> tuple[list[Any], list[str]]:
+    """The order system's invariant checks, once they hold or SETTLE_TIMEOUT_S has passed;
+    (checks, the failed ones described)."""
+    from examples.orders.checks import check_invariants
+
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    while True:
+        checks = await check_invariants(services, log, mailbox)
+        failed = [f"{c.name}: {c.detail}" for c in checks if not c.ok]
+        if not failed or time.monotonic() > deadline:
+            return checks, failed
+        await asyncio.sleep(0.5)
+
+
 async def total_lag(broker: Any, groups: Sequence[str]) -> int:
     """Records the groups have not committed yet, summed."""
     lag = 0
@@ -762,7 +776,7 @@ def _kept(result: OpenResult) -> list[str]:
 
 
 async def run_events(settings: Settings, directory: str) -> tuple[Result, Result]:
-    from examples.orders.checks import LogCounter, check_invariants
+    from examples.orders.checks import LogCounter
     from examples.orders.cluster import ProcessCluster
     from examples.orders.events import TOPICS
     from examples.orders.load import CATALOG
@@ -865,13 +879,7 @@ async def run_events(settings: Settings, directory: str) -> tuple[Result, Result
                 )
 
             log = LogCounter(broker, TOPICS)
-            deadline = time.monotonic() + SETTLE_TIMEOUT_S
-            while True:
-                checks = await check_invariants(cluster.services, log, mailbox)
-                failed = [f"{c.name}: {c.detail}" for c in checks if not c.ok]
-                if not failed or time.monotonic() > deadline:
-                    break
-                await asyncio.sleep(0.5)
+            checks, failed = await settled_invariants(cluster.services, log, mailbox)
             orders = await store.query("SELECT status, count(*) FROM orders GROUP BY status")
             emit(
                 BENCH,
