@@ -53,8 +53,11 @@ request 2xx, the rate kept, response p99 <= 1 s; `--bare-capacity-seconds`, 20);
 `--backend kafka-pg` runs the order system on Kafka and PostgreSQL (`--bootstrap`, `--dsn`, or
 `TIDINGS_KAFKA_BOOTSTRAP` / `TIDINGS_POSTGRES_DSN`): the example's topics are deleted before
 and after (other runs' events would be consumed), consumer groups get a prefix of their own
-and each service a schema of its own, dropped afterwards. `--quick` for a smoke run (40
-requests, capacity trials of 3 s).
+and each service a schema of its own, dropped afterwards. `--tracing RATIO` traces the order
+system's services (OpenTelemetry through the standard variables: parent-based sampling of
+RATIO of the orders, OTLP/HTTP to `$OTEL_EXPORTER_OTLP_ENDPOINT` or
+`$TIDINGS_JAEGER_OTLP_ENDPOINT`) - the cost of tracing as users run it; every order line
+says `tracing`. `--quick` for a smoke run (40 requests, capacity trials of 3 s).
 """
 
 from __future__ import annotations
@@ -129,6 +132,9 @@ class Settings:
     capacity_seconds: float = 60.0
     bare_capacity_seconds: float = 20.0
     capacity: bool = True
+    tracing: float | None = None
+    """The share of orders traced (parent-based), or None: tracing off."""
+    otlp_endpoint: str | None = None
 
     @property
     def capacity_trials(self) -> int:
@@ -198,6 +204,15 @@ def parse(argv: Sequence[str]) -> Settings:
     parser.add_argument(
         "--no-capacity", action="store_true", help="skip the capacity search (both sides)"
     )
+    parser.add_argument(
+        "--tracing",
+        type=float,
+        default=None,
+        metavar="RATIO",
+        help="trace the order system's services, sampling RATIO (0-1] of orders whole, exported"
+        " over OTLP/HTTP to $OTEL_EXPORTER_OTLP_ENDPOINT or $TIDINGS_JAEGER_OTLP_ENDPOINT"
+        " (default: off)",
+    )
     args = parser.parse_args(list(argv))
     requests = args.requests if args.requests is not None else (40 if args.quick else 200)
     if not 1 <= requests <= 100_000:
@@ -216,6 +231,18 @@ def parse(argv: Sequence[str]) -> Settings:
             "--backend kafka-pg needs --bootstrap and --dsn (or TIDINGS_KAFKA_BOOTSTRAP and"
             ' TIDINGS_POSTGRES_DSN: eval "$(scripts/services env)")'
         )
+    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
+        "TIDINGS_JAEGER_OTLP_ENDPOINT"
+    )
+    if args.tracing is not None:
+        if not 0 < args.tracing <= 1:
+            parser.error(f"--tracing must be more than 0 and at most 1, not {args.tracing}")
+        if not endpoint:
+            parser.error(
+                "--tracing needs a collector: OTEL_EXPORTER_OTLP_ENDPOINT or"
+                ' TIDINGS_JAEGER_OTLP_ENDPOINT (scripts/services start jaeger; eval "$(scripts/'
+                'services env)")'
+            )
     return Settings(
         requests,
         args.concurrency,
@@ -228,6 +255,8 @@ def parse(argv: Sequence[str]) -> Settings:
         capacity_seconds=capacity_s,
         bare_capacity_seconds=bare_s,
         capacity=not args.no_capacity,
+        tracing=args.tracing,
+        otlp_endpoint=endpoint if args.tracing is not None else None,
     )
 
 
@@ -687,28 +716,57 @@ def _drop_schemas(dsn: str, prefix: str) -> None:
 
 
 @contextlib.contextmanager
-def backend(settings: Settings) -> Iterator[dict[str, Any]]:
-    """The order system's backend for this run, through TIDINGS_BROKER / TIDINGS_STORE (which
-    the services' processes inherit); what it is, for the results."""
-    if settings.backend == "sqlite":
-        yield {"broker": "sqlite", "store": "sqlite"}
-        return
-    assert settings.bootstrap and settings.dsn
-    run = uuid.uuid4().hex[:8]
-    schema = f"bench_{run}"
-    saved = {name: os.environ.get(name) for name in ("TIDINGS_BROKER", "TIDINGS_STORE")}
-    _delete_kafka_topics(settings.bootstrap)
-    separator = "&" if "?" in settings.dsn else "?"
-    os.environ["TIDINGS_BROKER"] = f"kafka://{settings.bootstrap}?group_prefix=bench-{run}-"
-    os.environ["TIDINGS_STORE"] = f"{settings.dsn}{separator}schema={schema}_{{service}}"
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """`values` set in this process's environment (which the services' processes inherit),
+    the previous values back afterwards."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
     try:
-        yield {"broker": "kafka", "store": "postgresql", "schema_prefix": schema}
+        yield
     finally:
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def _tracing_environment(settings: Settings) -> dict[str, str]:
+    """The standard OpenTelemetry variables that turn the services' tracing on (or none)."""
+    if settings.tracing is None:
+        return {}
+    assert settings.otlp_endpoint
+    return {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": settings.otlp_endpoint,
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": str(settings.tracing),
+    }
+
+
+@contextlib.contextmanager
+def backend(settings: Settings) -> Iterator[dict[str, Any]]:
+    """The order system's backend for this run, through TIDINGS_BROKER / TIDINGS_STORE (and
+    the OTEL_* variables with --tracing), which the services' processes inherit; what it is,
+    for the results."""
+    tracing = {"tracing": settings.tracing if settings.tracing is not None else "off"}
+    if settings.backend == "sqlite":
+        with environment(_tracing_environment(settings)):
+            yield {"broker": "sqlite", "store": "sqlite", **tracing}
+        return
+    assert settings.bootstrap and settings.dsn
+    run = uuid.uuid4().hex[:8]
+    schema = f"bench_{run}"
+    _delete_kafka_topics(settings.bootstrap)
+    separator = "&" if "?" in settings.dsn else "?"
+    variables = {
+        "TIDINGS_BROKER": f"kafka://{settings.bootstrap}?group_prefix=bench-{run}-",
+        "TIDINGS_STORE": f"{settings.dsn}{separator}schema={schema}_{{service}}",
+        **_tracing_environment(settings),
+    }
+    try:
+        with environment(variables):
+            yield {"broker": "kafka", "store": "postgresql", "schema_prefix": schema, **tracing}
+    finally:
         with contextlib.suppress(Exception):
             _drop_schemas(settings.dsn, schema)
         with contextlib.suppress(Exception):
@@ -968,6 +1026,7 @@ async def run_capacity(
         "orders/s",
         seconds=settings.capacity_seconds,
         bare_capacity_requests_per_s=bare_rate,
+        tracing=settings.tracing if settings.tracing is not None else "off",
         trials=trials,
         note="highest open-loop order rate for which every request answered 2xx (p99 <= 1 s),"
         " every order ended final with time-to-final p99 <= 1 s and every group's lag returned"
@@ -1030,6 +1089,7 @@ def main(argv: Sequence[str]) -> int:
         requests=settings.requests,
         concurrency=settings.concurrency,
         backend=settings.backend,
+        tracing=settings.tracing if settings.tracing is not None else "off",
         quick=settings.quick,
         loadavg_1min_before=load_before,
         loadavg_1min_after=os.getloadavg()[0],

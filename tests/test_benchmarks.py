@@ -8,19 +8,26 @@ test on a shared one."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.support import server_setting
 
 ROOT = Path(__file__).resolve().parents[1]
+ORDER_SERVICES = ("orders", "inventory", "payment", "email", "analytics", "fulfillment", "loyalty")
 
 
-def run_bench(*args: str, timeout: float) -> dict[str, dict[str, Any]]:
+def run_bench(
+    *args: str, timeout: float, env: dict[str, str] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Run a bench (in `env`, else this environment); its lines by metric."""
     try:
         result = subprocess.run(
             [sys.executable, "-m", "bench", *args],
@@ -28,6 +35,7 @@ def run_bench(*args: str, timeout: float) -> dict[str, dict[str, Any]]:
             capture_output=True,
             text=True,
             timeout=timeout,
+            env=env,
         )
     except subprocess.TimeoutExpired as exc:
         parts = (exc.stdout, exc.stderr)
@@ -155,6 +163,41 @@ def check_sync_vs_events(metrics: dict[str, dict[str, Any]], backend: str) -> No
 def test_sync_vs_events_benchmark_reports_every_target(tmp_path: Path) -> None:
     metrics = run_bench("sync_vs_events", "--quick", "--dir", str(tmp_path), timeout=280)
     check_sync_vs_events(metrics, "sqlite")
+
+
+@pytest.mark.timeout(300)
+def test_sync_vs_events_benchmark_traced_exports_whole_orders(tmp_path: Path) -> None:
+    """`--tracing 1`: the order system's services trace every order into a real Jaeger, and the
+    results say so."""
+    query = server_setting("TIDINGS_JAEGER_QUERY_URL", "jaeger")
+    # the flag alone turns tracing on: no OTEL_EXPORTER_OTLP_ENDPOINT in the bench's environment
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    environment["TIDINGS_JAEGER_OTLP_ENDPOINT"] = server_setting(
+        "TIDINGS_JAEGER_OTLP_ENDPOINT", "jaeger"
+    )
+    environment["OTEL_BSP_SCHEDULE_DELAY"] = "100"  # export within 0.1 s of a span's end
+    started_us = int(time.time() * 1e6)
+    metrics = run_bench(
+        "sync_vs_events",
+        "--quick",
+        "--no-capacity",
+        "--tracing",
+        "1",
+        "--dir",
+        str(tmp_path),
+        timeout=280,
+        env=environment,
+    )
+    assert metrics["events_p50_ms"]["tracing"] == 1.0
+    assert metrics["total_runtime_s"]["tracing"] == 1.0
+    assert metrics["invariants"]["value"] is True, metrics["invariants"]
+    # one order placed in this run, traced through all seven services
+    tags = json.dumps({"messaging.message.conversation_id": "corr-bench-events-000000"})
+    params: dict[str, Any] = {"service": "orders", "tags": tags, "start": started_us}
+    response = httpx.get(f"{query}/api/traces", params=params, timeout=10)
+    traces = response.json()["data"]
+    services = [{p["serviceName"] for p in t["processes"].values()} for t in traces]
+    assert any(s >= set(ORDER_SERVICES) for s in services), services
 
 
 @pytest.mark.timeout(400)
