@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from tests.support import eventually
 from tidings import Event, Message, Retry, event_to_message
@@ -93,3 +94,52 @@ async def test_middleware_wraps_every_attempt_in_order_and_observers_see_every_o
     assert [c[2] for c in attempts_of_3][-2:] == [1, 2]
     assert service.stats.processed == 2 and service.stats.dead_lettered == 2
     assert sorted(r[0] for r in await service.store.query("SELECT n FROM ticks")) == [1, 2]
+
+
+async def test_events_no_handler_takes_are_settled_without_a_store_transaction(
+    tmp_path: Path, running: Callable[[Service], Awaitable[None]]
+) -> None:
+    """A batch holding only events of types this service does not handle writes nothing: it
+    is acked and told to observers as UNKNOWN_TYPE without opening a transaction (a service
+    reading a busy topic for one event type pays nothing for the others)."""
+    recorder = Recorder()
+    service = Service(
+        "skip",
+        broker=f"sqlite:///{tmp_path}/bus.db",
+        store=f"sqlite:///{tmp_path}/skip.db",
+        topics={TOPIC: 1},
+        observers=[recorder],
+    )
+
+    @service.handler(TOPIC)
+    async def tick(event: Tick, ctx: Context) -> None:
+        pass
+
+    await service.start()
+    opened: list[int] = []
+    transaction = service.store.transaction
+
+    def counting() -> Any:
+        opened.append(1)
+        return transaction()
+
+    service.store.transaction = counting  # type: ignore[method-assign]
+    others = [event_to_message(Event(type="MW_OTHER", data={"n": n})) for n in range(50)]
+    await service.broker.publish(TOPIC, others)
+    await running(service)
+
+    async def acked() -> bool:
+        info = await service.broker.admin.describe_group("skip")
+        return bool(info.partitions) and all(p.lag == 0 for p in info.partitions)
+
+    await eventually(acked)
+    assert [o.outcome for o in recorder.outcomes] == [Outcome.UNKNOWN_TYPE] * 50
+    assert opened == []
+    # an event it handles still goes through a transaction
+    await service.broker.publish(TOPIC, [event_to_message(Tick(n=1).to_event())])
+
+    async def handled() -> bool:
+        return any(o.outcome is Outcome.OK for o in recorder.outcomes)
+
+    await eventually(handled)
+    assert opened

@@ -165,6 +165,12 @@ RESOLUTIONS_TOPIC = "tidings.dlq.resolutions"
 """Where replays and purges are recorded, after the broker's namespace (`resolutions_topic`)."""
 
 
+def replayed_for(record: Record) -> str | None:
+    """The handler a replayed record is for (its REPLAY_FOR header), or None: not a replay."""
+    value = record.header(REPLAY_FOR)
+    return None if value is None else value.decode("utf-8", "replace")
+
+
 def resolutions_topic(broker: Broker) -> str:
     """RESOLUTIONS_TOPIC in `broker`'s namespace (Kafka's `group_prefix`)."""
     return broker.namespace + RESOLUTIONS_TOPIC

@@ -42,7 +42,7 @@ from tidings.errors import (
 from tidings.event import Event, event_from_record
 from tidings.records import Batch, Record, TopicPartition
 from tidings.runtime.claimcheck import resolve
-from tidings.runtime.context import Context, SyncContext
+from tidings.runtime.context import Context
 from tidings.runtime.handlers import Handler, Invocation, chain
 from tidings.runtime.inbox import InboxBatch
 from tidings.runtime.locks import take_locks
@@ -52,12 +52,7 @@ from tidings.runtime.rebuild import Rebuilds
 from tidings.runtime.spec import ServiceSpec
 from tidings.runtime.watch import Watch
 from tidings.schema import SchemaError
-from tidings.stores.base import (
-    InboxStatus,
-    Position,
-    StatementFailedElsewhere,
-    Transaction,
-)
+from tidings.stores.base import InboxStatus, Position, StatementFailedElsewhere, Transaction
 
 log = logging.getLogger("tidings.dispatch")
 
@@ -174,6 +169,12 @@ class Dispatcher:
         then nothing of `records[start:end]` was committed."""
         pending: Pending = []
         planned = self._plan(records, start, end)
+        if all(isinstance(e, Event) and not hs and not _replay(r) for r, e, hs in planned):
+            for record, event, _ in planned:  # nothing to write: no transaction
+                assert isinstance(event, Event)
+                self._unhandled(pending, record, event)
+            self._settled(pending)
+            return end
         keys = [(h.consumer, e.id) for _, e, hs in planned if isinstance(e, Event) for h in hs]
         try:
             async with self.store.transaction() as tx:
@@ -275,11 +276,11 @@ class Dispatcher:
                 await self._dead_letter(tx, pending, record, None, None, reason, event)
             return None
         if not handlers:
-            if _header(record, dlq.REPLAY_FOR) is not None:
+            if _replay(record):
                 if self._parking.active:  # perhaps a purge marker (tidings.runtime.parking)
                     await self._parking.purged(tx, record, event)
-            elif not retrying and not self._rebuilds.hides(record):
-                pending.append(Settled(Outcome.UNKNOWN_TYPE, record, event, None))
+            elif not retrying:
+                self._unhandled(pending, record, event)
             return None
         for handler in handlers:
             failure = await self._apply_handler(
@@ -288,6 +289,12 @@ class Dispatcher:
             if failure is not None:
                 return failure
         return None
+
+    def _unhandled(self, pending: Pending, record: Record, event: Event) -> None:
+        """An event no handler of this service takes is told as such (unless a rebuild hides
+        it)."""
+        if not self._rebuilds.hides(record):
+            pending.append(Settled(Outcome.UNKNOWN_TYPE, record, event, None))
 
     async def _apply_handler(
         self,
@@ -384,7 +391,7 @@ class Dispatcher:
         if added:
             return True
         status = await tx.inbox_get(handler.consumer, event.id)
-        if status is not InboxStatus.DEAD or _header(record, dlq.REPLAY_FOR) != handler.consumer:
+        if status is not InboxStatus.DEAD or dlq.replayed_for(record) != handler.consumer:
             return False
         await tx.inbox_delete(handler.consumer, event.id)
         await tx.inbox_add(handler.consumer, event.id, position)
@@ -401,7 +408,7 @@ class Dispatcher:
         self.watch.begin(task, handler)
         try:
             if self._chain is None:
-                await _call(handler, argument, context)
+                await handler.run(argument, context)
             else:
                 await self._chain(Invocation(handler, event, argument, context, context.attempt))
         except asyncio.CancelledError:
@@ -416,7 +423,7 @@ class Dispatcher:
     @staticmethod
     async def _run_handler(invocation: Invocation) -> None:
         """The innermost step of the middleware chain."""
-        await _call(invocation.handler, invocation.argument, invocation.context)
+        await invocation.handler.run(invocation.argument, invocation.context)
 
     def _due_handlers(
         self, record: Record, event: Event, skip: Sequence[str] = ()
@@ -425,7 +432,7 @@ class Dispatcher:
         targeted one for a replay from the dead-letter topic, none of those in `skip`."""
         handlers = self.service.handlers_for(record.topic, event.type)
         if record.headers:
-            target = _header(record, dlq.REPLAY_FOR)
+            target = dlq.replayed_for(record)
             if target is not None:
                 handlers = [h for h in handlers if h.consumer == target]
         if skip:
@@ -537,7 +544,7 @@ class Dispatcher:
         when a plain redelivery finds it already dead)."""
         if await tx.inbox_add(handler.consumer, event_id, position, InboxStatus.DEAD):
             return True
-        if _header(record, dlq.REPLAY_FOR) != handler.consumer:
+        if dlq.replayed_for(record) != handler.consumer:
             return False
         await tx.inbox_delete(handler.consumer, event_id)
         return await tx.inbox_add(handler.consumer, event_id, position, InboxStatus.DEAD)
@@ -677,14 +684,8 @@ class Dispatcher:
             self._settled([Settled(Outcome.DEAD_LETTERED, record, None, None, reason, error)])
 
 
-async def _call(handler: Handler, argument: object, context: Context) -> None:
-    if handler.is_async:
-        await handler.function(argument, context)
-    else:
-        loop = asyncio.get_running_loop()
-        await asyncio.to_thread(handler.function, argument, SyncContext(context, loop))
-    if context.unverified_topics:
-        await context.verify_topics()
+def _replay(record: Record) -> bool:
+    return dlq.replayed_for(record) is not None
 
 
 def _decode(record: Record) -> Event | DecodeError:
@@ -692,8 +693,3 @@ def _decode(record: Record) -> Event | DecodeError:
         return event_from_record(record)
     except DecodeError as exc:
         return exc
-
-
-def _header(record: Record, name: str) -> str | None:
-    value = record.header(name)
-    return None if value is None else value.decode("utf-8", "replace")

@@ -46,6 +46,19 @@ class Handler:
         """The argument for the handler: the typed model (upcast, validated) or the envelope."""
         return event if self.model is None else self.model.from_event(event)
 
+    async def run(self, argument: object, context: Context) -> None:
+        """Call the handler in `context`'s transaction (a `def` handler on a worker thread),
+        then check the topics it published to that were not known yet."""
+        from tidings.runtime.context import SyncContext
+
+        if self.is_async:
+            await self.function(argument, context)
+        else:
+            loop = asyncio.get_running_loop()
+            await asyncio.to_thread(self.function, argument, SyncContext(context, loop))
+        if context.unverified_topics:
+            await context.verify_topics()
+
 
 @dataclass(frozen=True, slots=True)
 class Reset:
