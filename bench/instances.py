@@ -61,6 +61,8 @@ class Settings:
     instance_ids: bool = False
     quick: bool = False
     backend: str = "kafka-pg"
+    tracing: float | None = None  # `sync_vs_events.backend` reads it: never traced here
+    otlp_endpoint: str | None = None
 
 
 def parse(argv: Sequence[str]) -> Settings:
