@@ -685,7 +685,8 @@ class Dispatcher:
 
 
 def _replay(record: Record) -> bool:
-    return dlq.replayed_for(record) is not None
+    """Whether `record` is a replay (or a purge marker): its header's presence, not decoded."""
+    return record.header(dlq.REPLAY_FOR) is not None
 
 
 def _decode(record: Record) -> Event | DecodeError:
