@@ -140,6 +140,34 @@ async def test_a_corrupt_batch_is_reported_with_its_position(tmp_path: Path) -> 
                 await consumer.fetch(timeout=5)
 
 
+async def test_reads_taking_part_of_a_stored_batch_return_the_right_records(
+    tmp_path: Path,
+) -> None:
+    """A producer's batch is one stored row; consumers taking fewer records than it holds read
+    it again at each position (and reuse its decoding): every read returns exactly the records
+    at its offsets, whatever was read before."""
+    async with connect(f"sqlite:///{tmp_path}/bus.db") as broker:
+        await broker.admin.create_topic("t")
+        await broker.publish("t", [Message(f"a{i}".encode()) for i in range(10)])
+        await broker.publish("t", [Message(f"b{i}".encode()) for i in range(5)])
+        values = [f"a{i}".encode() for i in range(10)] + [f"b{i}".encode() for i in range(5)]
+        assert isinstance(broker, SQLiteBroker)
+        tp = TopicPartition("t", 0)
+        for offset, count in [(0, 3), (3, 3), (8, 5), (1, 2), (12, 1), (9, 1), (0, 15), (14, 4)]:
+            records = await broker.read(tp, offset, count)
+            assert [r.offset for r in records] == list(range(offset, min(offset + count, 15)))
+            assert [r.value for r in records] == values[offset : offset + count]
+        consumer = broker.subscribe("g", ["t"], max_batch=3)
+        async with consumer:
+            seen: list[bytes] = []
+            while len(seen) < 15:
+                batch = await consumer.fetch(timeout=5)
+                assert batch is not None and len(batch.records) <= 3
+                seen += [r.value for r in batch.records]
+                consumer.ack(batch)
+        assert seen == values
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to an unprivileged user")
 def test_a_read_only_database_gives_a_clear_error_and_keeps_its_data(tmp_path: Path) -> None:
     shared = Path("/tmp") / f"tidings-ro-{os.getpid()}"

@@ -137,6 +137,10 @@ class SQLiteLog:
         self.notifier = Notifier(path)
         self._topic_cache: dict[str, tuple[int, int]] = {}
         self._cache_lock = threading.Lock()
+        self._part_read: dict[TopicPartition, tuple[bytes, list[_StoredRecord]]] = {}
+        """Per partition, the stored batch (payload, records) the last `read` took only part
+        of: a consumer taking fewer records than a producer's batch holds reads it again at its
+        next position, and then compares bytes instead of decoding them again."""
         self._next_retention = 0.0
         self.length_limit = 0
         """SQLite's limit on the length of one value (SQLITE_LIMIT_LENGTH) on this file's
@@ -418,14 +422,13 @@ class SQLiteLog:
             topic, partition = tp.topic, tp.partition
             try:
                 for base, ts, payload in cursor:
-                    try:
-                        stored = _payload_decoder.decode(payload)
-                    except msgspec.DecodeError as exc:
-                        raise StorageError(
-                            f"{self.path}: batch at {tp} offset {base} is corrupt ({exc})"
-                        ) from exc
+                    stored = self._decoded(tp, base, payload)
                     skip = max(0, offset - base)
                     stop = min(len(stored), skip + max_records - len(records))
+                    if stop < len(stored):
+                        self._part_read[tp] = (payload, stored)
+                    else:
+                        self._part_read.pop(tp, None)
                     for i in range(skip, stop):
                         key, value, headers = stored[i]
                         records.append(Record(topic, partition, base + i, ts, value, key, headers))
@@ -436,6 +439,20 @@ class SQLiteLog:
             return records
 
         return self.db.read(query)
+
+    def _decoded(self, tp: TopicPartition, base: int, payload: bytes) -> list[_StoredRecord]:
+        """The records of a stored batch, not decoded again if it is the one `_part_read`
+        holds for `tp` (payloads are compared whole: a batch replaced under the same offsets,
+        a topic deleted and created again, is never mistaken for it)."""
+        last = self._part_read.get(tp)
+        if last is not None and last[0] == payload:
+            return last[1]
+        try:
+            return _payload_decoder.decode(payload)
+        except msgspec.DecodeError as exc:
+            raise StorageError(
+                f"{self.path}: batch at {tp} offset {base} is corrupt ({exc})"
+            ) from exc
 
     def watermarks(self, tps: Collection[TopicPartition]) -> dict[TopicPartition, tuple[int, int]]:
         def query(conn: sqlite3.Connection) -> dict[TopicPartition, tuple[int, int]]:
