@@ -190,7 +190,7 @@ class Dispatcher:
                     )
                     if failure is not None:
                         raise _RolledBack(start + offset)
-                await inbox.write(tx)
+                inbox.write_at_commit(tx)
         except _RolledBack as rolled_back:
             return rolled_back.index
         except (DuplicateEventError, InboxConflictError, StatementFailedElsewhere, IntegrityError):

@@ -4,6 +4,7 @@ it starts, inserted together before it commits."""
 from __future__ import annotations
 
 from tidings.stores.inbox import InboxKey, InboxRows, Position
+from tidings.stores.transaction import Transaction
 
 
 class InboxBatch:
@@ -30,6 +31,13 @@ class InboxBatch:
         if self.entries:
             entries, self.entries = self.entries, []
             await tx.inbox_add_all(entries)
+
+    def write_at_commit(self, tx: Transaction) -> None:
+        """Have the queued rows inserted when `tx` commits (InboxConflictError from its end if
+        one was recorded meanwhile)."""
+        if self.entries:
+            entries, self.entries = self.entries, []
+            tx.inbox_add_at_commit(entries)
 
     async def add(self, tx: InboxRows, consumer: str, event_id: str, position: Position) -> bool:
         """`tx.inbox_add`, after writing what is queued (so a pair claimed earlier in this

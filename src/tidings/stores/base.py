@@ -15,6 +15,7 @@ from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Self, final
 
+from tidings.errors import StorageError, TidingsError
 from tidings.stores.inbox import InboxCleanup, InboxKey, InboxRows, InboxStatus, Position
 from tidings.stores.outbox import Outbox, OutboxRow, OutboxWriter, SetAside
 from tidings.stores.transaction import (
@@ -85,8 +86,9 @@ class Transactions(abc.ABC):
 
 
 class _Flushed(AbstractAsyncContextManager[Transaction]):
-    """`block` (the backend's transaction), flushed before it commits: deferred statements
-    and outbox rows written, TransactionAbortedError after a failed statement."""
+    """`block` (the backend's transaction), finished before it commits: deferred statements,
+    outbox rows and inbox rows for commit written (or, on PostgreSQL, sent with the COMMIT),
+    TransactionAbortedError after a failed statement."""
 
     __slots__ = ("_block", "_tx")
 
@@ -105,7 +107,7 @@ class _Flushed(AbstractAsyncContextManager[Transaction]):
     ) -> bool | None:
         if error is None:
             try:
-                await self._tx.flush()
+                await self._tx.finish()
             except BaseException as exc:
                 try:
                     if not await self._block.__aexit__(type(exc), exc, exc.__traceback__):
@@ -113,7 +115,14 @@ class _Flushed(AbstractAsyncContextManager[Transaction]):
                 finally:
                     await self._tx.discard_attachments()
                 return False
-            return await self._block.__aexit__(kind, error, tb)  # COMMIT (if it fails: unknown)
+            try:
+                return await self._block.__aexit__(kind, error, tb)  # COMMIT
+            except (TidingsError, StatementFailedElsewhere) as exc:
+                # a statement's error (held back, on PostgreSQL, to go with the COMMIT): rolled
+                # back; StorageError: the COMMIT's outcome is unknown, the attachments stay
+                if not isinstance(exc, StorageError):
+                    await self._tx.discard_attachments()
+                raise
         try:
             return await self._block.__aexit__(kind, error, tb)
         finally:

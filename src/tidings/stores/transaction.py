@@ -121,6 +121,10 @@ class Transaction(Statements, OutboxWriter, InboxRows):
         statement)."""
         self._flushed = 0
         self._savepoints = 0
+        self._inbox_at_commit: list[tuple[str, str, Position]] = []
+        self.finishing = False
+        """Set by `finish`: what the transaction writes from then on is its last writes before
+        COMMIT (a backend may hold them back to send them with its COMMIT)."""
 
     # statements ------------------------------------------------------------------------------
 
@@ -166,6 +170,7 @@ class Transaction(Statements, OutboxWriter, InboxRows):
         name = f"sp{self._savepoints}"
         mark = len(self.outbox)
         flushed = self._flushed
+        inbox_mark = len(self._inbox_at_commit)
         await self.execute(f"SAVEPOINT {name}")
         try:
             yield
@@ -176,6 +181,7 @@ class Transaction(Statements, OutboxWriter, InboxRows):
             self.deferred.clear()
             self.failure = None
             del self.outbox[mark:]
+            del self._inbox_at_commit[inbox_mark:]
             self._flushed = flushed  # rows flushed inside the block are rolled back
             dropped = self._drop_extras(mark)
             try:
@@ -232,6 +238,18 @@ class Transaction(Statements, OutboxWriter, InboxRows):
                 await self._prepare_outbox(self._flushed)
             await self._statement(self._write_outbox, self.outbox[self._flushed :])
             self._flushed = len(self.outbox)
+
+    @final
+    async def finish(self) -> None:
+        """The store's last step before COMMIT: `flush`, then the inbox rows added with
+        `inbox_add_at_commit`. After it the transaction runs no statement; a backend with
+        network round trips may hold these last writes back and send them with its COMMIT
+        (their errors, InboxConflictError included, then come from the COMMIT)."""
+        self.finishing = True
+        await self.flush()
+        if self._inbox_at_commit:
+            entries, self._inbox_at_commit = self._inbox_at_commit, []
+            await self._statement(self._inbox_add_all, entries)
 
     async def _prepare_outbox(self, start: int) -> None:
         """Write the attachments of the rows from `start` on, then number those asking for it:
@@ -294,6 +312,12 @@ class Transaction(Statements, OutboxWriter, InboxRows):
     async def inbox_add_all(self, entries: Sequence[tuple[str, str, Position]]) -> None:
         if entries:
             await self._statement(self._inbox_add_all, entries)
+
+    @final
+    def inbox_add_at_commit(self, entries: Sequence[tuple[str, str, Position]]) -> None:
+        """`inbox_add_all(entries)` as the transaction's last write, when it commits (see
+        `finish`); a savepoint block that raises drops the entries it added."""
+        self._inbox_at_commit.extend(entries)
 
     @final
     async def inbox_get(self, consumer: str, event_id: str) -> InboxStatus | None:

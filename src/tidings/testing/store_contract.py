@@ -246,9 +246,10 @@ class StoreContract(SequenceContract):
         await asyncio.sleep(0.05)
         assert await store.inbox_cleanup("svc.", {("t", 0): 10, ("t", 1): 10}, 0.01) == 10
 
+    @pytest.mark.parametrize("at_commit", [False, True], ids=["now", "at_commit"])
     @pytest.mark.parametrize("recorded_by", ["committed", "this transaction", "the batch"])
     async def test_inbox_add_all_conflict_raises_and_nothing_commits(
-        self, store: Store, recorded_by: str
+        self, store: Store, recorded_by: str, at_commit: bool
     ) -> None:
         if recorded_by == "committed":
             async with store.transaction() as tx:
@@ -261,14 +262,33 @@ class StoreContract(SequenceContract):
                 await tx.execute("INSERT INTO orders(id, total) VALUES ('effect', 1)")
                 if recorded_by == "this transaction":
                     await tx.inbox_add("svc.h", "e-3", ("t", 0, 3))
-                await tx.inbox_add_all(entries)
+                if at_commit:
+                    tx.inbox_add_at_commit(entries)
+                    tx.add_outbox("t", "with-the-rows", Message(b"x"))
+                else:
+                    await tx.inbox_add_all(entries)
         assert await store.query("SELECT count(*) FROM orders") == [(0,)]
+        assert (await store.outbox_stats()).pending == 0
         async with store.transaction() as tx:
             recorded = await tx.inbox_find([(c, e) for c, e, _ in entries])
         assert recorded == ({("svc.h", "e-2")} if recorded_by == "committed" else set())
 
+    async def test_inbox_rows_for_commit_are_written_when_it_commits(self, store: Store) -> None:
+        async with store.transaction() as tx:
+            tx.inbox_add_at_commit([("svc.h", "e-1", ("t", 0, 1))])
+            with contextlib.suppress(RuntimeError):
+                async with tx.savepoint():
+                    tx.inbox_add_at_commit([("svc.h", "e-2", ("t", 0, 2))])
+                    raise RuntimeError
+            tx.inbox_add_at_commit([("svc.h", "e-3", ("t", 0, 3))])
+            assert await tx.inbox_find([("svc.h", "e-1")]) == set()
+        async with store.transaction() as tx:
+            keys = [("svc.h", f"e-{n}") for n in range(1, 4)]
+            assert await tx.inbox_find(keys) == {("svc.h", "e-1"), ("svc.h", "e-3")}
+
+    @pytest.mark.parametrize("at_commit", [False, True], ids=["now", "at_commit"])
     async def test_batched_inbox_applies_a_concurrently_redelivered_event_once(
-        self, store: Store
+        self, store: Store, at_commit: bool
     ) -> None:
         """The dispatcher's pattern: look the batch up, apply what is new, insert its inbox rows
         at the end; on a conflict roll back and apply per record (inbox_add first). Deliveries
@@ -288,7 +308,11 @@ class StoreContract(SequenceContract):
                     new = [e for e in events if ("svc.h", e) not in recorded]
                     for event_id in new:
                         await apply(tx, event_id)
-                    await tx.inbox_add_all([("svc.h", e, ("t", 0, ids.index(e))) for e in new])
+                    rows = [("svc.h", e, ("t", 0, ids.index(e))) for e in new]
+                    if at_commit:
+                        tx.inbox_add_at_commit(rows)
+                    else:
+                        await tx.inbox_add_all(rows)
             except InboxConflictError:
                 async with store.transaction() as tx:
                     for event_id in events:

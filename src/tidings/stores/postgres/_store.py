@@ -15,7 +15,14 @@ from psycopg import sql
 from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool
 
-from tidings.errors import IntegrityError, MigrationError, StorageError, TransactionAbortedError
+from tidings.errors import (
+    DuplicateEventError,
+    InboxConflictError,
+    IntegrityError,
+    MigrationError,
+    StorageError,
+    TransactionAbortedError,
+)
 from tidings.records import Message
 from tidings.stores._codec import decode_headers, encode_headers
 from tidings.stores.base import OutboxRow, Params, Row, SetAside, Store
@@ -33,6 +40,7 @@ from tidings.stores.postgres._sql import (
 )
 from tidings.stores.postgres._transaction import PostgresTransaction
 from tidings.stores.postgres._url import OPTIONS, parse_url, scrub
+from tidings.stores.transaction import StatementFailedElsewhere
 
 T = TypeVar("T")
 
@@ -230,17 +238,40 @@ class PostgresStore(Store):
                 if not await block.__aexit__(type(exc), exc, exc.__traceback__):
                     raise
                 return  # pragma: no cover - only psycopg.Rollback is swallowed
+            final = tx.take_final()
             try:
-                await block.__aexit__(None, None, None)
-            except psycopg.IntegrityError as exc:  # a deferred constraint, checked at COMMIT
-                raise IntegrityError(f"at COMMIT: {exc}", exc) from exc
-            except psycopg.OperationalError as exc:
-                error = self._translate(exc, "during COMMIT; its outcome is unknown")
-                if error is exc:
-                    raise
-                raise error from exc
+                if final:
+                    await _commit_with(conn, block, tx, final)
+                else:
+                    await block.__aexit__(None, None, None)
+            except psycopg.Error as exc:
+                raise self._commit_error(tx, exc) from exc
         finally:
             await pool.putconn(conn)
+
+    def _commit_error(self, tx: PostgresTransaction, exc: psycopg.Error) -> BaseException:
+        """What a failed COMMIT (with the writes sent along with it) raises: StorageError if
+        the connection was lost (the outcome is unknown); else the transaction was rolled back
+        and the error is the statement's - DuplicateEventError, InboxConflictError,
+        IntegrityError (a constraint checked at COMMIT, or a held-back write's), or a deferred
+        statement's own (StatementFailedElsewhere where deferred errors escape)."""
+        if isinstance(exc, psycopg.errors.PipelineAborted):
+            # libpq reported only that the writes sent with COMMIT stopped at a failed one
+            error: Exception = TransactionAbortedError(
+                "a statement sent with COMMIT (a deferred one, an outbox or inbox row) failed:"
+                " the transaction was rolled back"
+            )
+            return StatementFailedElsewhere(error) if tx.deferred_errors_escape else error
+        if is_connection_loss(exc):
+            return self._translate(exc, "during COMMIT; its outcome is unknown")
+        error = tx.final_error(exc)
+        if isinstance(error, IntegrityError):
+            return IntegrityError(f"at COMMIT: {exc}", exc)
+        if isinstance(error, InboxConflictError | DuplicateEventError | StorageError):
+            return error
+        if tx.deferred_errors_escape:
+            return StatementFailedElsewhere(error)
+        return error
 
     async def migrate(self, migrations: Sequence[str]) -> int:
         """Apply the migrations not applied yet, each in its own transaction, under a session
@@ -512,3 +543,39 @@ def _outbox_rows(rows: list[tuple[Any, ...]]) -> list[OutboxRow]:
         for seq, topic, event_id, key, value, headers in rows
         if seq is not None
     ]
+
+
+async def _commit_with(
+    conn: Conn,
+    block: AbstractAsyncContextManager[Any],
+    tx: PostgresTransaction,
+    final: list[tuple[Any, list[Params]]],
+) -> None:
+    """COMMIT with the last writes held back before it, in one pipeline (one round trip).
+    Raises the first error; the transaction is then rolled back."""
+    failure: psycopg.Error | None = None
+    committing = False
+    try:
+        async with conn.pipeline():
+            try:
+                for statement, params in final:
+                    if len(params) == 1:  # its error is reported (executemany's may not be)
+                        await tx.cursor.execute(statement, params[0])
+                    else:
+                        await tx.cursor.executemany(statement, params)
+                committing = True
+                await block.__aexit__(None, None, None)
+            except psycopg.Error as exc:
+                failure = exc  # raised below: leaving the pipeline would log it otherwise
+    except psycopg.Error as exc:
+        # the statement's own error, not the "pipeline aborted" of those skipped after it
+        if failure is None or isinstance(failure, psycopg.errors.PipelineAborted):
+            failure = exc
+    if failure is None:
+        return
+    with contextlib.suppress(psycopg.Error):
+        if not committing:
+            await block.__aexit__(type(failure), failure, failure.__traceback__)
+        elif conn.info.transaction_status != TransactionStatus.IDLE:
+            await conn.rollback()
+    raise failure

@@ -55,6 +55,21 @@ class PostgresTransaction(Transaction):
         self._cursor = conn.cursor()
         """One cursor for every statement (its adapters are looked up once per transaction);
         each caller reads a statement's results before the next statement runs."""
+        self._final: list[tuple[Any, list[Params]]] = []
+        """Once finishing (see `Transaction.finish`), the last writes held back: (statement,
+        parameter sets) to send in one pipeline with COMMIT (`take_final`)."""
+
+    @property
+    def cursor(self) -> psycopg.AsyncCursor[TupleRow]:
+        return self._cursor
+
+    def take_final(self) -> list[tuple[Any, list[Params]]]:
+        """The last writes held back for COMMIT (cleared)."""
+        final, self._final = self._final, []
+        return final
+
+    def _holding(self) -> bool:
+        return self.finishing and _PIPELINES
 
     def _usable_after_interruption(self) -> bool:
         # cancelled (a timeout, a shutdown) before the statement finished: PostgreSQL may have
@@ -108,23 +123,27 @@ class PostgresTransaction(Transaction):
         """One pipeline: consecutive runs of the same statement as one `executemany`, one
         round trip for the lot (instead of one per statement). Without pipeline support in
         libpq (before version 14), one round trip per statement."""
+        runs = _runs(pending)
+        if self._holding():
+            self._final.extend(runs)
+            return
         try:
-            await self._send(pending)
+            await self._send(runs)
         except Exception as exc:
             error = self._error(exc)
             if error is exc:
                 raise
             raise error from exc
 
-    async def _send(self, pending: Sequence[tuple[str, Params]]) -> None:
+    async def _send(self, runs: Sequence[tuple[Any, list[Params]]]) -> None:
         if not _PIPELINES:
-            await self._execute_runs(pending)
+            await self._execute_runs(runs)
             return
         failure: psycopg.Error | None = None
         try:
             async with self._conn.pipeline():
                 try:
-                    await self._execute_runs(pending)
+                    await self._execute_runs(runs)
                 except psycopg.Error as exc:
                     failure = exc  # raised below: leaving the pipeline would log it otherwise
         except psycopg.Error as exc:
@@ -132,43 +151,65 @@ class PostgresTransaction(Transaction):
         if failure is not None:
             raise failure
 
-    async def _execute_runs(self, pending: Sequence[tuple[str, Params]]) -> None:
-        for statement, run in itertools.groupby(pending, key=operator.itemgetter(0)):
-            await self._cursor.executemany(translate_placeholders(statement), [p for _, p in run])
+    async def _execute_runs(self, runs: Sequence[tuple[Any, list[Params]]]) -> None:
+        for statement, params in runs:
+            await self._cursor.executemany(statement, params)
+
+    def _hold(self, statement: Any, params: Sequence[Any]) -> bool:
+        """Hold a last write back for COMMIT if finishing; False: run it now."""
+        if not self._holding():
+            return False
+        self._final.append((statement, [params]))
+        return True
 
     async def _write_outbox(self, rows: Sequence[OutboxEntry]) -> None:
         """One statement for the lot, which also queues the NOTIFY that wakes relays."""
+        params = (
+            [topic for topic, _, _ in rows],
+            [event_id for _, event_id, _ in rows],
+            [m.key for _, _, m in rows],
+            [m.value for _, _, m in rows],
+            [encode_headers(m.headers) for _, _, m in rows],
+            CHANNEL,
+            self._config.schema,
+        )
+        if self._hold(OUTBOX_ADD_ALL, params):
+            return
         try:
-            await self._cursor.execute(
-                OUTBOX_ADD_ALL,
-                (
-                    [topic for topic, _, _ in rows],
-                    [event_id for _, event_id, _ in rows],
-                    [m.key for _, _, m in rows],
-                    [m.value for _, _, m in rows],
-                    [encode_headers(m.headers) for _, _, m in rows],
-                    CHANNEL,
-                    self._config.schema,
-                ),
-            )
+            await self._cursor.execute(OUTBOX_ADD_ALL, params)
         except psycopg.Error as exc:
-            if (
-                isinstance(exc, psycopg.errors.UniqueViolation)
-                and exc.diag.constraint_name == OUTBOX_UNIQUE
-            ):
-                raise DuplicateEventError(
-                    "an event id was published twice to one topic in this transaction or while "
-                    f"still in the outbox ({exc.diag.message_detail or exc})"
-                ) from exc
-            error = self._error(exc)
+            error = self.final_error(exc)
             if error is exc:
                 raise
             raise error from exc
 
+    def final_error(self, exc: psycopg.Error) -> Exception:
+        """`exc` of an outbox or inbox write (or of a statement sent with COMMIT) translated:
+        DuplicateEventError, InboxConflictError, or as `_error`."""
+        if isinstance(exc, psycopg.errors.UniqueViolation):
+            detail = exc.diag.message_detail or exc
+            if exc.diag.constraint_name == OUTBOX_UNIQUE:
+                return DuplicateEventError(
+                    "an event id was published twice to one topic in this transaction or while "
+                    f"still in the outbox ({detail})"
+                )
+            if exc.diag.constraint_name == INBOX_PRIMARY_KEY:
+                return InboxConflictError(f"an inbox row already exists for an event ({detail})")
+        return self._error(exc)
+
     async def _take_sequences(
         self, counts: Sequence[tuple[SequenceKey, int]]
     ) -> dict[SequenceKey, int]:
-        """One statement: an upsert that locks each key's row until the transaction ends."""
+        """One statement: an upsert that locks each key's row until the transaction ends
+        (after the last writes held back so far, which keep their order)."""
+        if self._final:
+            try:
+                await self._send(self.take_final())
+            except psycopg.Error as exc:
+                error = self.final_error(exc)
+                if error is exc:
+                    raise
+                raise error from exc
         cursor = await self._exec(
             TAKE_SEQUENCES,
             (
@@ -196,17 +237,17 @@ class PostgresTransaction(Transaction):
         return {(consumer, event_id) for consumer, event_id in await cursor.fetchall()}
 
     async def _inbox_add_all(self, entries: Sequence[tuple[str, str, Position]]) -> None:
+        params = (
+            [consumer for consumer, _, _ in entries],
+            [event_id for _, event_id, _ in entries],
+            [topic for _, _, (topic, _, _) in entries],
+            [partition for _, _, (_, partition, _) in entries],
+            [offset for _, _, (_, _, offset) in entries],
+        )
+        if self._hold(INBOX_ADD_ALL, params):
+            return
         try:
-            await self._exec(
-                INBOX_ADD_ALL,
-                (
-                    [consumer for consumer, _, _ in entries],
-                    [event_id for _, event_id, _ in entries],
-                    [topic for _, _, (topic, _, _) in entries],
-                    [partition for _, _, (_, partition, _) in entries],
-                    [offset for _, _, (_, _, offset) in entries],
-                ),
-            )
+            await self._exec(INBOX_ADD_ALL, params)
         except IntegrityError as exc:
             orig = exc.orig
             if not (
@@ -232,3 +273,11 @@ class PostgresTransaction(Transaction):
             "DELETE FROM tidings_inbox WHERE consumer = %s AND event_id = %s",
             (consumer, event_id),
         )
+
+
+def _runs(pending: Sequence[tuple[str, Params]]) -> list[tuple[Any, list[Params]]]:
+    """Consecutive runs of one statement (translated), each with its parameter sets."""
+    return [
+        (translate_placeholders(statement), [params for _, params in run])
+        for statement, run in itertools.groupby(pending, key=operator.itemgetter(0))
+    ]
