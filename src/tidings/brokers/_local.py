@@ -221,8 +221,9 @@ class LocalConsumer(Consumer, CanSeek):
                 if remaining <= 0:
                     return None
                 wait = min(wait, remaining)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), wait)
+            with contextlib.suppress(TimeoutError):  # no wait_for: it adds a task per wait
+                async with asyncio.timeout(wait):
+                    await self._wakeup.wait()
 
     def ack(self, batch: Batch) -> None:
         with self._lock:

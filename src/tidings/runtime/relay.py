@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -98,9 +99,13 @@ class Relay:
     async def run(self, stopping: asyncio.Event) -> None:
         """Relay until `stopping` is set and the outbox is drained of what was committed."""
         loop = asyncio.get_running_loop()
+        loop_thread = threading.get_ident()
 
-        def wake() -> None:
-            loop.call_soon_threadsafe(self._wakeup.set)
+        def wake() -> None:  # a commit on this loop's thread sets the event without a hop
+            if threading.get_ident() == loop_thread:
+                self._wakeup.set()
+            else:
+                loop.call_soon_threadsafe(self._wakeup.set)
 
         self.store.on_outbox(wake)
         failures = 0
@@ -292,8 +297,9 @@ class Relay:
     async def _sleep(self, stopping: asyncio.Event, seconds: float) -> None:
         if stopping.is_set():
             seconds = min(seconds, 0.05)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wakeup.wait(), seconds)
+        with contextlib.suppress(TimeoutError):  # no wait_for: it adds a task per wait
+            async with asyncio.timeout(seconds):
+                await self._wakeup.wait()
 
 
 def _failed(task: asyncio.Task[None]) -> bool:

@@ -186,8 +186,9 @@ class KafkaConsumer(GroupMember, Consumer, CanSeek):
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return None
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            with contextlib.suppress(TimeoutError):  # no wait_for: it adds a task per wait
+                async with asyncio.timeout(remaining):
+                    await self._wakeup.wait()
 
     def _take(self) -> Batch | None:
         with self._lock:
