@@ -140,7 +140,7 @@ class Producer:
             config: dict[str, Any] = {
                 "enable.idempotence": True,
                 "acks": "all",
-                "linger.ms": 5,
+                "linger.ms": 1,  # librdkafka's 5 ms is added to every hop of a flow
                 "partitioner": "murmur2_random",
                 "message.timeout.ms": 120_000,
                 "message.max.bytes": max(1_000_000, settings.max_message_bytes + 65_536),
