@@ -273,6 +273,40 @@ class StoreContract(SequenceContract):
             recorded = await tx.inbox_find([(c, e) for c, e, _ in entries])
         assert recorded == ({("svc.h", "e-2")} if recorded_by == "committed" else set())
 
+    @pytest.mark.parametrize("at_commit", [False, True], ids=["now", "at_commit"])
+    async def test_inbox_conflict_with_a_transaction_committing_meanwhile(
+        self, store: Store, at_commit: bool
+    ) -> None:
+        """A redelivery whose inbox row waits for a concurrent transaction holding the same
+        key raises InboxConflictError when that one commits - however late the error arrives
+        (on PostgreSQL, while the COMMIT pipeline is already being read back)."""
+        first_open, first_may_commit = asyncio.Event(), asyncio.Event()
+
+        async def first() -> None:
+            async with store.transaction() as tx:
+                await tx.inbox_add("svc.h", "e-1", ("t", 0, 1))
+                first_open.set()
+                await first_may_commit.wait()
+
+        async def second() -> None:
+            await first_open.wait()
+            async with store.transaction() as tx:
+                await tx.execute("INSERT INTO orders(id, total) VALUES ('effect', 1)")
+                if at_commit:
+                    tx.inbox_add_at_commit([("svc.h", "e-1", ("t", 0, 1))])
+                else:
+                    await tx.inbox_add_all([("svc.h", "e-1", ("t", 0, 1))])
+
+        holder = asyncio.create_task(first())
+        redelivery = asyncio.create_task(second())
+        await first_open.wait()
+        await asyncio.sleep(0.2)  # the redelivery waits on the row's lock (or the writer)
+        first_may_commit.set()
+        await holder
+        with pytest.raises(InboxConflictError):
+            await redelivery
+        assert await store.query("SELECT count(*) FROM orders") == [(0,)]
+
     async def test_inbox_rows_for_commit_are_written_when_it_commits(self, store: Store) -> None:
         async with store.transaction() as tx:
             tx.inbox_add_at_commit([("svc.h", "e-1", ("t", 0, 1))])

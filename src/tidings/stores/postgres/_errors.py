@@ -62,3 +62,13 @@ def translate(exc: psycopg.Error, config: PostgresURL, context: str) -> Exceptio
             f"lost or no connection to PostgreSQL at {config.where} {context}: {text}"
         )
     return exc
+
+
+def first_failure(exc: psycopg.Error) -> psycopg.Error:
+    """The failed statement's own error behind a "pipeline aborted": psycopg raises that for
+    the results skipped after a failure while it is still handling the failure itself (its
+    __context__), as when a statement fails while the pipeline is leaving."""
+    seen: BaseException | None = exc
+    while isinstance(seen, psycopg.errors.PipelineAborted):
+        seen = seen.__context__
+    return seen if isinstance(seen, psycopg.Error) else exc

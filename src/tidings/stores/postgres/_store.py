@@ -27,7 +27,12 @@ from tidings.records import Message
 from tidings.stores._codec import decode_headers, encode_headers
 from tidings.stores.base import OutboxRow, Params, Row, SetAside, Store
 from tidings.stores.outbox import OutboxStats
-from tidings.stores.postgres._errors import POOL_TIMEOUT_S, is_connection_loss, translate
+from tidings.stores.postgres._errors import (
+    POOL_TIMEOUT_S,
+    first_failure,
+    is_connection_loss,
+    translate,
+)
 from tidings.stores.postgres._placeholders import arguments, translate_placeholders
 from tidings.stores.postgres._sql import (
     CHANNEL,
@@ -570,7 +575,7 @@ async def _commit_with(
     except psycopg.Error as exc:
         # the statement's own error, not the "pipeline aborted" of those skipped after it
         if failure is None or isinstance(failure, psycopg.errors.PipelineAborted):
-            failure = exc
+            failure = first_failure(exc)
     if failure is None:
         return
     with contextlib.suppress(psycopg.Error):

@@ -19,7 +19,7 @@ from tidings.errors import (
 )
 from tidings.stores._codec import encode_headers
 from tidings.stores.inbox import InboxKey, InboxStatus, Position
-from tidings.stores.postgres._errors import translate
+from tidings.stores.postgres._errors import first_failure, translate
 from tidings.stores.postgres._placeholders import arguments, translate_placeholders
 from tidings.stores.postgres._sql import (
     CHANNEL,
@@ -147,7 +147,7 @@ class PostgresTransaction(Transaction):
                 except psycopg.Error as exc:
                     failure = exc  # raised below: leaving the pipeline would log it otherwise
         except psycopg.Error as exc:
-            failure = failure or exc
+            failure = failure or first_failure(exc)
         if failure is not None:
             raise failure
 
