@@ -94,6 +94,28 @@ async def test_idle_consumer_is_woken_by_another_process_without_polling(tmp_pat
             assert batch.records[0].value == b"p-0"
 
 
+async def test_a_lost_wake_up_delays_a_drained_consumer_only_until_its_poll(
+    tmp_path: Path,
+) -> None:
+    """A consumer at the end of its partitions does not read the log again until a wake-up
+    says records were appended; when that datagram is lost, its poll still finds them."""
+    url = f"sqlite:///{tmp_path}/bus.db"
+    async with connect(url) as broker, connect(url) as muted:
+        await broker.admin.create_topic("quiet", 2)
+        consumer = broker.subscribe("drained", ["quiet"])
+        consumer._poll_interval = 0.3  # type: ignore[attr-defined]
+        async with consumer:
+            await broker.publish("quiet", [Message(b"first", key=b"k")])
+            batch = await consumer.fetch(timeout=20)
+            assert batch is not None and batch.records[0].value == b"first"
+            consumer.ack(batch)
+            assert await consumer.fetch(timeout=0.1) is None  # at the end, ends known
+            muted.log.notifier.send = lambda kind, peers: None  # type: ignore[attr-defined]
+            await muted.publish("quiet", [Message(b"second", key=b"k")])
+            batch = await consumer.fetch(timeout=20)
+            assert batch is not None and batch.records[0].value == b"second"
+
+
 @pytest.mark.parametrize(
     ("url", "problem"),
     [

@@ -132,6 +132,11 @@ class LocalConsumer(Consumer, CanSeek):
         self._group_lock = threading.Lock()
         self._positions: dict[TopicPartition, int] = {}
         self._lease_until = 0.0
+        self._ends: dict[TopicPartition, int] = {}
+        """End offsets as last read; trusted while `_ends_fresh` (no data notice since) and
+        for at most `poll_interval` (a notice may be lost)."""
+        self._ends_fresh = False
+        self._ends_read = 0.0
 
         self._state = "new"
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -204,7 +209,7 @@ class LocalConsumer(Consumer, CanSeek):
                 raise BrokerClosedError("consumer is closed")
             self._wakeup.clear()
             candidates = self._ready()
-            if candidates:
+            if candidates and not self._drained(candidates):
                 if self._inline_reads:
                     found = self._read_next(candidates)
                 else:
@@ -221,9 +226,11 @@ class LocalConsumer(Consumer, CanSeek):
                 if remaining <= 0:
                     return None
                 wait = min(wait, remaining)
-            with contextlib.suppress(TimeoutError):  # no wait_for: it adds a task per wait
+            try:  # no wait_for: it adds a task per wait
                 async with asyncio.timeout(wait):
                     await self._wakeup.wait()
+            except TimeoutError:
+                self._ends_fresh = False  # a notice may have been lost: read the log again
 
     def ack(self, batch: Batch) -> None:
         with self._lock:
@@ -284,10 +291,21 @@ class LocalConsumer(Consumer, CanSeek):
                 return []
             return [(tp, self._positions[tp]) for tp in self._flight.ready(self._positions)]
 
+    def _drained(self, candidates: list[tuple[TopicPartition, int]]) -> bool:
+        """True if every candidate is known to be at its partition's end: no records were
+        appended to its topics since the ends were read (so no read is needed)."""
+        if not self._ends_fresh or time.monotonic() - self._ends_read > self._poll_interval:
+            return False
+        ends = self._ends
+        return all(tp in ends and ends[tp] <= position for tp, position in candidates)
+
     def _read_next(self, candidates: list[tuple[TopicPartition, int]]) -> tuple[Batch, int] | None:
         """The next batch of the first candidate partition that has one, with the position it
         was read from."""
+        self._ends_fresh = True  # before reading: a notice arriving meanwhile clears it
+        self._ends_read = time.monotonic()
         marks = self._log.watermarks([tp for tp, _ in candidates])
+        self._ends.update((tp, end) for tp, (_, end) in marks.items())
         for tp, position in candidates:
             if marks[tp][1] <= position:
                 continue
@@ -336,6 +354,7 @@ class LocalConsumer(Consumer, CanSeek):
         if kind[:1] == GROUP_CHANGED:
             self._tick_now.set()
         elif len(kind) <= 1 or not self._topic_names.isdisjoint(kind[2:].split(b"\0")):
+            self._ends_fresh = False
             self._wake()
 
     async def _io(self, fn: Callable[..., T], *args: object) -> T:
