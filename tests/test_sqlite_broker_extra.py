@@ -116,6 +116,43 @@ async def test_a_lost_wake_up_delays_a_drained_consumer_only_until_its_poll(
             assert batch is not None and batch.records[0].value == b"second"
 
 
+async def test_a_process_is_woken_only_for_the_topics_it_consumes(tmp_path: Path) -> None:
+    """The writer sends a process the notices naming its consumers' topics (and those naming
+    none); the others' records never wake it."""
+    url = f"sqlite:///{tmp_path}/bus.db"
+    async with connect(url) as reader, connect(url) as writer:
+        await writer.admin.create_topic("mine", 2)
+        await writer.admin.create_topic("theirs", 2)
+        notices: list[bytes] = []
+        reader.log.notifier.add(notices.append)  # type: ignore[attr-defined]
+        consumer = reader.subscribe("picky", ["mine"])
+        async with consumer:
+            assert await consumer.fetch(timeout=0.1) is None
+            await writer.publish("theirs", [Message(b"not for me")])
+            await writer.publish("mine", [Message(b"for me")])
+            batch = await consumer.fetch(timeout=20)
+            assert batch is not None and batch.records[0].value == b"for me"
+        assert b"d\0mine" in notices
+        assert not [n for n in notices if b"theirs" in n]
+
+
+async def test_a_file_from_before_listener_subjects_is_upgraded(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/bus.db"
+    async with connect(url) as broker:
+        await broker.admin.create_topic("t")
+    with sqlite3.connect(tmp_path / "bus.db") as conn:
+        conn.execute("ALTER TABLE listeners DROP COLUMN subjects")
+    async with connect(url) as broker:
+        consumer = broker.subscribe("g", ["t"])
+        async with consumer:
+            await broker.publish("t", [Message(b"after the upgrade")])
+            batch = await consumer.fetch(timeout=20)
+            assert batch is not None and batch.records[0].value == b"after the upgrade"
+    with sqlite3.connect(tmp_path / "bus.db") as conn:
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(listeners)")]
+    assert "subjects" in columns
+
+
 @pytest.mark.parametrize(
     ("url", "problem"),
     [

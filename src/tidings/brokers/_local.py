@@ -91,7 +91,10 @@ class LocalLog(Protocol):
     def committed(self, group: str, tps: Collection[TopicPartition]) -> dict[TopicPartition, int]:
         """Committed offsets of the group for those partitions that have one."""
 
-    def add_listener(self, listener: Listener) -> None: ...
+    def add_listener(self, listener: Listener, topics: Collection[str] | None = None) -> None:
+        """Call `listener` on wake-ups; `topics`: the data notices this process needs (None:
+        all of them; a log may still send the others)."""
+        ...
 
     def remove_listener(self, listener: Listener) -> None: ...
 
@@ -166,7 +169,7 @@ class LocalConsumer(Consumer, CanSeek):
             self._loop_thread = threading.get_ident()
             self._wakeup = asyncio.Event()
             await self._io(self._log.partition_counts, self.topics)
-            self._log.add_listener(self._on_signal)
+            self._log.add_listener(self._on_signal, self.topics)
             await self._io(self._join)
             self._thread = threading.Thread(
                 target=self._heartbeat_loop, name=f"tidings-heartbeat-{self.group}", daemon=True

@@ -251,7 +251,7 @@ class MemoryLog:
             offsets = self.groups.get(group, _groups.GroupState()).offsets
             return {tp: offsets[tp] for tp in tps if tp in offsets}
 
-    def add_listener(self, listener: Listener) -> None:
+    def add_listener(self, listener: Listener, topics: Collection[str] | None = None) -> None:
         with self._lock:
             self._listeners.append(listener)
 

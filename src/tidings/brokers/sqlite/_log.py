@@ -23,7 +23,8 @@ import msgspec
 
 from tidings import _sqlite
 from tidings._notify import SCHEMA as LISTENERS_SCHEMA
-from tidings._notify import Notifier
+from tidings._notify import Notifier, Peer
+from tidings._notify import upgrade_schema as upgrade_listeners
 from tidings.brokers import _groups
 from tidings.brokers._local import GROUP_CHANGED, Listener
 from tidings.brokers.base import (
@@ -156,6 +157,7 @@ class SQLiteLog:
         self.length_limit = conn.getlimit(sqlite3.SQLITE_LIMIT_LENGTH)
         for statement in SCHEMA:
             conn.execute(statement)
+        upgrade_listeners(conn)
         row = conn.execute("SELECT value FROM broker_meta WHERE key = 'schema'").fetchone()
         if row is None:
             conn.execute(
@@ -499,13 +501,13 @@ class SQLiteLog:
     def update_group(self, group: str, step: Any, *, notify_always: bool = False) -> Any:
         """Run `step(state, conn) -> (result, changed)` on the group's state in one write tx."""
 
-        def tx(conn: sqlite3.Connection) -> tuple[Any, bool, list[str]]:
+        def tx(conn: sqlite3.Connection) -> tuple[Any, bool, list[Peer]]:
             state = load_group(conn, group)
             before = copy_state(state)
             result, changed = step(state, conn)
             save_group(conn, group, before, state)
             self.notifier.forget_dead(conn)
-            return result, changed, Notifier.peers(conn) if changed else []
+            return result, changed, self.notifier.peers(conn) if changed else []
 
         result, changed, peers = self.db.write(tx)
         if changed or notify_always:
@@ -552,9 +554,13 @@ class SQLiteLog:
         state = self.db.read(lambda conn: load_group(conn, group))
         return {tp: state.offsets[tp] for tp in tps if tp in state.offsets}
 
-    def add_listener(self, listener: Listener) -> None:
+    def add_listener(self, listener: Listener, topics: Collection[str] | None = None) -> None:
         self.notifier.add(listener)
-        self.notifier.listen(lambda name: self.db.write(lambda c: Notifier.register_sql(c, name)))
+
+        def register(name: str, subjects: str | None) -> None:
+            self.db.write(lambda c: Notifier.register_sql(c, name, subjects))
+
+        self.notifier.listen(register, topics)
 
     def remove_listener(self, listener: Listener) -> None:
         self.notifier.remove(listener)

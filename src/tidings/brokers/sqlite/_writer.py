@@ -11,7 +11,7 @@ import threading
 from collections.abc import Sequence
 
 from tidings import _sqlite
-from tidings._notify import Notifier
+from tidings._notify import Peer
 from tidings.brokers._local import appended
 from tidings.brokers.sqlite._log import SQLiteLog
 from tidings.errors import BrokerClosedError, StorageError
@@ -165,7 +165,7 @@ class Writer:
     def _write(self, group: list[_Publish]) -> None:
         outcomes: list[list[Published] | BaseException] = []
 
-        def tx(conn: sqlite3.Connection) -> list[str]:
+        def tx(conn: sqlite3.Connection) -> list[Peer]:
             outcomes.clear()
             now = _sqlite.now_ms()
             for topic, messages, _ in group:
@@ -180,7 +180,7 @@ class Writer:
                     outcomes.append(exc)
                 conn.execute("RELEASE publish")
             self._log.notifier.forget_dead(conn)
-            return Notifier.peers(conn)
+            return self._log.notifier.peers(conn)
 
         peers = self._db.write(tx)
         written = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 
 from tidings._notify import SCHEMA as LISTENERS_SCHEMA
+from tidings._notify import upgrade_schema as upgrade_listeners
 from tidings.errors import MigrationError, StorageError
 
 SCHEMA_VERSION = 3
@@ -75,6 +76,7 @@ def create_schema(conn: sqlite3.Connection, path: str) -> None:
     file written by a newer tidings."""
     for statement in SCHEMA:
         conn.execute(statement)
+    upgrade_listeners(conn)
     row = conn.execute("SELECT value FROM tidings_meta WHERE key = 'schema'").fetchone()
     if row is not None and int(row[0]) > SCHEMA_VERSION:
         raise StorageError(

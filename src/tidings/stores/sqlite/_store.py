@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from tidings import _sqlite
-from tidings._notify import Notifier
+from tidings._notify import Notifier, Peer
 from tidings.errors import IntegrityError, MigrationError, StorageError
 from tidings.records import Message
 from tidings.stores._codec import decode_headers, encode_headers
@@ -329,11 +329,11 @@ class SQLiteStore(Store):
             self.notifier.send(OUTBOX_COMMITTED, peers)
         self._maybe_checkpoint()
 
-    def _commit(self, conn: sqlite3.Connection, outbox: bool) -> list[str]:
+    def _commit(self, conn: sqlite3.Connection, outbox: bool) -> list[Peer]:
         """COMMIT (on either thread); keeps the average commit time. Returns the processes to
         wake if the transaction wrote outbox rows."""
         with _sqlite.storage_errors(self.path):
-            peers = Notifier.peers(conn) if outbox else []
+            peers = self.notifier.peers(conn) if outbox else []
             started = time.perf_counter()
             conn.execute("COMMIT")
             self._commit_s = 0.8 * self._commit_s + 0.2 * (time.perf_counter() - started)
@@ -436,7 +436,7 @@ class SQLiteStore(Store):
             return
         now = _sqlite.now_ms()
 
-        def set_aside(conn: sqlite3.Connection) -> list[str] | None:
+        def set_aside(conn: sqlite3.Connection) -> list[Peer] | None:
             """Peers to wake if a notice was added, else None."""
             noticed = False
             for item in items:
@@ -466,7 +466,7 @@ class SQLiteStore(Store):
                         ),
                     )
                     noticed = True
-            return Notifier.peers(conn) if noticed else None
+            return self.notifier.peers(conn) if noticed else None
 
         peers = await self._write(set_aside)
         if peers is not None:
@@ -513,19 +513,19 @@ class SQLiteStore(Store):
         self.notifier.add(on_signal)
         self.notifier.listen(self._register_listener)
 
-    def _register_listener(self, name: str) -> None:
+    def _register_listener(self, name: str, subjects: str | None) -> None:
         """Record this process's wake-up socket in the file. On an event loop, by a task that
         writes under the store's lock: a blocking write here could wait for the SQLite
         transaction of a group of this very loop, which cannot commit meanwhile."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            self._db.write(lambda c: Notifier.register_sql(c, name))
+            self._db.write(lambda c: Notifier.register_sql(c, name, subjects))
             return
 
         async def register() -> None:
             try:
-                await self._write(lambda c: Notifier.register_sql(c, name))
+                await self._write(lambda c: Notifier.register_sql(c, name, subjects))
             except Exception:
                 log.exception("%s: recording the relay's wake-up socket failed", self.path)
 
