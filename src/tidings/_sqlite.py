@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from types import TracebackType
 from typing import TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -95,16 +96,28 @@ def translate(exc: sqlite3.Error, path: str) -> Exception:
     return exc
 
 
-@contextlib.contextmanager
-def storage_errors(path: str) -> Iterator[None]:
-    """Turn SQLite's corruption, permission and I/O errors into StorageError naming the file."""
-    try:
-        yield
-    except sqlite3.Error as exc:
-        translated = translate(exc, path)
-        if translated is exc:
-            raise
-        raise translated from exc
+class storage_errors:
+    """Turn SQLite's corruption, permission and I/O errors into StorageError naming the file.
+    A class, not a generator: it wraps every statement on the hot paths."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if isinstance(exc, sqlite3.Error):
+            translated = translate(exc, self.path)
+            if translated is not exc:
+                raise translated from exc
 
 
 def is_busy(exc: sqlite3.Error) -> bool:

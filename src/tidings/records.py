@@ -24,8 +24,10 @@ header name that is not UTF-8), in place of those headers; its value says why. S
 never decodes into an event: it is dead-lettered with that reason, and the partition moves on."""
 
 
-@dataclass(frozen=True, slots=True)
-class TopicPartition:
+class TopicPartition(msgspec.Struct, frozen=True, gc=False):
+    """A partition of a topic; hashable (a dict key on every consumer's hot path, hence a
+    Struct: hashing and comparing it stays in C)."""
+
     topic: str
     partition: int
 
@@ -71,8 +73,7 @@ class Record(msgspec.Struct, frozen=True, gc=False):
         return None
 
 
-@dataclass(frozen=True, slots=True)
-class Batch:
+class Batch(msgspec.Struct, frozen=True):
     """Consecutive records of one partition, in offset order."""
 
     topic: str
