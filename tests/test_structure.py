@@ -22,6 +22,7 @@ LAYERS = {
     "tidings.schema": ("tidings.errors", "tidings.event"),
     "tidings.blobs": ("tidings.errors",),
     "tidings.instance": ("tidings.errors",),
+    "tidings._wakeup": (),
     "tidings.brokers": (
         "tidings.errors",
         "tidings.instance",
@@ -30,6 +31,7 @@ LAYERS = {
         "tidings.brokers",
         "tidings._sqlite",
         "tidings._notify",
+        "tidings._wakeup",
     ),
     "tidings.stores": (
         "tidings.errors",

@@ -14,7 +14,6 @@ by `_lock`, the in-flight bookkeeping's lock.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
@@ -23,6 +22,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, TypeVar
 
+from tidings._wakeup import Wakeup
 from tidings.brokers import _groups
 from tidings.brokers._inflight import InFlight
 from tidings.brokers.base import (
@@ -142,9 +142,7 @@ class LocalConsumer(Consumer, CanSeek):
         self._ends_read = 0.0
 
         self._state = "new"
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread = 0
-        self._wakeup: asyncio.Event | None = None
+        self._wakeup: Wakeup | None = None
         self._tick_now = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -165,9 +163,7 @@ class LocalConsumer(Consumer, CanSeek):
         async with self._start_lock:
             if self._state != "new":
                 return
-            self._loop = asyncio.get_running_loop()
-            self._loop_thread = threading.get_ident()
-            self._wakeup = asyncio.Event()
+            self._wakeup = Wakeup()
             await self._io(self._log.partition_counts, self.topics)
             self._log.add_listener(self._on_signal, self.topics)
             await self._io(self._join)
@@ -229,10 +225,7 @@ class LocalConsumer(Consumer, CanSeek):
                 if remaining <= 0:
                     return None
                 wait = min(wait, remaining)
-            try:  # no wait_for: it adds a task per wait
-                async with asyncio.timeout(wait):
-                    await self._wakeup.wait()
-            except TimeoutError:
+            if not await self._wakeup.wait(wait):
                 self._ends_fresh = False  # a notice may have been lost: read the log again
 
     def ack(self, batch: Batch) -> None:
@@ -344,14 +337,8 @@ class LocalConsumer(Consumer, CanSeek):
         raise ConfigError("SeekTo needs earliest, latest, timestamp or offset")
 
     def _wake(self) -> None:
-        loop, event = self._loop, self._wakeup
-        if loop is None or event is None:
-            return
-        if threading.get_ident() == self._loop_thread:
-            event.set()
-        else:
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(event.set)
+        if self._wakeup is not None:
+            self._wakeup.set()
 
     def _on_signal(self, kind: bytes) -> None:
         if kind[:1] == GROUP_CHANGED:

@@ -32,13 +32,13 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import threading
 import time
 import uuid
 from collections.abc import Sequence
 from typing import Protocol
 
 from tidings import dlq
+from tidings._wakeup import Wakeup
 from tidings.brokers.base import Broker
 from tidings.errors import MessageTooLargeError, UnknownTopicError
 from tidings.records import Message
@@ -92,26 +92,18 @@ class Relay:
         must never share one."""
         self.published = 0
         self.set_aside = 0
-        self._wakeup = asyncio.Event()
+        self._wakeup: Wakeup | None = None
         self._unremoved: set[int] = set()
         self._removing: asyncio.Task[None] | None = None
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Relay until `stopping` is set and the outbox is drained of what was committed."""
-        loop = asyncio.get_running_loop()
-        loop_thread = threading.get_ident()
-
-        def wake() -> None:  # a commit on this loop's thread sets the event without a hop
-            if threading.get_ident() == loop_thread:
-                self._wakeup.set()
-            else:
-                loop.call_soon_threadsafe(self._wakeup.set)
-
-        self.store.on_outbox(wake)
+        self._wakeup = wakeup = Wakeup()  # a commit on this loop's thread sets it directly
+        self.store.on_outbox(wakeup.set)
         failures = 0
         try:
             while True:
-                self._wakeup.clear()
+                wakeup.clear()
                 try:
                     moved = await self.relay_once()
                     failures = 0
@@ -132,21 +124,22 @@ class Relay:
                 if moved is None:
                     if stopping.is_set():
                         return
-                    await self._sleep(stopping, min(self.lease_s / 3, 1.0))
-                elif moved == 0 or (moved < self.batch and not self._wakeup.is_set()):
+                    await self._sleep(wakeup, stopping, min(self.lease_s / 3, 1.0))
+                elif moved == 0 or (moved < self.batch and not wakeup.is_set()):
                     # A claim of less than a batch took every committed row, unless a commit
                     # has woken the relay since it began: no need to claim again to find that
                     # the outbox is empty.
                     if stopping.is_set():
                         return
-                    await self._sleep(stopping, self.poll_s)
+                    await self._sleep(wakeup, stopping, self.poll_s)
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._finish())
 
     def wake(self) -> None:
-        """Make the relay look at the outbox now (call on its event loop)."""
-        self._wakeup.set()
+        """Make the relay look at the outbox now (from any thread; nothing before `run`)."""
+        if self._wakeup is not None:
+            self._wakeup.set()
 
     async def _finish(self) -> None:
         with contextlib.suppress(Exception):
@@ -294,12 +287,9 @@ class Relay:
                 raise
             self._unremoved.difference_update(seqs)
 
-    async def _sleep(self, stopping: asyncio.Event, seconds: float) -> None:
-        if stopping.is_set():
-            seconds = min(seconds, 0.05)
-        with contextlib.suppress(TimeoutError):  # no wait_for: it adds a task per wait
-            async with asyncio.timeout(seconds):
-                await self._wakeup.wait()
+    @staticmethod
+    async def _sleep(wakeup: Wakeup, stopping: asyncio.Event, seconds: float) -> None:
+        await wakeup.wait(min(seconds, 0.05) if stopping.is_set() else seconds)
 
 
 def _failed(task: asyncio.Task[None]) -> bool:

@@ -8,12 +8,12 @@ an unprocessed record -: every second, on `commit`, when partitions are revoked 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
+from tidings._wakeup import Wakeup
 from tidings.brokers.base import CanSeek, Consumer
 from tidings.brokers.kafka._cluster import Cluster
 from tidings.brokers.kafka._member import GroupMember
@@ -83,8 +83,7 @@ class KafkaConsumer(GroupMember, Consumer, CanSeek):
             config = self._config(session_ms)
             loop = asyncio.get_running_loop()
             self._loop = loop
-            self._loop_thread = threading.get_ident()
-            self._wakeup = asyncio.Event()
+            self._wakeup = Wakeup()
             self._joined = loop.create_future()
             self._stopped = loop.create_future()
             self._thread = threading.Thread(
@@ -186,9 +185,7 @@ class KafkaConsumer(GroupMember, Consumer, CanSeek):
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return None
-            with contextlib.suppress(TimeoutError):  # no wait_for: it adds a task per wait
-                async with asyncio.timeout(remaining):
-                    await self._wakeup.wait()
+            await self._wakeup.wait(remaining)
 
     def _take(self) -> Batch | None:
         with self._lock:

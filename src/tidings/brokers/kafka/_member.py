@@ -20,6 +20,7 @@ from typing import Any, Final
 
 import confluent_kafka as ck
 
+from tidings._wakeup import Wakeup
 from tidings.brokers._inflight import InFlight
 from tidings.brokers.base import check_subscription
 from tidings.brokers.kafka._cluster import Cluster, ktp, tp_list, tp_of
@@ -95,24 +96,15 @@ class GroupMember:
         self._closing = False
         self._stop = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread = 0
-        self._wakeup: asyncio.Event | None = None
+        self._wakeup: Wakeup | None = None
         self._joined: asyncio.Future[None] | None = None
         self._stopped: asyncio.Future[None] | None = None
 
     # the event loop's side ---------------------------------------------------------------------
 
     def _wake(self) -> None:
-        loop, event = self._loop, self._wakeup
-        if loop is None or event is None:
-            return
-        if threading.get_ident() == self._loop_thread:
-            event.set()
-        elif not event.is_set():
-            # A set event means fetch() has not cleared it yet: it looks at the buffers after
-            # clearing, so it sees what this thread has just buffered. No wake-up is needed.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(event.set)
+        if self._wakeup is not None:
+            self._wakeup.set()
 
     def _call(self, fn: Callable[..., object], *args: object) -> None:
         """Run `fn(*args)` on the event loop (from the polling thread)."""
