@@ -121,6 +121,14 @@ OUTBOX_ADD_ALL = """
 """
 """Writes outbox rows and, in the same round trip, queues the NOTIFY that wakes relays (sent
 by PostgreSQL at commit, once per transaction however many flushes, dropped with a rollback)."""
+OUTBOX_ADD_ONE = """
+    WITH added AS (
+        INSERT INTO tidings_outbox (topic, event_id, key, value, headers)
+        VALUES (%s, %s, %b, %b, %b)
+        RETURNING 1
+    )
+    SELECT pg_notify(%s, %s) WHERE EXISTS (SELECT FROM added)
+"""
 # Rows are locked in the given (sorted) order: concurrent transactions of one key queue on its
 # row, and those of several keys never wait on each other in a cycle.
 TAKE_SEQUENCES = """
@@ -131,11 +139,20 @@ TAKE_SEQUENCES = """
     ON CONFLICT (scope, key) DO UPDATE SET last_seq = s.last_seq + excluded.last_seq
     RETURNING scope, key, last_seq
 """
+TAKE_SEQUENCE = """
+    INSERT INTO tidings_sequences AS s (scope, key, last_seq) VALUES (%s, %b, %s)
+    ON CONFLICT (scope, key) DO UPDATE SET last_seq = s.last_seq + excluded.last_seq
+    RETURNING scope, key, last_seq
+"""
 INBOX_FIND = """
     SELECT i.consumer, i.event_id
     FROM unnest(%b::text[], %b::text[]) AS k(consumer, event_id)
     JOIN tidings_inbox i
     ON i.consumer = k.consumer COLLATE "C" AND i.event_id = k.event_id COLLATE "C"
+"""
+# One key, as most batches of a trickle have: plain parameters, no arrays to build.
+INBOX_FIND_ONE = """
+    SELECT consumer, event_id FROM tidings_inbox WHERE consumer = %s AND event_id = %s
 """
 # Rows go in in the given order: the dispatcher gives offset order, as its per-record path
 # inserts them, so concurrent redeliveries of one partition take the pairs' locks in one order.
@@ -144,6 +161,10 @@ INBOX_ADD_ALL = """
     SELECT consumer, event_id, 'done', topic, part, off
     FROM unnest(%b::text[], %b::text[], %b::text[], %b::integer[], %b::bigint[])
         AS e(consumer, event_id, topic, part, off)
+"""
+INBOX_ADD_ONE = """
+    INSERT INTO tidings_inbox (consumer, event_id, status, topic, partition, "offset")
+    VALUES (%s, %s, 'done', %s, %s, %s)
 """
 # Take or renew the lease atomically (judged on the server's clock), then read in one statement.
 CLAIM = """

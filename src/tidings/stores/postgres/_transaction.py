@@ -24,11 +24,15 @@ from tidings.stores.postgres._placeholders import arguments, translate_placehold
 from tidings.stores.postgres._sql import (
     CHANNEL,
     INBOX_ADD_ALL,
+    INBOX_ADD_ONE,
     INBOX_FIND,
+    INBOX_FIND_ONE,
     INBOX_PRIMARY_KEY,
     OUTBOX_ADD_ALL,
+    OUTBOX_ADD_ONE,
     OUTBOX_UNIQUE,
     TAKE_LOCKS,
+    TAKE_SEQUENCE,
     TAKE_SEQUENCES,
     Conn,
     lock_key,
@@ -164,19 +168,28 @@ class PostgresTransaction(Transaction):
 
     async def _write_outbox(self, rows: Sequence[OutboxEntry]) -> None:
         """One statement for the lot, which also queues the NOTIFY that wakes relays."""
-        params = (
-            [topic for topic, _, _ in rows],
-            [event_id for _, event_id, _ in rows],
-            [m.key for _, _, m in rows],
-            [m.value for _, _, m in rows],
-            [encode_headers(m.headers) for _, _, m in rows],
-            CHANNEL,
-            self._config.schema,
-        )
-        if self._hold(OUTBOX_ADD_ALL, params):
+        statement: str
+        params: tuple[Any, ...]
+        if len(rows) == 1:
+            topic, event_id, message = rows[0]
+            headers = encode_headers(message.headers)
+            statement = OUTBOX_ADD_ONE
+            params = (topic, event_id, message.key, message.value, headers, CHANNEL)
+        else:
+            statement = OUTBOX_ADD_ALL
+            params = (
+                [topic for topic, _, _ in rows],
+                [event_id for _, event_id, _ in rows],
+                [m.key for _, _, m in rows],
+                [m.value for _, _, m in rows],
+                [encode_headers(m.headers) for _, _, m in rows],
+                CHANNEL,
+            )
+        params += (self._config.schema,)
+        if self._hold(statement, params):
             return
         try:
-            await self._cursor.execute(OUTBOX_ADD_ALL, params)
+            await self._cursor.execute(statement, params)
         except psycopg.Error as exc:
             error = self.final_error(exc)
             if error is exc:
@@ -210,14 +223,18 @@ class PostgresTransaction(Transaction):
                 if error is exc:
                     raise
                 raise error from exc
-        cursor = await self._exec(
-            TAKE_SEQUENCES,
-            (
-                [scope for (scope, _), _ in counts],
-                [key for (_, key), _ in counts],
-                [count for _, count in counts],
-            ),
-        )
+        if len(counts) == 1:
+            (((scope, key), count),) = counts
+            cursor = await self._exec(TAKE_SEQUENCE, (scope, key, count))
+        else:
+            cursor = await self._exec(
+                TAKE_SEQUENCES,
+                (
+                    [scope for (scope, _), _ in counts],
+                    [key for (_, key), _ in counts],
+                    [count for _, count in counts],
+                ),
+            )
         return {(scope, bytes(key)): last for scope, key, last in await cursor.fetchall()}
 
     async def _inbox_add(
@@ -231,23 +248,32 @@ class PostgresTransaction(Transaction):
         return cursor.rowcount == 1
 
     async def _inbox_find(self, keys: Sequence[InboxKey]) -> set[InboxKey]:
-        cursor = await self._exec(
-            INBOX_FIND, ([consumer for consumer, _ in keys], [event_id for _, event_id in keys])
-        )
+        if len(keys) == 1:
+            cursor = await self._exec(INBOX_FIND_ONE, keys[0])
+        else:
+            consumers = [consumer for consumer, _ in keys]
+            cursor = await self._exec(INBOX_FIND, (consumers, [event_id for _, event_id in keys]))
         return {(consumer, event_id) for consumer, event_id in await cursor.fetchall()}
 
     async def _inbox_add_all(self, entries: Sequence[tuple[str, str, Position]]) -> None:
-        params = (
-            [consumer for consumer, _, _ in entries],
-            [event_id for _, event_id, _ in entries],
-            [topic for _, _, (topic, _, _) in entries],
-            [partition for _, _, (_, partition, _) in entries],
-            [offset for _, _, (_, _, offset) in entries],
-        )
-        if self._hold(INBOX_ADD_ALL, params):
+        statement: str
+        params: tuple[Any, ...]
+        if len(entries) == 1:
+            consumer, event_id, position = entries[0]
+            statement, params = INBOX_ADD_ONE, (consumer, event_id, *position)
+        else:
+            statement = INBOX_ADD_ALL
+            params = (
+                [consumer for consumer, _, _ in entries],
+                [event_id for _, event_id, _ in entries],
+                [topic for _, _, (topic, _, _) in entries],
+                [partition for _, _, (_, partition, _) in entries],
+                [offset for _, _, (_, _, offset) in entries],
+            )
+        if self._hold(statement, params):
             return
         try:
-            await self._exec(INBOX_ADD_ALL, params)
+            await self._exec(statement, params)
         except IntegrityError as exc:
             orig = exc.orig
             if not (
