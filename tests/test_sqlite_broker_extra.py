@@ -136,6 +136,33 @@ async def test_a_process_is_woken_only_for_the_topics_it_consumes(tmp_path: Path
         assert not [n for n in notices if b"theirs" in n]
 
 
+async def test_a_later_consumer_of_another_topic_widens_what_its_process_is_sent(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path}/bus.db"
+    async with connect(url) as reader, connect(url) as writer:
+        await writer.admin.create_topic("first", 1)
+        await writer.admin.create_topic("second", 1)
+        notices: list[bytes] = []
+        reader.log.notifier.add(notices.append)  # type: ignore[attr-defined]
+        early = reader.subscribe("early", ["first"])
+        late = reader.subscribe("late", ["second"])
+        late._poll_interval = 3600  # type: ignore[attr-defined]  # only a wake-up finds it
+        async with early, late:
+            assert await early.fetch(timeout=0.1) is None
+            assert await late.fetch(timeout=0.1) is None
+            await writer.publish("second", [Message(b"for the late one")])
+            batch = await late.fetch(timeout=20)
+            assert batch is not None and batch.records[0].value == b"for the late one"
+        assert b"d\0second" in notices
+        with sqlite3.connect(tmp_path / "bus.db") as conn:
+            recorded = conn.execute(
+                "SELECT subjects FROM listeners WHERE name = ?",
+                (reader.log.notifier.name,),  # type: ignore[attr-defined]
+            ).fetchall()
+        assert recorded == [("first\0second",)]
+
+
 async def test_a_file_from_before_listener_subjects_is_upgraded(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/bus.db"
     async with connect(url) as broker:
