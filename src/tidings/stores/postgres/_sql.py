@@ -4,6 +4,8 @@ runs on them."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -199,6 +201,17 @@ TAKE_LOCKS = (
 )
 """Advisory locks on the keys, one after another in ascending order (a volatile function of a
 sorted subquery runs in its order)."""
+
+
+def one_or_arrays(
+    rows: Sequence[Sequence[Any]], one: str, many: str
+) -> tuple[str, tuple[Any, ...]]:
+    """The statement for `rows` and its parameters: `one` with the single row's values (plain
+    parameters: cheaper to build in psycopg and to plan in PostgreSQL than arrays, and most
+    batches of a trickle hold one row), else `many` with a list per column (`unnest` arrays)."""
+    if len(rows) == 1:
+        return one, tuple(rows[0])
+    return many, tuple(list(column) for column in zip(*rows, strict=True))
 
 
 def lock_key(*parts: str) -> int:

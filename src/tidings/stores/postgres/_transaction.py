@@ -36,6 +36,7 @@ from tidings.stores.postgres._sql import (
     TAKE_SEQUENCES,
     Conn,
     lock_key,
+    one_or_arrays,
 )
 from tidings.stores.postgres._url import PostgresURL
 from tidings.stores.transaction import OutboxEntry, Params, Row, SequenceKey, Transaction
@@ -168,24 +169,12 @@ class PostgresTransaction(Transaction):
 
     async def _write_outbox(self, rows: Sequence[OutboxEntry]) -> None:
         """One statement for the lot, which also queues the NOTIFY that wakes relays."""
-        statement: str
-        params: tuple[Any, ...]
-        if len(rows) == 1:
-            topic, event_id, message = rows[0]
-            headers = encode_headers(message.headers)
-            statement = OUTBOX_ADD_ONE
-            params = (topic, event_id, message.key, message.value, headers, CHANNEL)
-        else:
-            statement = OUTBOX_ADD_ALL
-            params = (
-                [topic for topic, _, _ in rows],
-                [event_id for _, event_id, _ in rows],
-                [m.key for _, _, m in rows],
-                [m.value for _, _, m in rows],
-                [encode_headers(m.headers) for _, _, m in rows],
-                CHANNEL,
-            )
-        params += (self._config.schema,)
+        statement, params = one_or_arrays(
+            [(t, e, m.key, m.value, encode_headers(m.headers)) for t, e, m in rows],
+            OUTBOX_ADD_ONE,
+            OUTBOX_ADD_ALL,
+        )
+        params += (CHANNEL, self._config.schema)
         if self._hold(statement, params):
             return
         try:
@@ -223,18 +212,8 @@ class PostgresTransaction(Transaction):
                 if error is exc:
                     raise
                 raise error from exc
-        if len(counts) == 1:
-            (((scope, key), count),) = counts
-            cursor = await self._exec(TAKE_SEQUENCE, (scope, key, count))
-        else:
-            cursor = await self._exec(
-                TAKE_SEQUENCES,
-                (
-                    [scope for (scope, _), _ in counts],
-                    [key for (_, key), _ in counts],
-                    [count for _, count in counts],
-                ),
-            )
+        rows = [(scope, key, count) for (scope, key), count in counts]
+        cursor = await self._exec(*one_or_arrays(rows, TAKE_SEQUENCE, TAKE_SEQUENCES))
         return {(scope, bytes(key)): last for scope, key, last in await cursor.fetchall()}
 
     async def _inbox_add(
@@ -248,28 +227,15 @@ class PostgresTransaction(Transaction):
         return cursor.rowcount == 1
 
     async def _inbox_find(self, keys: Sequence[InboxKey]) -> set[InboxKey]:
-        if len(keys) == 1:
-            cursor = await self._exec(INBOX_FIND_ONE, keys[0])
-        else:
-            consumers = [consumer for consumer, _ in keys]
-            cursor = await self._exec(INBOX_FIND, (consumers, [event_id for _, event_id in keys]))
+        cursor = await self._exec(*one_or_arrays(keys, INBOX_FIND_ONE, INBOX_FIND))
         return {(consumer, event_id) for consumer, event_id in await cursor.fetchall()}
 
     async def _inbox_add_all(self, entries: Sequence[tuple[str, str, Position]]) -> None:
-        statement: str
-        params: tuple[Any, ...]
-        if len(entries) == 1:
-            consumer, event_id, position = entries[0]
-            statement, params = INBOX_ADD_ONE, (consumer, event_id, *position)
-        else:
-            statement = INBOX_ADD_ALL
-            params = (
-                [consumer for consumer, _, _ in entries],
-                [event_id for _, event_id, _ in entries],
-                [topic for _, _, (topic, _, _) in entries],
-                [partition for _, _, (_, partition, _) in entries],
-                [offset for _, _, (_, _, offset) in entries],
-            )
+        statement, params = one_or_arrays(
+            [(consumer, event_id, *position) for consumer, event_id, position in entries],
+            INBOX_ADD_ONE,
+            INBOX_ADD_ALL,
+        )
         if self._hold(statement, params):
             return
         try:
