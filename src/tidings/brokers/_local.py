@@ -136,10 +136,9 @@ class LocalConsumer(Consumer, CanSeek):
         self._positions: dict[TopicPartition, int] = {}
         self._lease_until = 0.0
         self._ends: dict[TopicPartition, int] = {}
-        """End offsets as last read; trusted while `_ends_fresh` (no data notice since) and
-        for at most `poll_interval` (a notice may be lost)."""
-        self._ends_fresh = False
-        self._ends_read = 0.0
+        self._ends_trusted_until = 0.0
+        """`_ends` (as last read) hold until then (monotonic): `poll_interval` after the read,
+        since a notice may be lost; a data notice for these topics or a poll ends it at once."""
 
         self._state = "new"
         self._wakeup: Wakeup | None = None
@@ -226,7 +225,7 @@ class LocalConsumer(Consumer, CanSeek):
                     return None
                 wait = min(wait, remaining)
             if not await self._wakeup.wait(wait):
-                self._ends_fresh = False  # a notice may have been lost: read the log again
+                self._ends_trusted_until = 0.0  # a notice may have been lost: read the log again
 
     def ack(self, batch: Batch) -> None:
         with self._lock:
@@ -290,7 +289,7 @@ class LocalConsumer(Consumer, CanSeek):
     def _drained(self, candidates: list[tuple[TopicPartition, int]]) -> bool:
         """True if every candidate is known to be at its partition's end: no records were
         appended to its topics since the ends were read (so no read is needed)."""
-        if not self._ends_fresh or time.monotonic() - self._ends_read > self._poll_interval:
+        if time.monotonic() > self._ends_trusted_until:
             return False
         ends = self._ends
         return all(tp in ends and ends[tp] <= position for tp, position in candidates)
@@ -298,8 +297,8 @@ class LocalConsumer(Consumer, CanSeek):
     def _read_next(self, candidates: list[tuple[TopicPartition, int]]) -> tuple[Batch, int] | None:
         """The next batch of the first candidate partition that has one, with the position it
         was read from."""
-        self._ends_fresh = True  # before reading: a notice arriving meanwhile clears it
-        self._ends_read = time.monotonic()
+        # before reading: a notice arriving meanwhile ends the trust again
+        self._ends_trusted_until = time.monotonic() + self._poll_interval
         marks = self._log.watermarks([tp for tp, _ in candidates])
         self._ends.update((tp, end) for tp, (_, end) in marks.items())
         for tp, position in candidates:
@@ -344,7 +343,7 @@ class LocalConsumer(Consumer, CanSeek):
         if kind[:1] == GROUP_CHANGED:
             self._tick_now.set()
         elif len(kind) <= 1 or not self._topic_names.isdisjoint(kind[2:].split(b"\0")):
-            self._ends_fresh = False
+            self._ends_trusted_until = 0.0
             self._wake()
 
     async def _io(self, fn: Callable[..., T], *args: object) -> T:
