@@ -97,9 +97,11 @@ class PostgresTransaction(Transaction):
             return translate(exc, self._config, "in a transaction; it was rolled back")
         return exc
 
-    async def _exec(self, query: Any, params: Sequence[Any]) -> psycopg.AsyncCursor[TupleRow]:
+    async def _exec(
+        self, query: Any, params: Sequence[Any], *, prepare: bool | None = None
+    ) -> psycopg.AsyncCursor[TupleRow]:
         try:
-            return await self._cursor.execute(query, params)
+            return await self._cursor.execute(query, params, prepare=prepare)
         except psycopg.Error as exc:
             error = self._error(exc)
             if error is exc:
@@ -227,7 +229,11 @@ class PostgresTransaction(Transaction):
         return cursor.rowcount == 1
 
     async def _inbox_find(self, keys: Sequence[InboxKey]) -> set[InboxKey]:
-        cursor = await self._exec(*one_or_arrays(keys, INBOX_FIND_ONE, INBOX_FIND))
+        statement, params = one_or_arrays(keys, INBOX_FIND_ONE, INBOX_FIND)
+        # INBOX_FIND is planned for each batch (see there)
+        cursor = await self._exec(
+            statement, params, prepare=None if statement is INBOX_FIND_ONE else False
+        )
         return {(consumer, event_id) for consumer, event_id in await cursor.fetchall()}
 
     async def _inbox_add_all(self, entries: Sequence[tuple[str, str, Position]]) -> None:
