@@ -605,6 +605,38 @@ async def test_on_outbox_wakes_other_instances_of_the_same_schema_only(
         await asyncio.wait_for(woken.wait(), 5)
 
 
+async def test_outbox_notifications_reach_only_their_schemas_listeners(pg_dsn: str) -> None:
+    """Each schema NOTIFYs on a channel of its own (a digest for names too long for one), so a
+    process is not woken by other schemas' commits: on one shared channel every process of
+    every schema in the database woke for each of them."""
+    long_names = [f"t_{uuid.uuid4().hex[:8]}_" + "x" * 50 + suffix for suffix in "ab"]
+    channels = [_sql.channel(name) for name in long_names]
+    assert not any(name in c for name, c in zip(long_names, channels, strict=True))  # digests
+    assert channels[0] != channels[1] and all(len(c.encode()) <= 63 for c in channels)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        for name in long_names:
+            conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
+    try:
+        loop = asyncio.get_running_loop()
+        url, other_url = (with_options(pg_dsn, schema=name) for name in long_names)
+        async with connect_store(url) as store, connect_store(other_url) as other:
+            woken = asyncio.Event()
+            store.on_outbox(lambda: wake(loop, woken))
+            with psycopg.connect(pg_dsn, autocommit=True) as watcher:
+                watcher.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channels[0])))
+                for n in range(3):
+                    async with other.transaction() as tx:
+                        tx.add_outbox("t", f"e-other-{n}", message(n))
+                async with store.transaction() as tx:
+                    tx.add_outbox("t", "e-1", message(1))
+                await asyncio.wait_for(woken.wait(), 5)
+                seen = [n.payload for n in watcher.notifies(timeout=0.5, stop_after=5)]
+            assert seen == [long_names[0]]
+    finally:
+        for name in long_names:
+            drop_schema(pg_dsn, name)
+
+
 async def test_on_outbox_listener_reconnects(pg_dsn: str, schema_url: Callable[..., str]) -> None:
     app = f"tidings-test-{uuid.uuid4().hex[:8]}"
     loop = asyncio.get_running_loop()

@@ -17,8 +17,24 @@ from tidings.stores.postgres._url import PostgresURL, scrub
 
 Conn = psycopg.AsyncConnection[TupleRow]
 
-CHANNEL = "tidings_outbox"
-"""Where a commit with outbox rows NOTIFYs (payload: the schema)."""
+CHANNEL_PREFIX = "tidings_outbox:"
+MAX_IDENTIFIER = 63
+"""PostgreSQL's longest identifier (and channel name), in bytes."""
+
+
+def channel(schema: str) -> str:
+    """Where a commit with outbox rows in `schema` NOTIFYs (payload: the schema): a channel per
+    schema, so that only that schema's processes are woken. PostgreSQL delivers a notification
+    to every client listening on its channel; on one shared channel each process of each schema
+    in the database woke for every commit of every other schema to compare the payload (with 7
+    services, 6 of 7 notifications were for somebody else). A schema too long for the name is
+    replaced by a digest."""
+    name = CHANNEL_PREFIX + schema
+    if len(name.encode()) <= MAX_IDENTIFIER:
+        return name
+    return CHANNEL_PREFIX + hashlib.blake2b(schema.encode(), digest_size=16).hexdigest()
+
+
 SCHEMA_VERSION = 3
 OUTBOX_UNIQUE = "tidings_outbox_event"
 INBOX_PRIMARY_KEY = "tidings_inbox_pkey"

@@ -35,10 +35,10 @@ from tidings.stores.postgres._errors import (
 )
 from tidings.stores.postgres._placeholders import arguments, translate_placeholders
 from tidings.stores.postgres._sql import (
-    CHANNEL,
     CLAIM,
     READ_WITH_LEASE,
     Conn,
+    channel,
     create_schema,
     lock_key,
     search_path,
@@ -516,7 +516,9 @@ class PostgresStore(Store):
             try:
                 conn = await psycopg.AsyncConnection.connect(self._config.conninfo, autocommit=True)
                 async with conn:
-                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
+                    await conn.execute(
+                        sql.SQL("LISTEN {}").format(sql.Identifier(channel(self.schema)))
+                    )
                     if missed:
                         self._wake()
                     missed = False

@@ -22,7 +22,6 @@ from tidings.stores.inbox import InboxKey, InboxStatus, Position
 from tidings.stores.postgres._errors import first_failure, translate
 from tidings.stores.postgres._placeholders import arguments, translate_placeholders
 from tidings.stores.postgres._sql import (
-    CHANNEL,
     INBOX_ADD_ALL,
     INBOX_ADD_ONE,
     INBOX_FIND,
@@ -35,6 +34,7 @@ from tidings.stores.postgres._sql import (
     TAKE_SEQUENCE,
     TAKE_SEQUENCES,
     Conn,
+    channel,
     lock_key,
     one_or_arrays,
 )
@@ -176,7 +176,7 @@ class PostgresTransaction(Transaction):
             OUTBOX_ADD_ONE,
             OUTBOX_ADD_ALL,
         )
-        params += (CHANNEL, self._config.schema)
+        params += (channel(self._config.schema), self._config.schema)
         if self._hold(statement, params):
             return
         try:
