@@ -419,6 +419,34 @@ async def test_inbox_lookups_probe_the_primary_key_at_any_inbox_size(
             assert "Seq Scan on tidings_inbox" not in plan and "Hash" not in plan, plan
 
 
+async def test_inbox_cleanup_reads_the_expired_rows_through_an_index(
+    pg_dsn: str, schema_url: Callable[..., str]
+) -> None:
+    """The periodic cleanup finds rows past their retention through the index on `processed`
+    (created on start, also in a schema of an older version) instead of reading the whole
+    inbox - days of events - every few minutes."""
+    url = schema_url()
+    schema = dict(parse_qsl(urlsplit(url).query))["schema"]
+    async with connect_store(url):
+        pass
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+        conn.execute("DROP INDEX tidings_inbox_processed")  # as a schema of an older version
+    async with connect_store(url) as store:
+        async with store.transaction() as tx:
+            await tx.inbox_add_all([("svc.h", f"e-{n}", ("t", n % 4, n)) for n in range(20_000)])
+        assert await store.inbox_cleanup("svc.", {("t", p): 30_000 for p in range(4)}, 60) == 0
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+        conn.execute("ANALYZE tidings_inbox")
+        params = (["t"] * 4, list(range(4)), [30_000] * 4, "svc.", "svc.", 60.0)
+        plan = "\n".join(
+            row[0] for row in conn.execute("EXPLAIN " + _sql.INBOX_CLEANUP, params, prepare=False)
+        )
+        assert "tidings_inbox_processed" in plan, plan
+        assert "Seq Scan on tidings_inbox" not in plan, plan
+
+
 async def test_concurrent_redelivery_to_two_dispatchers_applies_each_effect_once(
     schema_url: Callable[..., str],
 ) -> None:

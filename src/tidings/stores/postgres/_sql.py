@@ -104,6 +104,14 @@ FRAMEWORK_MIGRATIONS: dict[int, list[str]] = {
     ],
 }
 
+INDEXES = [
+    # the periodic inbox cleanup finds the rows past their retention through it; without it,
+    # each cleanup read the whole inbox (days of events)
+    "CREATE INDEX IF NOT EXISTS tidings_inbox_processed ON tidings_inbox (processed)",
+]
+"""Indexes any version of the schema may have: created (once) at every start, without a new
+schema version (older versions of tidings work with them)."""
+
 # The rows, only while `holder` has a live lease: no row at all means no lease; one row of
 # NULLs means a lease and an empty outbox. Rows stop once those before add up to max_bytes.
 READ_WITH_LEASE = """
@@ -161,6 +169,16 @@ TAKE_SEQUENCE = """
     INSERT INTO tidings_sequences AS s (scope, key, last_seq) VALUES (%s, %b, %s)
     ON CONFLICT (scope, key) DO UPDATE SET last_seq = s.last_seq + excluded.last_seq
     RETURNING scope, key, last_seq
+"""
+# Planned for each run (never prepared), with its cutoff (`now()`, which the planner can
+# evaluate, unlike `clock_timestamp()`): it then reads the rows past their retention through the
+# index on `processed` (INDEXES) instead of the whole inbox.
+INBOX_CLEANUP = """
+    DELETE FROM tidings_inbox i
+    USING unnest(%s::text[], %s::integer[], %s::bigint[]) AS c(topic, part, upto)
+    WHERE i.consumer >= %s AND starts_with(i.consumer, %s) AND i.status = 'done'
+    AND i.processed < now() - make_interval(secs => %s)
+    AND i.topic = c.topic AND i.partition = c.part AND i."offset" < c.upto
 """
 # One primary-key probe per key, whatever the planner makes of the table. As a plain join it
 # picks a hash join over a scan of the whole inbox for batches of ~10 keys and more (its cost
@@ -278,6 +296,8 @@ async def create_schema(conn: Conn, config: PostgresURL) -> None:
             for version in range(current + 1, SCHEMA_VERSION + 1):
                 for statement in FRAMEWORK_MIGRATIONS[version]:
                     await conn.execute(statement)
+            for statement in INDEXES:
+                await conn.execute(statement)
             if current < SCHEMA_VERSION:
                 await conn.execute(
                     "INSERT INTO tidings_meta (key, value) VALUES ('schema', %s)"

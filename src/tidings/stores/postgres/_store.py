@@ -36,6 +36,7 @@ from tidings.stores.postgres._errors import (
 from tidings.stores.postgres._placeholders import arguments, translate_placeholders
 from tidings.stores.postgres._sql import (
     CLAIM,
+    INBOX_CLEANUP,
     READ_WITH_LEASE,
     Conn,
     channel,
@@ -471,12 +472,7 @@ class PostgresStore(Store):
 
         async def cleanup(conn: Conn) -> int:
             cursor = await conn.execute(
-                "DELETE FROM tidings_inbox i"
-                " USING unnest(%s::text[], %s::integer[], %s::bigint[]) AS c(topic, part, upto)"
-                " WHERE i.consumer >= %s AND starts_with(i.consumer, %s)"
-                " AND i.status = 'done'"
-                " AND i.processed < clock_timestamp() - make_interval(secs => %s)"
-                ' AND i.topic = c.topic AND i.partition = c.part AND i."offset" < c.upto',
+                INBOX_CLEANUP,
                 (
                     topics,
                     partitions,
@@ -485,6 +481,7 @@ class PostgresStore(Store):
                     consumer_prefix,
                     float(older_than_s),
                 ),
+                prepare=False,  # planned with its cutoff (see INBOX_CLEANUP)
             )
             return cursor.rowcount
 

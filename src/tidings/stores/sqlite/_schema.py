@@ -32,6 +32,8 @@ SCHEMA = [
         processed_ms INTEGER NOT NULL,
         PRIMARY KEY (consumer, event_id)
     ) WITHOUT ROWID""",
+    # the periodic cleanup reads only the rows past their retention through it (INBOX_CLEANUP)
+    "CREATE INDEX IF NOT EXISTS tidings_inbox_processed ON tidings_inbox (processed_ms)",
     """CREATE TABLE IF NOT EXISTS tidings_relay_lease (
         name TEXT PRIMARY KEY,
         holder TEXT NOT NULL,
