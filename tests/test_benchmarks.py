@@ -1,7 +1,7 @@
-"""`python -m bench pipeline`, `kafka`, `poison`, `sync_vs_events` and `instances` run end to end
-with `--quick` and print every metric their issue names, with the work complete: every event's
-effect applied exactly once (the effects table holds one row per event; none lost, none twice),
-every order of the order system final with its invariants.
+"""`python -m bench pipeline`, `kafka`, `poison`, `sync_vs_events`, `instances` and `order_cpu` run
+end to end with `--quick` and print every metric their issue names, with the work complete:
+every event's effect applied exactly once (the effects table holds one row per event; none lost,
+none twice), every order of the order system final with its invariants.
 Whether a figure meets its target is for BENCHMARKS.md, measured on a quiet machine, not for a
 test on a shared one."""
 
@@ -255,3 +255,27 @@ def test_instances_benchmark_kills_and_restarts_and_loses_nothing(tmp_path: Path
     invariants = metrics["invariants"]
     assert invariants["value"] is True, invariants
     assert invariants["restarts"] >= 1
+
+
+@pytest.mark.timeout(200)
+@pytest.mark.parametrize("backend", ["sqlite", "kafka-pg"])
+def test_order_cpu_benchmark_reports_each_process(tmp_path: Path, backend: str) -> None:
+    """`bench order_cpu`: the CPU per order of each of the seven services (and, on Kafka +
+    PostgreSQL, of the servers), the latencies at that rate, every order final."""
+    args = ["order_cpu", "--quick", "--dir", str(tmp_path), "--backend", backend]
+    if backend == "kafka-pg":
+        args += ["--bootstrap", server_setting("TIDINGS_KAFKA_BOOTSTRAP", "kafka")]
+        args += ["--dsn", server_setting("TIDINGS_POSTGRES_DSN", "postgres")]
+    metrics = run_bench(*args, timeout=180)
+    assert metrics["orders_final"]["value"] is True, metrics["orders_final"]
+    assert metrics["orders_final"]["orders"] == 150
+    cpu = metrics["cpu_per_order_ms"]
+    servers = {"postgres", "kafka"} if backend == "kafka-pg" else set()
+    assert set(cpu["processes"]) == set(ORDER_SERVICES) | servers, cpu["processes"]
+    assert all(ms > 0 for ms in cpu["processes"].values()), cpu["processes"]
+    assert cpu["value"] == pytest.approx(sum(cpu["processes"].values()), abs=0.01)
+    for name in ("client_cpu_per_order_ms", "response_p50_ms", "response_p99_ms"):
+        assert metrics[name]["value"] > 0
+    final = metrics["time_to_final_p50_ms"]["value"]
+    assert 0 < final <= metrics["time_to_final_p99_ms"]["value"]
+    assert ("pg_transactions_per_order" in metrics) == (backend == "kafka-pg")
