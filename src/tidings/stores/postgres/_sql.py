@@ -104,13 +104,14 @@ FRAMEWORK_MIGRATIONS: dict[int, list[str]] = {
     ],
 }
 
-INDEXES = [
+INDEXES = {
     # the periodic inbox cleanup finds the rows past their retention through it; without it,
     # each cleanup read the whole inbox (days of events)
-    "CREATE INDEX IF NOT EXISTS tidings_inbox_processed ON tidings_inbox (processed)",
-]
-"""Indexes any version of the schema may have: created (once) at every start, without a new
-schema version (older versions of tidings work with them)."""
+    "tidings_inbox_processed": "CREATE INDEX tidings_inbox_processed ON tidings_inbox (processed)",
+}
+"""Indexes any version of the schema may have, by name: created on start where missing, without
+a new schema version (older versions of tidings work with them). Looked up first: CREATE INDEX IF
+NOT EXISTS would lock the table against writes even when the index exists."""
 
 # The rows, only while `holder` has a live lease: no row at all means no lease; one row of
 # NULLs means a lease and an empty outbox. Rows stop once those before add up to max_bytes.
@@ -296,8 +297,10 @@ async def create_schema(conn: Conn, config: PostgresURL) -> None:
             for version in range(current + 1, SCHEMA_VERSION + 1):
                 for statement in FRAMEWORK_MIGRATIONS[version]:
                     await conn.execute(statement)
-            for statement in INDEXES:
-                await conn.execute(statement)
+            for name, statement in INDEXES.items():
+                cursor = await conn.execute("SELECT to_regclass(%s)", (name,))
+                if (await cursor.fetchone()) == (None,):
+                    await conn.execute(statement)
             if current < SCHEMA_VERSION:
                 await conn.execute(
                     "INSERT INTO tidings_meta (key, value) VALUES ('schema', %s)"
