@@ -185,7 +185,7 @@ async def run(settings: Settings, directory: str) -> None:
         raise RuntimeError(f"no order was placed: {result.summary()}")
     per_process = {
         name: round((after.get(name, seconds) - seconds) / orders * 1000, 3)
-        for name, seconds in sorted(before.items(), key=lambda kv: kv[1] - after.get(kv[0], 0))
+        for name, seconds in before.items()
     }
     times = sve._to_final_ms(rows)
     base = {
