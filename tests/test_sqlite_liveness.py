@@ -1,7 +1,5 @@
-"""Liveness of the SQLite broker's writer: cancelled publishes, and a publishing thread that
-stops all the same, never make later publishes hang, and never leave half a publish behind.
-Publishes of the event loop are written on its thread; the others, and those that would wait
-for the write lock, on the publishing thread."""
+"""Liveness of the SQLite broker's publishing thread: cancelled publishes, and a thread that
+stops all the same, never make later publishes hang, and never leave half a publish behind."""
 
 from __future__ import annotations
 
@@ -10,27 +8,19 @@ import contextlib
 import logging
 import random
 import sqlite3
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tidings import Message, StorageError
-from tidings.brokers.sqlite import SQLiteBroker, _log, _writer
+from tidings.brokers.sqlite import SQLiteBroker
 from tidings.records import Published
 
 LIVENESS_S = 60.0
 """How long a publish may take before the test calls it hung (generous: a bound, not a goal)."""
-
-
-@pytest.fixture
-def thread_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every publish goes to the publishing thread, as while commits are slow."""
-    monkeypatch.setattr(_writer, "INLINE_COMMIT_MAX_S", 0.0)
 
 
 def _messages(call: int, count: int) -> list[Message]:
@@ -60,16 +50,13 @@ def _by_call(records: dict[tuple[int, int], bytes]) -> dict[int, set[int]]:
     return calls
 
 
-@pytest.mark.parametrize("where", ["loop", "thread"])
 async def test_publishes_cancelled_at_random_points_leave_the_broker_working(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+    tmp_path: Path,
 ) -> None:
     """Cancelled publishes (by wait_for timeouts and task.cancel(), at random points) are
     written whole or not at all, every publish that returned is readable where it said, and a
-    later publish completes; written on the event loop's thread and on the publishing thread.
-    Cancelling one used to kill the publishing thread: every later publish hung."""
-    if where == "thread":
-        monkeypatch.setattr(_writer, "INLINE_COMMIT_MAX_S", 0.0)
+    later publish completes. Cancelling one used to kill the publishing thread: every later
+    publish hung."""
     rng = random.Random(20261204)
     size = 40  # records per call, spread over the topic's partitions
     returned: dict[int, list[Published]] = {}
@@ -112,7 +99,6 @@ async def test_publishes_cancelled_at_random_points_leave_the_broker_working(
             assert records[(place.partition, place.offset)] == f"{call}:{i}".encode()
 
 
-@pytest.mark.usefixtures("thread_only")
 async def test_a_cancelled_publish_is_written_whole_once_taken_and_not_at_all_before(
     tmp_path: Path,
 ) -> None:
@@ -144,7 +130,6 @@ async def test_a_cancelled_publish_is_written_whole_once_taken_and_not_at_all_be
     assert calls == {1: set(range(10)), 4: set(range(10))}
 
 
-@pytest.mark.usefixtures("thread_only")
 async def test_a_stopped_publishing_thread_is_replaced_and_says_so(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -171,7 +156,6 @@ async def test_a_stopped_publishing_thread_is_replaced_and_says_so(
         assert _by_call(await _everything(broker, "t")) == {1: {0}, 2: {0}}
 
 
-@pytest.mark.usefixtures("thread_only")
 async def test_publishes_queued_when_the_thread_stops_fail_instead_of_hanging(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -196,85 +180,3 @@ async def _until(condition: Callable[[], bool], what: str) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting until {what}"
         await asyncio.sleep(0.005)
-
-
-async def test_publishes_of_the_event_loop_are_written_on_its_thread_together(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Publishes ready in one loop iteration share one transaction on the loop's thread (no
-    hand-off to the publishing thread); each gets its own places."""
-    async with SQLiteBroker(f"sqlite:///{tmp_path}/bus.db") as broker:
-        await broker.admin.create_topic("t", 2)
-        threads: list[int] = []
-        transactions = 0
-        append, try_write = broker.log.append, broker._writer._db.try_write
-
-        def recording_append(*args: Any) -> list[Published]:
-            threads.append(threading.get_ident())
-            return append(*args)
-
-        def counting_try_write(*args: Any) -> Any:
-            nonlocal transactions
-            transactions += 1
-            return try_write(*args)
-
-        monkeypatch.setattr(broker.log, "append", recording_append)
-        monkeypatch.setattr(broker._writer._db, "try_write", counting_try_write)
-        placed = await asyncio.gather(
-            *(broker.publish("t", _messages(call, 3)) for call in range(1, 21))
-        )
-        records = await _everything(broker, "t")
-    assert threads == [threading.get_ident()] * 20
-    assert transactions == 1
-    for call, places in enumerate(placed, start=1):
-        assert [records[p.partition, p.offset] for p in places] == [
-            f"{call}:{i}".encode() for i in range(3)
-        ]
-
-
-async def test_a_publish_waits_for_another_writer_off_the_event_loop(tmp_path: Path) -> None:
-    """While another connection (process) holds the write lock, a publish waits for it on the
-    publishing thread: the event loop runs on meanwhile, and the publish completes once the
-    lock is released."""
-    path = tmp_path / "bus.db"
-    async with SQLiteBroker(f"sqlite:///{path}") as broker:
-        await broker.admin.create_topic("t")
-        await broker.publish("t", [Message(b"0:0")])
-        blocker = sqlite3.connect(path, isolation_level=None)
-        blocker.execute("BEGIN IMMEDIATE")
-        try:
-            publish = asyncio.ensure_future(broker.publish("t", [Message(b"1:0")]))
-            ticks = 0
-            for _ in range(20):
-                started = time.monotonic()
-                await asyncio.sleep(0.01)
-                ticks += time.monotonic() - started < 1.0
-            assert ticks == 20, "the event loop was held up"
-            assert not publish.done()
-        finally:
-            blocker.execute("ROLLBACK")
-            blocker.close()
-        assert await asyncio.wait_for(publish, LIVENESS_S) == [Published(0, 1)]
-        assert _by_call(await _everything(broker, "t")) == {0: {0}, 1: {0}}
-
-
-async def test_retention_is_enforced_for_publishes_of_the_event_loop(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Publishes written on the loop's thread ask the publishing thread to enforce retention
-    (it otherwise does so after its own writes, which need not happen)."""
-    monkeypatch.setattr(_log, "RETENTION_CHECK_S", 0.0)
-    monkeypatch.setattr(_writer, "MAINTAIN_INTERVAL_S", 0.0)
-    async with SQLiteBroker(f"sqlite:///{tmp_path}/bus.db") as broker:
-        await broker.admin.create_topic("t", retention_bytes=2_000)
-        for call in range(200):
-            await broker.publish("t", [Message(b"x" * 100 + f"{call}".encode())])
-        await _until(lambda: _start_offset(broker) > 0, "retention removes old records")
-
-
-def _start_offset(broker: SQLiteBroker) -> int:
-    return int(
-        broker.log.db.read(
-            lambda conn: conn.execute("SELECT min(start_offset) FROM partitions").fetchone()[0]
-        )
-    )

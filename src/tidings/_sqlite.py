@@ -120,10 +120,6 @@ class storage_errors:
                 raise translated from exc
 
 
-class Busy(Exception):
-    """Another connection holds the write lock (from `Database.try_write`, which does not wait)."""
-
-
 def is_busy(exc: sqlite3.Error) -> bool:
     text = str(exc)
     return "locked" in text or "busy" in text
@@ -277,31 +273,6 @@ class Database:
             return result
 
         return retry_busy(attempt, self.path)
-
-    def try_write(
-        self, conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]
-    ) -> tuple[T, float]:
-        """`fn(conn)` in a BEGIN IMMEDIATE transaction on `conn` (one of `open_connection`
-        with no busy timeout), committed, without waiting for the write lock: raises `Busy`
-        at once if another connection holds it. Returns the result and the COMMIT's seconds."""
-        with self._using():
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                if is_busy(exc):
-                    raise Busy(self.path) from exc
-                raise translate(exc, self.path) from exc
-            try:
-                with storage_errors(self.path):
-                    result = fn(conn)
-                    started = time.perf_counter()
-                    conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-                raise
-            return result, time.perf_counter() - started
 
     def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         with self._using():

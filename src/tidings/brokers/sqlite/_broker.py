@@ -78,7 +78,7 @@ class SQLiteBroker(LocalBroker, CanRead):
         if not messages:
             return []
         check_sizes(topic, messages, self.max_message_bytes)
-        return await self._writer.publish(topic, messages)
+        return await asyncio.wrap_future(self._writer.submit(topic, messages))
 
     def publish_sync(self, topic: str, messages: Sequence[Message]) -> list[Published]:
         """Blocking publish for threads without an event loop."""
