@@ -39,7 +39,7 @@ from tidings.retry import Retry
 from tidings.service import Context, Service, SyncContext
 from tidings.stores import connect_store
 from tidings.stores.base import Store
-from tidings.stores.postgres import PostgresStore, _sql, translate_placeholders
+from tidings.stores.postgres import PostgresStore, _sql, _store, translate_placeholders
 from tidings.testing.store_contract import BUSINESS, StoreContract, message, relay_all
 
 DSN_ENV = "TIDINGS_POSTGRES_DSN"
@@ -928,3 +928,43 @@ async def test_a_cancelled_statement_leaves_only_a_rollback(store: Store) -> Non
                     await tx.execute("SELECT pg_sleep(5)")
             await tx.execute("INSERT INTO orders(id, total) VALUES ('b', 2)")
     assert await store.query("SELECT count(*) FROM orders") == [(0,)]
+
+
+async def test_the_removal_of_published_rows_goes_with_the_next_claim(
+    store: Store,
+) -> None:
+    """`outbox_remove` defers its DELETE to the relay's next claim (one round trip and one
+    transaction for both), or REMOVAL_DELAY_S later; meanwhile the rows are neither claimed
+    nor counted as pending. Releasing the lease deletes them at once."""
+    assert isinstance(store, PostgresStore)
+
+    async def rows_in_table() -> list[str]:
+        rows = await store.query("SELECT event_id FROM tidings_outbox ORDER BY seq")
+        return [str(r[0]) for r in rows]
+
+    async with store.transaction() as tx:
+        for n in range(3):
+            tx.add_outbox("t", f"e-{n}", message(n))
+    first = await store.outbox_claim("relay-a", 2, 30.0)
+    assert first is not None and [r.event_id for r in first] == ["e-0", "e-1"]
+    await store.outbox_remove("relay-a", [r.seq for r in first])
+    assert await rows_in_table() == ["e-0", "e-1", "e-2"]  # deferred
+    assert (await store.outbox_stats()).pending == 1
+
+    second = await store.outbox_claim("relay-a", 10, 30.0)
+    assert second is not None and [r.event_id for r in second] == ["e-2"]
+    assert await rows_in_table() == ["e-2"]  # the claim deleted them
+
+    await store.outbox_remove("relay-a", [r.seq for r in second])
+    assert (await store.outbox_stats()).pending == 0
+    assert await rows_in_table() == ["e-2"]
+    await asyncio.sleep(_store.REMOVAL_DELAY_S + 0.2)  # no claim comes: deleted on its own
+    assert await rows_in_table() == []
+
+    async with store.transaction() as tx:
+        tx.add_outbox("t", "e-3", message(3))
+    third = await store.outbox_claim("relay-a", 10, 30.0)
+    assert third is not None
+    await store.outbox_remove("relay-a", [r.seq for r in third])
+    await store.outbox_release("relay-a")
+    assert await rows_in_table() == []

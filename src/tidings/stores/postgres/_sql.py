@@ -115,6 +115,11 @@ INDEXES = {
 a new schema version (older versions of tidings work with them). Looked up first: CREATE INDEX IF
 NOT EXISTS would lock the table against writes even when the index exists."""
 
+REMOVING = "removed AS (DELETE FROM tidings_outbox WHERE seq = ANY(%(remove)s::bigint[]))"
+"""Prefixed to CLAIM and READ_WITH_LEASE (`with_removal`): the published rows whose removal
+was deferred go in the same round trip. The read does not see the DELETE (one snapshot), so
+the claim excludes them too."""
+
 # The rows, only while `holder` has a live lease: no row at all means no lease; one row of
 # NULLs means a lease and an empty outbox. Rows stop once those before add up to max_bytes.
 READ_WITH_LEASE = """
@@ -317,3 +322,11 @@ async def create_schema(conn: Conn, config: PostgresURL) -> None:
                 f"in schema {schema!r}: {scrub(str(exc), config.secrets)}"
             ) from exc
         raise error from exc
+
+
+def with_removal(statement: str) -> str:
+    """`statement` (CLAIM or READ_WITH_LEASE) deleting the rows `%(remove)s` as well."""
+    body = statement.strip()
+    if body.startswith("WITH "):
+        return f"WITH {REMOVING}, {body[5:]}"
+    return f"WITH {REMOVING} {body}"
