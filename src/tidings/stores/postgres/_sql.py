@@ -116,7 +116,7 @@ a new schema version (older versions of tidings work with them). Looked up first
 NOT EXISTS would lock the table against writes even when the index exists."""
 
 REMOVING = "removed AS (DELETE FROM tidings_outbox WHERE seq = ANY(%(remove)s::bigint[]))"
-"""Prefixed to CLAIM and READ_WITH_LEASE (`with_removal`): the published rows whose removal
+"""Prefixed to CLAIM and READ_WITH_LEASE (`WITH_REMOVAL`): the published rows whose removal
 was deferred go in the same round trip. The read does not see the DELETE (one snapshot), so
 the claim excludes them too."""
 
@@ -324,9 +324,13 @@ async def create_schema(conn: Conn, config: PostgresURL) -> None:
         raise error from exc
 
 
-def with_removal(statement: str) -> str:
+def _with_removal(statement: str) -> str:
     """`statement` (CLAIM or READ_WITH_LEASE) deleting the rows `%(remove)s` as well."""
     body = statement.strip()
     if body.startswith("WITH "):
         return f"WITH {REMOVING}, {body[5:]}"
     return f"WITH {REMOVING} {body}"
+
+
+WITH_REMOVAL = {statement: _with_removal(statement) for statement in (CLAIM, READ_WITH_LEASE)}
+"""CLAIM and READ_WITH_LEASE, each with the deferred removal in its round trip."""

@@ -38,12 +38,12 @@ from tidings.stores.postgres._sql import (
     CLAIM,
     INBOX_CLEANUP,
     READ_WITH_LEASE,
+    WITH_REMOVAL,
     Conn,
     channel,
     create_schema,
     lock_key,
     search_path,
-    with_removal,
 )
 from tidings.stores.postgres._transaction import PostgresTransaction
 from tidings.stores.postgres._url import OPTIONS, parse_url, scrub
@@ -395,7 +395,7 @@ class PostgresStore(Store):
         async def read_removing(conn: Conn, statement: str) -> list[tuple[Any, ...]]:
             if not removing:
                 return await read(conn, statement)
-            rows = await read(conn, with_removal(statement))
+            rows = await read(conn, WITH_REMOVAL[statement])
             self._removals.difference_update(removing)
             removing.clear()
             return rows
